@@ -1,0 +1,30 @@
+"""User-facing errors.
+
+A `UserError` is a mistake in what the user asked for (an unknown name, a value
+out of range, a missing file).  `unlearn_jax.main` prints it as one line and
+exits with status 2; nothing in the workdir is written before validation.
+"""
+
+
+class UserError(ValueError):
+  """A bad user input: names the field, the bad value and what is allowed."""
+
+  def __init__(self, field: str, value, allowed: str):
+    self.field = field
+    self.value = value
+    self.allowed = allowed
+    super().__init__(f"{field}={value!r} is not valid: {allowed}")
+
+
+def check_choice(field: str, value, choices):
+  """Raises `UserError` unless `value` is one of `choices`."""
+  if value not in choices:
+    raise UserError(field, value, "expected one of " + ", ".join(map(str, choices)))
+  return value
+
+
+def check_range(field: str, value, lo, hi):
+  """Raises `UserError` unless lo <= value <= hi."""
+  if not (lo <= value <= hi):
+    raise UserError(field, value, f"expected a number in [{lo}, {hi}]")
+  return value
