@@ -234,11 +234,11 @@ class DDPMSchedule:
     return _bmul(c0, x0) + _bmul(ct, x_i), var
 
 
-def get_sde(name: str, **kwargs):
+def get_sde(sde_name: str, **kwargs):
   """Builds an SDE (or the DDPM schedule) by name: vesde, vpsde, subvpsde, ddpm."""
   from unlearn_jax.errors import check_choice
   classes = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE, "ddpm": DDPMSchedule}
-  check_choice("config.sde.name", name, sorted(classes))
-  cls = classes[name]
+  check_choice("config.sde.name", sde_name, sorted(classes))
+  cls = classes[sde_name]
   fields = {f.name for f in dataclasses.fields(cls)}
   return cls(**{k: v for k, v in kwargs.items() if k in fields})

@@ -1,0 +1,252 @@
+"""The training engine: a pure, pmapped train step over one or more objectives.
+
+A *method* is a set of objectives (each: a data stream and a per-example loss)
+plus an optax transform that combines their gradients:
+
+  * standard training / Unseen re-training: one objective, `denoising_loss`;
+  * SGU: `retain` (denoising loss on D_g) and `forget` (orthogonal or obtuse on
+    D_f), combined by `unlearning.sgu(alpha)`;
+  * later methods add objectives (memorize, frozen targets, ...) the same way.
+
+The gradient of each objective is computed separately, averaged across devices
+(`lax.pmean`), and handed to the transform: the first objective's gradient as
+`updates`, the others as keyword extras `<name>_grads`.
+
+Randomness is per *example*: example k of the global batch at step s draws its
+(t, z) from fold_in(fold_in(fold_in(seed_key, s), objective), k), so the same
+global batch gives the same update on 1 device or on n (up to float summation
+order).  Only dropout keys are folded by device index.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import os
+import time
+from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unlearn_jax import checkpoints
+from unlearn_jax import losses
+from unlearn_jax import score as score_lib
+from unlearn_jax import sde as sde_lib
+from unlearn_jax import train_state as ts
+from unlearn_jax.errors import UserError
+
+AXIS = "batch"
+
+
+class TrainingDiverged(RuntimeError):
+  """Raised when a loss or the parameters become NaN/Inf."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """One term of a method.
+
+  Attributes:
+    stream: which data stream feeds it ("all", "retain", "forget", ...).
+    loss: per-example loss `loss(eps_pred, noise, weight) -> (B,)` in eps units.
+    std_power: the weight is further multiplied by std(t)^(-std_power): 0 keeps the
+      stage's weighting; p > 0 shifts the objective towards small t (see `sgu`).
+  """
+  stream: str
+  loss: Callable[..., jax.Array]
+  std_power: float = 0.0
+
+
+@dataclasses.dataclass(frozen=True)
+class StepSpec:
+  """The static parts of a train step (closed over, never traced)."""
+  apply_fn: Callable            # apply_fn(variables, x, time, labels, train=..., rngs=...)
+  process: Any                  # an SDE or the DDPM schedule
+  output_type: str              # "eps" or "score"
+  objectives: Mapping[str, Objective]
+  weighting: str = "sigma"
+  ema_rate: float = 0.999
+  centered: bool = False        # data scaler: [-1, 1] if True, else [0, 1]
+  random_flip: bool = False
+  conditional: bool = False
+
+
+def make_optimizer(lr: float, warmup: int = 0, grad_clip: float = 1.0, b1: float = 0.9,
+                   eps: float = 1e-8, method: Optional[optax.GradientTransformation] = None
+                   ) -> optax.GradientTransformationExtraArgs:
+  """optax.chain(method, clip_by_global_norm, adam with linear warmup) (score_sde's optimizer)."""
+  schedule = (optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr)
+  parts = [] if method is None else [method]
+  if grad_clip and grad_clip > 0:
+    parts.append(optax.clip_by_global_norm(grad_clip))
+  parts.append(optax.adam(schedule, b1=b1, eps=eps))
+  return optax.chain(*parts)
+
+
+def example_keys(rng: jax.Array, local_batch: int, axis_name: Optional[str]) -> jax.Array:
+  """One key per example, indexed by its position in the *global* batch."""
+  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
+  idx = offset + jnp.arange(local_batch)
+  return jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
+
+
+def perturb_examples(process, x0: jax.Array, keys: jax.Array, weighting: str) -> losses.Noised:
+  """`losses.perturb` with an independent key per example."""
+  noised = jax.vmap(lambda k, x: losses.perturb(process, x[None], k, weighting))(keys, x0)
+  return jax.tree_util.tree_map(lambda a: a.reshape((x0.shape[0],) + a.shape[2:]), noised)
+
+
+def preprocess(x01: jax.Array, keys: jax.Array, centered: bool, random_flip: bool) -> jax.Array:
+  """Scaler ([0,1] -> [-1,1] when centered) and per-example random horizontal flips (NHWC)."""
+  x = x01 * 2.0 - 1.0 if centered else x01
+  if random_flip and x.ndim == 4:
+    flip = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7)))(keys)
+    x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
+  return x
+
+
+def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, dropout_rng,
+                   spec: StepSpec, objective: Objective) -> jax.Array:
+  """Mean per-example loss of one objective on its batch."""
+  x0 = preprocess(batch["x"], keys, spec.centered, spec.random_flip)
+  noised = perturb_examples(spec.process, x0, keys, spec.weighting)
+  labels = batch.get("labels") if spec.conditional else None
+  out = spec.apply_fn({"params": params}, noised.x_t, noised.time_input, labels,
+                      train=True, rngs={"dropout": dropout_rng})
+  eps_pred = score_lib.to_eps(out, noised.std, spec.output_type)
+  weight = noised.weight
+  if objective.std_power:
+    weight = weight * noised.std ** (-objective.std_power)
+  return jnp.mean(objective.loss(eps_pred, noised.noise, weight))
+
+
+def _global_norm(tree) -> jax.Array:
+  return optax.global_norm(tree)
+
+
+def all_finite(tree) -> jax.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
+
+
+def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Array]], rng: jax.Array,
+               *, spec: StepSpec, tx: optax.GradientTransformationExtraArgs,
+               axis_name: Optional[str] = AXIS):
+  """One optimisation step.  Pure; pmap it with `axis_name` (or call it unmapped with None)."""
+  step_rng = jax.random.fold_in(rng, state.step)
+  dropout_rng = step_rng if axis_name is None else jax.random.fold_in(step_rng, 10_000 + jax.lax.axis_index(axis_name))
+  grads, metrics = {}, {}
+  for i, (name, objective) in enumerate(spec.objectives.items()):
+    batch = batches[objective.stream]
+    keys = example_keys(jax.random.fold_in(step_rng, i), batch["x"].shape[0], axis_name)
+    loss, g = jax.value_and_grad(objective_loss)(
+        state.params, batch, keys, jax.random.fold_in(dropout_rng, i), spec, objective)
+    if axis_name is not None:
+      loss, g = jax.lax.pmean((loss, g), axis_name)
+    grads[name] = g
+    metrics[f"loss/{name}"] = loss
+    metrics[f"grad_norm/{name}"] = _global_norm(g)
+  names = list(spec.objectives)
+  extras = {f"{n}_grads": grads[n] for n in names[1:]}
+  updates, opt_state = tx.update(grads[names[0]], state.opt_state, state.params, **extras)
+  params = optax.apply_updates(state.params, updates)
+  ema = ts.ema_update(state.ema_params, params, spec.ema_rate)
+  metrics["update_norm"] = _global_norm(updates)
+  metrics["param_norm"] = _global_norm(params)
+  metrics["finite"] = all_finite(params).astype(jnp.float32)
+  new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
+  return new_state, metrics
+
+
+def shard(batch, n_dev: int):
+  """Reshapes the leading (global) axis to (n_dev, B / n_dev, ...)."""
+  return jax.tree_util.tree_map(lambda a: a.reshape((n_dev, a.shape[0] // n_dev) + a.shape[1:]), batch)
+
+
+@dataclasses.dataclass
+class LoopConfig:
+  num_steps: int
+  batch_size: int
+  seed: int
+  log_every: int = 100
+  ckpt_every: int = 1000
+  sample_every: int = 0
+  max_to_keep: int = 2
+
+
+def check_batch_size(batch_size: int, field: str = "config.training.batch_size") -> None:
+  n = jax.local_device_count() * jax.process_count()
+  if batch_size % n:
+    raise UserError(field, batch_size, f"must be a multiple of the number of devices ({n})")
+
+
+def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: LoopConfig,
+               get_batches: Callable[[int], Dict[str, Dict[str, np.ndarray]]],
+               *, sample_hook: Optional[Callable[[int, Any], None]] = None,
+               step_hook: Optional[Callable[[int], None]] = None,
+               stage_name: str = "train") -> ts.TrainState:
+  """Runs (or resumes) a training stage and returns its final (host) state.
+
+  `step_fn(state, batches, rng, *, axis_name)` is a pure step such as
+  `functools.partial(train_step, spec=spec, tx=tx)`; it is pmapped here.
+  `get_batches(step)` returns the global batch of every stream for `step`
+  (a pure function of the step, so a resumed run sees the same data).
+  Checkpoints every `ckpt_every` steps and at the end; a NaN/Inf loss or
+  parameter raises `TrainingDiverged` and the last good checkpoint is kept.
+  """
+  from clu import metric_writers, periodic_actions
+
+  os.makedirs(stage_dir, exist_ok=True)
+  mngr = checkpoints.manager(stage_dir, loop.max_to_keep)
+  start = mngr.latest_step()
+  if start is not None:
+    state = checkpoints.restore(mngr, state, start)
+    logging.info("[%s] resumed from step %d", stage_name, start)
+  start = int(state.step)
+  writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
+  report = periodic_actions.ReportProgress(num_train_steps=loop.num_steps, writer=writer,
+                                           every_steps=loop.log_every)
+  n_dev = jax.local_device_count()
+  check_batch_size(loop.batch_size)
+  p_step = jax.pmap(functools.partial(step_fn, axis_name=AXIS),
+                    axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+  rng = jax.random.key(loop.seed)
+  rstate = flax.jax_utils.replicate(state)
+  last_good = start
+  t0 = time.time()
+  step = start
+  try:
+    for step in range(start, loop.num_steps):
+      batches = shard(get_batches(step), n_dev)
+      rstate, metrics = p_step(rstate, batches, rng)
+      done = step + 1
+      if done % loop.log_every == 0 or done == loop.num_steps or done % loop.ckpt_every == 0:
+        m = jax.device_get(jax.tree_util.tree_map(lambda a: a[0], metrics))
+        bad = [k for k, v in m.items() if not np.isfinite(v)] + ([] if m["finite"] == 1.0 else ["params"])
+        if bad:
+          raise TrainingDiverged(
+              f"stage {stage_name!r} diverged at step {done}: non-finite {', '.join(bad)}; "
+              f"last good checkpoint (step {last_good}) kept in {os.path.join(stage_dir, checkpoints.CKPT_DIR)}")
+        m.pop("finite")
+        writer.write_scalars(done, m)
+        if done % loop.log_every == 0:
+          logging.info("[%s] step %d/%d %s", stage_name, done, loop.num_steps,
+                       " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())))
+        if done % loop.ckpt_every == 0 or done == loop.num_steps:
+          checkpoints.save(mngr, done, flax.jax_utils.unreplicate(rstate))
+          last_good = done
+      report(done)
+      if sample_hook is not None and loop.sample_every and done % loop.sample_every == 0:
+        sample_hook(done, flax.jax_utils.unreplicate(rstate))
+      if step_hook is not None:
+        step_hook(done)
+  finally:
+    writer.flush()
+    mngr.close()
+  logging.info("[%s] %d steps in %.1fs", stage_name, loop.num_steps - start, time.time() - t0)
+  return jax.device_get(flax.jax_utils.unreplicate(rstate))
