@@ -87,13 +87,14 @@ def sample(p, seed, n=BATCH):
 _FNS = {}
 
 
-def nll_fn(sde_name, hutchinson, step_size="shared"):
+def nll_fn(sde_name, hutchinson, step_size="shared", error_norm="rms"):
   """One jitted nll_fn per configuration, shared by the tests (compiles once)."""
-  key = (sde_name, hutchinson, step_size)
+  key = (sde_name, hutchinson, step_size, error_norm)
   if key not in _FNS:
     sde = SDES[sde_name]
     _FNS[key] = jax.jit(lk.get_likelihood_fn(
-        sde, gaussian_score_apply(sde), hutchinson=hutchinson, step_size=step_size))
+        sde, gaussian_score_apply(sde), hutchinson=hutchinson, step_size=step_size,
+        error_norm=error_norm))
   return _FNS[key]
 
 
@@ -119,16 +120,17 @@ def test_vp_nll_matches_data_nll():
   np.testing.assert_allclose(np.asarray(bpd), data_bpd(p, x), atol=0.01)
 
 
-@pytest.mark.parametrize("sde_name,hutchinson,step_size", [
-    ("vp", "rademacher", "shared"), ("ve", "rademacher", "shared"),
-    ("vp", "gaussian", "shared"), ("ve", "rademacher", "per_example")])
-def test_hutchinson_matches_its_fixed_probe_closed_form(sde_name, hutchinson, step_size):
+@pytest.mark.parametrize("sde_name,hutchinson,step_size,error_norm", [
+    ("vp", "rademacher", "shared", "rms"), ("ve", "rademacher", "shared", "rms"),
+    ("vp", "gaussian", "shared", "per_example"), ("ve", "rademacher", "per_example", "rms")])
+def test_hutchinson_matches_its_fixed_probe_closed_form(sde_name, hutchinson, step_size,
+                                                        error_norm):
   # Sigma is not diagonal, so v^T M v != tr M: a probe redrawn per evaluation, a
   # wrong noise distribution or a wrong jvp would all miss v^T M v.
   sde, p = SDES[sde_name], make_gaussian(4)
   x = sample(p, 5)
   rng = jax.random.PRNGKey(7)
-  bpd, _, _ = nll_fn(sde_name, hutchinson, step_size)(p, x, rng)
+  bpd, _, _ = nll_fn(sde_name, hutchinson, step_size, error_norm)(p, x, rng)
   noise = lk.hutchinson_noise(rng, x.shape, hutchinson)
   want, _ = closed_form(sde, p, x, noise)
   exact, _ = closed_form(sde, p, x)
@@ -224,9 +226,25 @@ def test_dequantize():
   np.testing.assert_allclose(out.mean(axis=0), (levels + 0.5) / 256, atol=0.2 / 256)
 
 
+def test_hutchinson_noise_distributions():
+  rng = jax.random.PRNGKey(0)
+  rad = np.asarray(lk.hutchinson_noise(rng, (64, 32), "rademacher"))
+  assert set(np.unique(rad)) == {-1.0, 1.0}
+  gauss = np.asarray(lk.hutchinson_noise(rng, (64, 32), "gaussian"))
+  assert abs(gauss.mean()) < 0.1 and abs(gauss.var() - 1.0) < 0.1
+  assert len(np.unique(np.abs(gauss))) > 1000
+  assert lk.hutchinson_noise(rng, (64, 32), "exact") is None
+  # The same rng gives the same probes (what ties nll_scipy to the jitted version).
+  np.testing.assert_array_equal(rad, lk.hutchinson_noise(rng, (64, 32), "rademacher"))
+
+
 def test_bad_names_raise_user_error():
   sde = SDES["vp"]
   with pytest.raises(UserError):
     lk.get_likelihood_fn(sde, gaussian_score_apply(sde), hutchinson="skilling")
   with pytest.raises(UserError):
     lk.get_likelihood_fn(sde, gaussian_score_apply(sde), step_size="adaptive")
+  with pytest.raises(UserError):
+    lk.get_likelihood_fn(sde, gaussian_score_apply(sde), error_norm="max")
+  with pytest.raises(UserError):
+    lk.get_likelihood_fn(sde, gaussian_score_apply(sde), solver="rk4")

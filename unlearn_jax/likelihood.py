@@ -54,6 +54,7 @@ ScoreApply = Callable[[Any, jax.Array, jax.Array], jax.Array]
 
 DIVERGENCES = ("rademacher", "gaussian", "exact")
 STEP_SIZES = ("shared", "per_example")
+ERROR_NORMS = ("rms", "per_example")
 # Explicit Runge-Kutta pairs with 7 stages, first-same-as-last: Tsit5 (default)
 # and Dormand-Prince 5(4), the method of scipy's RK45.
 SOLVERS = {"tsit5": diffrax.Tsit5, "dopri5": diffrax.Dopri5}
@@ -164,6 +165,23 @@ def get_ode_rhs(sde, score_apply: ScoreApply, hutchinson: str = "rademacher") ->
   return functools.partial(_RHS[hutchinson], get_drift_fn(sde, score_apply))
 
 
+def _per_example_norm(err):
+  """max over examples of max(RMS of the example's x error, |its delta_logp error|)."""
+  err_x, err_logp = err
+  rms_x = jnp.sqrt(jnp.mean(err_x.reshape(err_x.shape[0], -1) ** 2, axis=-1))
+  return jnp.max(jnp.maximum(rms_x, jnp.abs(err_logp)))
+
+
+def _rms_norm(err):
+  """One RMS over every component of the batch (scipy's and diffrax's default)."""
+  leaves = jax.tree.leaves(err)
+  total = sum(jnp.sum(leaf ** 2) for leaf in leaves)
+  return jnp.sqrt(total / sum(leaf.size for leaf in leaves))
+
+
+_NORMS = {"rms": _rms_norm, "per_example": _per_example_norm}
+
+
 def _to_bpd(sde, z, delta_logp, offset):
   d = math.prod(z.shape[1:])
   return -(sde.prior_logp(z) + delta_logp) / np.log(2.0) / d + offset
@@ -176,7 +194,7 @@ def get_likelihood_fn(sde, score_apply: ScoreApply, *, rtol: float = 1e-5,
                       atol: float = 1e-5, eps: float = 1e-5,
                       hutchinson: str = "rademacher", offset: float = 0.0,
                       max_steps: int = 4096, step_size: str = "shared",
-                      solver: str = "tsit5") -> Callable:
+                      solver: str = "tsit5", error_norm: str = "rms") -> Callable:
   """Builds `nll_fn(params, x, rng) -> (bpd_B, z_B..., nfe)`, pure and jit-able.
 
   Args:
@@ -192,6 +210,13 @@ def get_likelihood_fn(sde, score_apply: ScoreApply, *, rtol: float = 1e-5,
     step_size: "shared" (one solve for the batch, RMS error over the batch) or
       "per_example" (a vmapped solve, each example with its own steps).
     solver: "tsit5" or "dopri5" (scipy RK45's tableau).
+    error_norm: how the controller reduces the scaled local error
+      err / (atol + rtol |y|): "rms" over all components of the batch (score_sde's
+      `solve_ivp`), where one example's delta_logp is 1 of B (D + 1) components,
+      so its error is barely controlled and depends on the rest of the batch;
+      or "per_example", the max over examples of max(RMS of the example's x
+      error, |its delta_logp error|), which bounds every example's likelihood
+      error (more steps).
 
   Returns:
     nll_fn(params, x, rng): bpd of shape (B,), z = x(T) shaped like x, and nfe,
@@ -202,6 +227,7 @@ def get_likelihood_fn(sde, score_apply: ScoreApply, *, rtol: float = 1e-5,
   check_choice("likelihood.hutchinson", hutchinson, DIVERGENCES)
   check_choice("likelihood.step_size", step_size, STEP_SIZES)
   check_choice("likelihood.solver", solver, sorted(SOLVERS))
+  check_choice("likelihood.error_norm", error_norm, ERROR_NORMS)
   check_range("likelihood.eps", eps, 0.0, sde.T)
   rhs = get_ode_rhs(sde, score_apply, hutchinson)
 
@@ -211,7 +237,7 @@ def get_likelihood_fn(sde, score_apply: ScoreApply, *, rtol: float = 1e-5,
 
   term = diffrax.ODETerm(vector_field)
   ode_solver = SOLVERS[solver]()
-  controller = diffrax.PIDController(rtol=rtol, atol=atol)
+  controller = diffrax.PIDController(rtol=rtol, atol=atol, norm=_NORMS[error_norm])
 
   def solve(params, x, noise):
     y0 = (x, jnp.zeros((x.shape[0],), jnp.float32))

@@ -114,6 +114,11 @@ def _validate_stages(config) -> None:
           raise UserError(f"{field}.models", m, "expected train/unlearn stages that run earlier")
     seen.append(name)
   check_range("config.sgu.alpha", config.sgu.alpha, 0.0, 1.0)
+  if config.training.batch_size < 1:
+    raise UserError("config.training.batch_size", config.training.batch_size, "expected a positive integer")
+  training.check_batch_size(config.training.batch_size)
+  if any(config.stages[n].kind == "classifier" for n in order):
+    training.check_batch_size(config.classifier.batch_size, "config.classifier.batch_size")
   check_choice("config.model.output", config.model.output, score_lib.OUTPUT_TYPES)
   check_choice("config.training.weighting", config.training.weighting, losses.WEIGHTINGS)
   check_choice("config.eval.sampler.kind", config.eval.sampler.kind, tuple(SAMPLERS))
@@ -130,11 +135,13 @@ def build_experiment(config) -> Experiment:
   train = data_lib.load_dataset(config.data, "train")
   test = data_lib.load_dataset(config.data, "test")
   if train.is_image:
-    want = (config.data.image_size, config.data.image_size, config.data.num_channels)
-    if train.example_shape != want:
+    h, w, ch = train.example_shape
+    if ch != config.data.num_channels:
+      raise UserError("config.data.num_channels", config.data.num_channels,
+                      f"expected {ch}: {config.data.name} images here are {h}x{w}x{ch}")
+    if (h, w) != (config.data.image_size,) * 2:
       raise UserError("config.data.image_size", config.data.image_size,
-                      f"{config.data.name} images here are {'x'.join(map(str, train.example_shape))}; "
-                      f"set config.data.image_size/num_channels to match")
+                      f"expected {h}: {config.data.name} images here are {h}x{w}x{ch}")
   forget_mask = data_lib.forget_mask(train, config.data)
   test_forget_mask = data_lib.forget_mask(test, config.data)
   forget_labels = tuple(sorted(set(np.asarray(train.labels)[forget_mask].tolist())))

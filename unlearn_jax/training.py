@@ -126,7 +126,7 @@ def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, drop
 
 
 def _global_norm(tree) -> jax.Array:
-  return optax.global_norm(tree)
+  return optax.tree.norm(tree)
 
 
 def all_finite(tree) -> jax.Array:

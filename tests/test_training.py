@@ -1,0 +1,160 @@
+"""The train engine: pmap over 2 devices == 1 device, NaN guard, kill-and-resume."""
+import functools
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from unlearn_jax import checkpoints, losses, training
+from unlearn_jax import sde as sde_lib
+from unlearn_jax import train_state as ts
+from unlearn_jax.unlearning import sgu
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TinyNet(nn.Module):
+  @nn.compact
+  def __call__(self, x, t, labels=None, train=False):
+    h = nn.swish(nn.Dense(16)(jnp.concatenate([x, t[:, None]], -1)))
+    return nn.Dense(x.shape[-1])(h)
+
+
+def _setup(method=True):
+  net = TinyNet()
+  params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
+  tx = training.make_optimizer(1e-2, warmup=2, method=sgu.sgu(0.7) if method else None)
+  objectives = {"retain": training.Objective("retain", losses.denoising_loss)}
+  if method:
+    objectives["forget"] = training.Objective("forget", losses.obtuse_loss)
+  spec = training.StepSpec(apply_fn=net.apply, process=sde_lib.VESDE(sigma_max=5.0), output_type="eps",
+                           objectives=objectives)
+  return ts.create(params, tx), spec, tx
+
+
+def _batches(step, nan_at=None):
+  r = np.random.default_rng(step)
+  x = r.normal(size=(8, 2)).astype(np.float32)
+  if nan_at is not None and step >= nan_at:
+    x[0, 0] = np.nan
+  return {"retain": {"x": x}, "forget": {"x": x[::-1] + 1.0}}
+
+
+PMAP_SCRIPT = textwrap.dedent("""
+    import functools, jax, jax.numpy as jnp, numpy as np, flax
+    import sys; sys.path.insert(0, {tests!r})
+    from test_training import _setup, _batches
+    from unlearn_jax import training
+    assert jax.local_device_count() == 2
+    state, spec, tx = _setup()
+    step = functools.partial(training.train_step, spec=spec, tx=tx, axis_name="batch")
+    out = []
+    for devs in (jax.devices()[:1], jax.devices()):
+      p = jax.pmap(step, axis_name="batch", in_axes=(0, 0, None), devices=devs)
+      s = flax.jax_utils.replicate(state, devices=devs)
+      for i in range(3):
+        s, m = p(s, training.shard(_batches(i), len(devs)), jax.random.key(3))
+      out.append(jax.tree_util.tree_map(lambda a: np.asarray(a[0]), s.params))
+    d = max(float(np.max(np.abs(a - b))) for a, b in zip(jax.tree_util.tree_leaves(out[0]), jax.tree_util.tree_leaves(out[1])))
+    n = max(float(np.max(np.abs(a))) for a in jax.tree_util.tree_leaves(out[0]))
+    print("MAXDIFF", d, n)
+""")
+
+
+def test_pmap_two_devices_equals_one_device():
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+  script = PMAP_SCRIPT.format(tests=os.path.join(REPO, "tests"))
+  out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  line = [l for l in out.stdout.splitlines() if l.startswith("MAXDIFF")][0]
+  diff, norm = map(float, line.split()[1:])
+  assert norm > 0.01
+  assert diff < 1e-5, diff
+
+
+def test_example_keys_do_not_depend_on_sharding():
+  rng = jax.random.key(5)
+  whole = training.example_keys(rng, 6, None)
+  halves = jax.vmap(lambda i: jax.vmap(jax.random.fold_in, (None, 0))(rng, i * 3 + jnp.arange(3)))(jnp.arange(2))
+  np.testing.assert_array_equal(jax.random.key_data(whole), jax.random.key_data(halves.reshape(6)))
+
+
+def test_nan_guard_stops_and_keeps_last_good_checkpoint(tmp_path):
+  state, spec, tx = _setup()
+  loop = training.LoopConfig(num_steps=30, batch_size=8, seed=0, log_every=1, ckpt_every=5)
+  with pytest.raises(training.TrainingDiverged, match=r"diverged at step 13: non-finite .*last good checkpoint \(step 10\)"):
+    training.train_loop(str(tmp_path), state, functools.partial(training.train_step, spec=spec, tx=tx), loop,
+                        functools.partial(_batches, nan_at=12))
+  assert checkpoints.latest_step(str(tmp_path)) == 10
+  mngr = checkpoints.manager(str(tmp_path))
+  restored = checkpoints.restore(mngr, state)
+  mngr.close()
+  assert int(restored.step) == 10
+  assert all(np.all(np.isfinite(l)) for l in jax.tree_util.tree_leaves(restored))
+
+
+def test_interrupted_loop_resumes_to_identical_state(tmp_path):
+  state, spec, tx = _setup()
+  step_fn = functools.partial(training.train_step, spec=spec, tx=tx)
+  loop = training.LoopConfig(num_steps=20, batch_size=8, seed=0, log_every=5, ckpt_every=5)
+  full = training.train_loop(str(tmp_path / "a"), state, step_fn, loop, _batches)
+
+  class Killed(Exception):
+    pass
+
+  def kill_at_12(step):
+    if step == 12:
+      raise Killed()
+
+  with pytest.raises(Killed):
+    training.train_loop(str(tmp_path / "b"), state, step_fn, loop, _batches, step_hook=kill_at_12)
+  assert checkpoints.latest_step(str(tmp_path / "b")) == 10
+  resumed = training.train_loop(str(tmp_path / "b"), state, step_fn, loop, _batches)
+  for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
+    np.testing.assert_array_equal(a, b)
+
+
+def _run_main(workdir, *extra, wait=True):
+  cmd = [sys.executable, "-m", "unlearn_jax.main", "--config=configs/sgu_toy.py", f"--workdir={workdir}",
+         "--config.stage_order=('standard',)", "--config.stages.standard.steps=600",
+         "--config.training.ckpt_every=50", "--config.training.log_every=50", *extra]
+  if wait:
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+  return subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
+  """A real SIGKILL of `python -m unlearn_jax.main` mid-stage; the rerun resumes to the same parameters."""
+  ref = _run_main(tmp_path / "ref")
+  assert ref.returncode == 0, ref.stderr[-2000:]
+  proc = _run_main(tmp_path / "killed", wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline:
+    step = checkpoints.latest_step(str(tmp_path / "killed" / "standard"))
+    if step is not None and step >= 100 or proc.poll() is not None:
+      break
+    time.sleep(0.05)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  killed_at = checkpoints.latest_step(str(tmp_path / "killed" / "standard"))
+  assert killed_at is not None and killed_at < 600, "the run was not killed mid-stage"
+  assert not checkpoints.is_done(str(tmp_path / "killed" / "standard"))
+  again = _run_main(tmp_path / "killed")
+  assert again.returncode == 0, again.stderr[-2000:]
+  assert "resumed from step" in again.stderr
+  raw = []
+  for d in ("ref", "killed"):
+    mngr = checkpoints.manager(str(tmp_path / d / "standard"))
+    raw.append(checkpoints.restore_raw(mngr))
+    assert mngr.latest_step() == 600
+    mngr.close()
+  for a, b in zip(jax.tree_util.tree_leaves(raw[0]), jax.tree_util.tree_leaves(raw[1])):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
