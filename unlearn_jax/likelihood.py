@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import data as data_lib
 from unlearn_jax.errors import check_choice, check_range
 
 # score_apply(params, x_B..., t_B) -> score_B...
@@ -72,15 +73,8 @@ _FIRST_STEP_FRACTION = 0.01
 # --------------------------------------------------------------------------- #
 # Data conventions.
 # --------------------------------------------------------------------------- #
-def dequantize(rng: jax.Array, img01: jax.Array) -> jax.Array:
-  """Uniform dequantization of 8-bit images given in [0, 1]: (U[0,1) + 255 img) / 256.
-
-  An image with levels k/255 becomes a point uniform in [k/256, (k+1)/256), so a
-  continuous density p on [0, 1]^D bounds the discrete likelihood:
-  log P(k) >= E_u log p(x) - D log 256 (Theis et al. 2016; Ho et al. 2019).
-  """
-  u = jax.random.uniform(rng, img01.shape, dtype=img01.dtype)
-  return (u + 255.0 * img01) / 256.0
+# Uniform dequantization lives with the other data conventions.
+dequantize = data_lib.dequantize
 
 
 def bpd_offset(centered: bool, dequantized: bool = True) -> float:

@@ -34,6 +34,7 @@ import numpy as np
 import optax
 
 from unlearn_jax import checkpoints
+from unlearn_jax import data as data_lib
 from unlearn_jax import losses
 from unlearn_jax import score as score_lib
 from unlearn_jax import sde as sde_lib
@@ -103,7 +104,7 @@ def perturb_examples(process, x0: jax.Array, keys: jax.Array, weighting: str) ->
 
 def preprocess(x01: jax.Array, keys: jax.Array, centered: bool, random_flip: bool) -> jax.Array:
   """Scaler ([0,1] -> [-1,1] when centered) and per-example random horizontal flips (NHWC)."""
-  x = x01 * 2.0 - 1.0 if centered else x01
+  x = data_lib.scaler(x01, centered)
   if random_flip and x.ndim == 4:
     flip = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 7)))(keys)
     x = jnp.where(flip[:, None, None, None], x[:, :, ::-1, :], x)
