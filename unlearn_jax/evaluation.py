@@ -20,6 +20,7 @@ import optax
 
 from unlearn_jax import data as data_lib
 from unlearn_jax import train_state as ts
+from unlearn_jax import training
 
 
 # ----------------------------------------------------------------------------
@@ -44,8 +45,8 @@ def classifier_step(state: ts.TrainState, batches, rng, *, apply_fn: Callable, t
     loss, acc, grads = jax.lax.pmean((loss, acc, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  finite = jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(params)]))
-  metrics = {"loss/classifier": loss, "accuracy/train": acc, "finite": finite.astype(jnp.float32)}
+  metrics = {"loss/classifier": loss, "accuracy/train": acc,
+             "finite": training.all_finite(params).astype(jnp.float32)}
   return state.replace(step=state.step + 1, params=params, ema_params=params, opt_state=opt_state), metrics
 
 

@@ -39,9 +39,7 @@ def main(argv):
   if _MULTIHOST.value:
     jax.distributed.initialize()
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
-  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename
-                                              if hasattr(flags.FLAGS["config"], "config_filename")
-                                              else "configs/experiment.py")
+  workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   try:
     pipeline.run(_CONFIG.value, workdir)
   except UserError as e:

@@ -200,18 +200,15 @@ def _objectives(exp: Experiment, st) -> Tuple[Dict[str, training.Objective], Any
           sgu.sgu(exp.config.sgu.alpha))
 
 
-def init_state(exp: Experiment, name: str, st, tx) -> ts.TrainState:
+def init_state(exp: Experiment, name: str, st, tx, workdir: str) -> ts.TrainState:
+  """Random init (re-training) or the EMA parameters of a stage / directory (fine-tuning)."""
   cfg = exp.config
   if st.init == "scratch":
     params = models.init_params(exp.module, jax.random.key(stage_seed(cfg, name)), exp.example_shape)
   else:
-    src = os.path.join(workdir_of(exp), st.init) if st.init in cfg.stages else st.init
+    src = os.path.join(workdir, st.init) if st.init in cfg.stages else st.init
     params = load_params(exp, src)
   return ts.create(params, tx)
-
-
-def workdir_of(exp: Experiment) -> str:
-  return exp.config.get("_workdir", ".")
 
 
 def load_params(exp: Experiment, stage_dir: str, ema: bool = True):
@@ -242,7 +239,7 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
   os.makedirs(stage_dir, exist_ok=True)
   if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
     checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name))
-  state = init_state(exp, name, st, tx)
+  state = init_state(exp, name, st, tx, workdir)
   seed = stage_seed(cfg, name)
   streams = {o.stream: exp.streams[o.stream] for o in objectives.values()}
   batch = cfg.training.batch_size
@@ -423,8 +420,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Expe
   """Validates, then runs every stage of `config.stage_order` not yet done."""
   exp = build_experiment(config)          # raises UserError before anything is written
   os.makedirs(workdir, exist_ok=True)
-  with config.unlocked():
-    config._workdir = workdir
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_path):
     checkpoints.write_json(cfg_path, json.loads(config.to_json_best_effort()))
