@@ -46,31 +46,8 @@ def get_config(arg=None):
   c.eval.sample_batch_size = 500
   c.eval.nll.num_examples = 1000
   if arg == "cpu":
+    config_lib.cpu_variant(c, num_samples=200, nll_examples=32)
     c.data.max_examples = 2000
-    c.model.ch = 16
-    c.model.ch_mult = (1, 2, 2)
-    c.model.num_res_blocks = 1
-    c.model.attn_resolutions = ()
-    c.model.dropout = 0.0
-    c.model.ema_rate = 0.99
-    c.optim.lr = 1e-3
-    c.optim.warmup = 100
-    c.training.batch_size = 32
-    c.training.log_every = 100
-    c.training.ckpt_every = 250
-    c.training.sample_every = 0
-    c.stages, c.stage_order = config_lib.sgu_stages(steps=1000, unlearn_steps=250, init="standard")
-    c.classifier.features = (32, 64)
-    c.classifier.dense = 128
-    c.classifier.steps = 300
-    c.eval.num_samples = 200
-    c.eval.sample_batch_size = 200
-    c.eval.sampler.corrector = "none"
-    c.eval.sampler.n_steps = 100
-    c.eval.nll.num_examples = 32
-    c.eval.nll.batch_size = 32
-    c.eval.nll.rtol = 1e-3
-    c.eval.nll.atol = 1e-3
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}: expected 'cpu' or nothing")
   return c

@@ -40,32 +40,8 @@ def get_config(arg=None):
   c.eval.nll.num_examples = 1000
   c.eval.nll.batch_size = 250
   if arg == "cpu":
-    c.data.max_examples = 0
-    c.model.ch = 16
-    c.model.num_res_blocks = 1
-    c.model.attn_resolutions = ()
-    c.model.dropout = 0.0
-    c.model.ema_rate = 0.99
-    c.optim.lr = 1e-3
-    c.optim.warmup = 100
-    c.training.batch_size = 32
-    c.training.log_every = 100
-    c.training.ckpt_every = 250
-    c.training.sample_every = 0
+    config_lib.cpu_variant(c)
     c.sgu.alpha = 0.5
-    # SGU by fine-tuning Standard (the paper's Table 5 setting) to fit 2 cores.
-    c.stages, c.stage_order = config_lib.sgu_stages(steps=1000, unlearn_steps=250, init="standard")
-    c.classifier.steps = 300
-    c.classifier.batch_size = 64
-    c.eval.num_samples = 400
-    c.eval.sample_batch_size = 400
-    c.eval.sampler.corrector = "none"
-    c.eval.sampler.n_steps = 100
-    c.eval.sampler.eps = 1e-3
-    c.eval.nll.num_examples = 64
-    c.eval.nll.batch_size = 64
-    c.eval.nll.rtol = 1e-3
-    c.eval.nll.atol = 1e-3
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}: expected 'cpu' or nothing")
   return c

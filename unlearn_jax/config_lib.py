@@ -93,3 +93,19 @@ def sgu_stages(steps: int, unlearn_steps: int, init: str = "scratch",
   stages.report = stage("report")
   order += ["standard", "unseen", "sgu_orthogonal", "sgu_obtuse", "evaluate", "report"]
   return stages, tuple(order)
+
+
+def cpu_variant(c: ml_collections.ConfigDict, *, steps: int = 1000, unlearn_steps: int = 250,
+                num_samples: int = 400, nll_examples: int = 64) -> ml_collections.ConfigDict:
+  """Shrinks an image config for a 2-core CPU: a ~260K-parameter UNet, SGU by
+  fine-tuning Standard, few samples and NLL examples with looser ODE tolerances."""
+  c.model.update(dict(ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+                      ema_rate=0.99))
+  c.optim.update(dict(lr=1e-3, warmup=100))
+  c.training.update(dict(batch_size=32, log_every=100, ckpt_every=250, sample_every=0))
+  c.stages, c.stage_order = sgu_stages(steps=steps, unlearn_steps=unlearn_steps, init="standard")
+  c.classifier.update(dict(features=(32, 64), dense=128, steps=300, batch_size=64))
+  c.eval.update(dict(num_samples=num_samples, sample_batch_size=num_samples))
+  c.eval.sampler.update(dict(corrector="none", n_steps=100, eps=1e-3))
+  c.eval.nll.update(dict(num_examples=nll_examples, batch_size=nll_examples, rtol=1e-3, atol=1e-3))
+  return c

@@ -53,23 +53,20 @@ def marginal_std(process, t: jax.Array) -> jax.Array:
   return process.marginal_prob(jnp.zeros((t.shape[0], 1)), t)[1]
 
 
+def _converted_fn(apply_fn: Callable, params, process, output_type: str, labels, convert) -> Callable:
+  def fn(x, t):
+    out = apply_fn(params, x, time_input(process, t), labels)
+    return convert(out, marginal_std(process, t), output_type)
+  return fn
+
+
 def get_model_fn(apply_fn: Callable, params, process, output_type: str,
                  labels: Optional[jax.Array] = None) -> Callable:
   """eps_fn(x, t) for a model `apply_fn(params, x, time, labels)`."""
-
-  def eps_fn(x, t):
-    out = apply_fn(params, x, time_input(process, t), labels)
-    return to_eps(out, marginal_std(process, t), output_type)
-
-  return eps_fn
+  return _converted_fn(apply_fn, params, process, output_type, labels, to_eps)
 
 
 def get_score_fn(apply_fn: Callable, params, process, output_type: str,
                  labels: Optional[jax.Array] = None) -> Callable:
   """score_fn(x, t) -> grad_x log p_t(x), for samplers and the likelihood."""
-
-  def score_fn(x, t):
-    out = apply_fn(params, x, time_input(process, t), labels)
-    return to_score(out, marginal_std(process, t), output_type)
-
-  return score_fn
+  return _converted_fn(apply_fn, params, process, output_type, labels, to_score)
