@@ -18,7 +18,6 @@ results.json schema (documented in the README):
 """
 from __future__ import annotations
 
-import glob
 import os
 from typing import Optional
 
@@ -78,9 +77,9 @@ def collect(exp, workdir: str) -> dict:
     if st.kind == "classifier" and done:
       results["classifier"] = {"test_accuracy": done["test_accuracy"]}
     if st.kind == "evaluate":
-      for path in sorted(glob.glob(os.path.join(workdir, name, "*.json"))):
-        model = os.path.splitext(os.path.basename(path))[0]
-        if model == "DONE":
+      for model in st.models:                      # the config's order: Standard, Unseen, SGU...
+        path = os.path.join(workdir, name, f"{model}.json")
+        if not os.path.exists(path):
           continue
         entry = checkpoints.read_json(path)
         results["wall_time_s"][f"{name}/{model}"] = entry.get("wall_time_s")
