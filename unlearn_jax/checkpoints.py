@@ -58,15 +58,6 @@ def restore_raw(mngr: ocp.CheckpointManager, step: Optional[int] = None) -> Any:
   return mngr.restore(step, args=ocp.args.StandardRestore())
 
 
-def load_final(stage_dir: str, like: Any) -> Any:
-  """The final state of a finished (or interrupted) stage, for use as an init."""
-  mngr = manager(stage_dir)
-  try:
-    return restore(mngr, like)
-  finally:
-    mngr.close()
-
-
 def write_json(path: str, obj: Any) -> None:
   """Atomic JSON write (tmp file + rename), so a kill never leaves half a file."""
   tmp = path + ".tmp"

@@ -48,6 +48,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import data as data_lib
+from unlearn_jax import sde as sde_lib
 from unlearn_jax.errors import check_choice, check_range
 
 # score_apply(params, x_B..., t_B) -> score_B...
@@ -101,8 +102,7 @@ def bpd_offset(centered: bool, dequantized: bool = True) -> float:
 # --------------------------------------------------------------------------- #
 # The probability-flow drift and its divergence.
 # --------------------------------------------------------------------------- #
-def _bmul(a, x):
-  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
+_bmul = sde_lib.bmul
 
 
 def _flat_sum(x):

@@ -66,6 +66,9 @@ class Experiment:
   model_cfg: Any
   example_shape: Tuple[int, ...]
   classifier: Any = None
+  #: compiled samplers / NLL functions, keyed by shape: params are arguments, so
+  #: every model of the experiment reuses one compilation.
+  compiled: Dict[Any, Callable] = dataclasses.field(default_factory=dict)
 
   @property
   def is_image(self) -> bool:
@@ -212,17 +215,14 @@ def init_state(exp: Experiment, name: str, st, tx, workdir: str) -> ts.TrainStat
 
 
 def load_params(exp: Experiment, stage_dir: str, ema: bool = True):
-  """The (EMA) parameters of a model stage's latest checkpoint, in the model's tree structure."""
-  like = models.init_params(exp.module, jax.random.key(0), exp.example_shape)
+  """The (EMA) parameters of a stage's latest checkpoint (restored as saved: nested dicts)."""
+  del exp  # the checkpoint's own tree is the model's parameter tree
   mngr = checkpoints.manager(stage_dir)
   try:
     raw = checkpoints.restore_raw(mngr)
   finally:
     mngr.close()
-  tree = raw["ema_params" if ema else "params"]
-  leaves = jax.tree_util.tree_leaves(tree)
-  return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(like),
-                                      [jax.numpy.asarray(l) for l in leaves])
+  return jax.tree_util.tree_map(jnp.asarray, raw["ema_params" if ema else "params"])
 
 
 def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
@@ -293,9 +293,7 @@ def run_classifier_stage(exp: Experiment, name: str, st, workdir: str, step_hook
 
 def classifier_params(exp: Experiment, workdir: str):
   name = next(n for n in exp.config.stage_order if exp.config.stages[n].kind == "classifier")
-  params = models.init_params(exp.classifier, jax.random.key(0), exp.example_shape)
-  state = ts.create(params, training.make_optimizer(exp.config.classifier.lr, grad_clip=0.0))
-  return checkpoints.load_final(os.path.join(workdir, name), state).params
+  return load_params(exp, os.path.join(workdir, name), ema=False)
 
 
 # ----------------------------------------------------------------------------
@@ -323,30 +321,47 @@ def model_score_apply(exp: Experiment) -> Callable:
   return score_apply
 
 
+def _sampler(exp: Experiment, per_dev: int) -> Callable:
+  """pmap(params broadcast, one key per device) -> samples in data space; built once per shape."""
+  key = ("sample", per_dev)
+  if key not in exp.compiled:
+    cfg = exp.config
+    shape = (per_dev,) + exp.example_shape
+    score_apply = model_score_apply(exp)
+    sampler = SAMPLERS[cfg.eval.sampler.kind]
+
+    @functools.partial(jax.pmap, in_axes=(None, 0))
+    def sample(params, rng):
+      x = sampler(exp, lambda x, t: score_apply(params, x, t), shape, rng)
+      if exp.is_image:
+        x = jnp.clip(data_lib.inverse_scaler(x, cfg.data.centered), 0.0, 1.0)
+      return x
+
+    exp.compiled[key] = sample
+  return exp.compiled[key]
+
+
 def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Optional[int] = None) -> np.ndarray:
   """n samples in data space ([0, 1] images, raw toy points), batched and pmapped over devices."""
-  cfg = exp.config
   n_dev = jax.local_device_count()
-  batch_size = min(batch_size or cfg.eval.sample_batch_size, max(n, 1))
-  per_dev = -(-batch_size // n_dev)
-  shape = (per_dev,) + exp.example_shape
-  score_apply = model_score_apply(exp)
-  sampler = SAMPLERS[cfg.eval.sampler.kind]
-
-  @functools.partial(jax.pmap, in_axes=(None, 0))
-  def sample(params, key):
-    x = sampler(exp, lambda x, t: score_apply(params, x, t), shape, key)
-    if exp.is_image:
-      x = data_lib.inverse_scaler(x, cfg.data.centered)
-      x = jnp.clip(x, 0.0, 1.0)
-    return x
-
+  batch_size = min(batch_size or exp.config.eval.sample_batch_size, max(n, 1))
+  sample = _sampler(exp, -(-batch_size // n_dev))
   out, i = [], 0
   while sum(len(o) for o in out) < n:
     keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
     out.append(np.asarray(sample(params, keys)).reshape((-1,) + exp.example_shape))
     i += 1
   return np.concatenate(out)[:n]
+
+
+def _nll_fn(exp: Experiment) -> Callable:
+  """The jitted probability-flow NLL of the experiment's model, built once."""
+  if "nll" not in exp.compiled:
+    ncfg = exp.config.eval.nll
+    exp.compiled["nll"] = jax.jit(likelihood.get_likelihood_fn(
+        exp.process, model_score_apply(exp), rtol=ncfg.rtol, atol=ncfg.atol, eps=exp.config.sde.eps,
+        hutchinson="exact" if not exp.is_image else ncfg.hutchinson, offset=nll_offset(exp)))
+  return exp.compiled["nll"]
 
 
 def nll_offset(exp: Experiment) -> float:
@@ -373,9 +388,7 @@ def evaluate_model(exp: Experiment, workdir: str, model: str, rng: jax.Array, cl
             "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist()}
   ncfg = cfg.eval.nll
   offset = nll_offset(exp)
-  nll_fn = jax.jit(likelihood.get_likelihood_fn(
-      exp.process, model_score_apply(exp), rtol=ncfg.rtol, atol=ncfg.atol, eps=cfg.sde.eps,
-      hutchinson="exact" if not exp.is_image else ncfg.hutchinson, offset=offset))
+  nll_fn = _nll_fn(exp)
   nll = {}
   for i, (key, ds) in enumerate((("retain", exp.test_retain), ("forget", exp.test_forget))):
     x = ds.images[:ncfg.num_examples]

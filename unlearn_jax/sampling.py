@@ -80,9 +80,7 @@ ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 EpsFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _bmul(a: jax.Array, x: jax.Array) -> jax.Array:
-  """Multiplies a per-example (B,) array into x of shape (B, ...)."""
-  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
+_bmul = sde_lib.bmul
 
 
 def _batch_mean_norm(x: jax.Array) -> jax.Array:

@@ -21,8 +21,7 @@ from unlearn_jax.errors import check_choice
 OUTPUT_TYPES = ("eps", "score")
 
 
-def _bmul(a, x):
-  return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
+_bmul = sde_lib.bmul
 
 
 def to_score(output: jax.Array, std: jax.Array, output_type: str) -> jax.Array:

@@ -25,7 +25,7 @@ import numpy as np
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
-def _bmul(a: jax.Array, x: jax.Array) -> jax.Array:
+def bmul(a: jax.Array, x: jax.Array) -> jax.Array:
   """Multiplies a per-example (B,) array into x of shape (B, ...)."""
   return a.reshape(a.shape + (1,) * (x.ndim - a.ndim)) * x
 
@@ -124,11 +124,11 @@ class VPSDE(SDE):
 
   def sde(self, x, t):
     beta_t = self.beta(t)
-    return -0.5 * _bmul(beta_t, x), jnp.sqrt(beta_t)
+    return -0.5 * bmul(beta_t, x), jnp.sqrt(beta_t)
 
   def marginal_prob(self, x, t):
     lmc = self.log_mean_coeff(t)
-    return _bmul(jnp.exp(lmc), x), jnp.sqrt(-jnp.expm1(2.0 * lmc))
+    return bmul(jnp.exp(lmc), x), jnp.sqrt(-jnp.expm1(2.0 * lmc))
 
   def prior_sampling(self, rng, shape):
     return jax.random.normal(rng, shape)
@@ -141,7 +141,7 @@ class VPSDE(SDE):
     """DDPM discretization (score_sde): x_{i+1} = sqrt(1 - beta_i) x_i + sqrt(beta_i) z."""
     i = self.timestep(t)
     beta = jnp.asarray(self.discrete_betas)[i]
-    f = _bmul(jnp.sqrt(1.0 - beta), x) - x
+    f = bmul(jnp.sqrt(1.0 - beta), x) - x
     return f, jnp.sqrt(beta)
 
 
@@ -152,11 +152,11 @@ class SubVPSDE(VPSDE):
   def sde(self, x, t):
     beta_t = self.beta(t)
     discount = -jnp.expm1(-2 * self.beta_min * t - (self.beta_max - self.beta_min) * t ** 2)
-    return -0.5 * _bmul(beta_t, x), jnp.sqrt(beta_t * discount)
+    return -0.5 * bmul(beta_t, x), jnp.sqrt(beta_t * discount)
 
   def marginal_prob(self, x, t):
     lmc = self.log_mean_coeff(t)
-    return _bmul(jnp.exp(lmc), x), -jnp.expm1(2.0 * lmc)
+    return bmul(jnp.exp(lmc), x), -jnp.expm1(2.0 * lmc)
 
   def discretize(self, x, t):
     return SDE.discretize(self, x, t)
@@ -173,13 +173,13 @@ class ReverseSDE:
     drift, diffusion = self.forward.sde(x, t)
     score = self.score_fn(x, t)
     w = 0.5 if self.probability_flow else 1.0
-    drift = drift - _bmul(diffusion ** 2 * w, score)
+    drift = drift - bmul(diffusion ** 2 * w, score)
     return drift, (jnp.zeros_like(diffusion) if self.probability_flow else diffusion)
 
   def discretize(self, x, t):
     f, G = self.forward.discretize(x, t)
     w = 0.5 if self.probability_flow else 1.0
-    rev_f = f - _bmul(G ** 2 * w, self.score_fn(x, t))
+    rev_f = f - bmul(G ** 2 * w, self.score_fn(x, t))
     return rev_f, (jnp.zeros_like(G) if self.probability_flow else G)
 
 
@@ -212,7 +212,7 @@ class DDPMSchedule:
 
   def q_sample(self, x0, i, noise):
     a, s = self.marginal_coeffs(i)
-    return _bmul(a, x0) + _bmul(s, noise)
+    return bmul(a, x0) + bmul(s, noise)
 
   def time_input(self, i):
     return i.astype(jnp.float32) / self.N
@@ -231,7 +231,7 @@ class DDPMSchedule:
     c0 = self._take(betas * np.sqrt(abar_prev) / (1.0 - abar), i)
     ct = self._take((1.0 - abar_prev) * np.sqrt(1.0 - betas) / (1.0 - abar), i)
     var = self._take(betas * (1.0 - abar_prev) / (1.0 - abar), i)
-    return _bmul(c0, x0) + _bmul(ct, x_i), var
+    return bmul(c0, x0) + bmul(ct, x_i), var
 
 
 def get_sde(sde_name: str, **kwargs):

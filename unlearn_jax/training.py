@@ -126,10 +126,6 @@ def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, drop
   return jnp.mean(objective.loss(eps_pred, noised.noise, weight))
 
 
-def _global_norm(tree) -> jax.Array:
-  return optax.tree.norm(tree)
-
-
 def all_finite(tree) -> jax.Array:
   leaves = jax.tree_util.tree_leaves(tree)
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
@@ -151,14 +147,14 @@ def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Arra
       loss, g = jax.lax.pmean((loss, g), axis_name)
     grads[name] = g
     metrics[f"loss/{name}"] = loss
-    metrics[f"grad_norm/{name}"] = _global_norm(g)
+    metrics[f"grad_norm/{name}"] = optax.tree.norm(g)
   names = list(spec.objectives)
   extras = {f"{n}_grads": grads[n] for n in names[1:]}
   updates, opt_state = tx.update(grads[names[0]], state.opt_state, state.params, **extras)
   params = optax.apply_updates(state.params, updates)
   ema = ts.ema_update(state.ema_params, params, spec.ema_rate)
-  metrics["update_norm"] = _global_norm(updates)
-  metrics["param_norm"] = _global_norm(params)
+  metrics["update_norm"] = optax.tree.norm(updates)
+  metrics["param_norm"] = optax.tree.norm(params)
   metrics["finite"] = all_finite(params).astype(jnp.float32)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
   return new_state, metrics
