@@ -8,6 +8,8 @@ Schema (every field is read by exactly one module; see the README):
   optim.*                   Adam with warmup and clipping (`training.make_optimizer`)
   training.*                batch size, weighting, logging/checkpoint cadence
   sgu.*                     SGU's alpha (Eq. 11)
+  unlearn.alternative       the alternative of each forgotten class (DiMUM's D_u', SalUn's c', AR_CL)
+  dimum.* ga.* salun.* sfron.*   the other methods' coefficients (`unlearning.methods`)
   classifier.*              the evaluation classifier (image data only)
   eval.*                    sampler, number of samples, NLL settings
   stages.<name>.*           one entry per stage; `stage_order` runs them in order
@@ -33,18 +35,24 @@ def base() -> ml_collections.ConfigDict:
 
   c.model = ml_collections.ConfigDict(dict(
       name="ncsnpp", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
-      hidden=128, num_layers=3, output="eps", ema_rate=0.999))
+      hidden=128, num_layers=3, output="eps", ema_rate=0.999, conditional=False))
 
   c.optim = ml_collections.ConfigDict(dict(lr=2e-4, warmup=5000, grad_clip=1.0, b1=0.9, eps=1e-8))
 
   c.training = ml_collections.ConfigDict(dict(
       batch_size=128, weighting="sigma", reduce="sum", log_every=100, ckpt_every=1000,
-      sample_every=0, max_to_keep=2))
+      sample_every=0, max_to_keep=2, cond_drop=0.1))
 
   # SGU Eq. 11: alpha * L_retain + (1 - alpha) * L_forget.
   # std_power p: lambda(t) of Eq. 9/10 such that the eps-unit weight is std(t)^-p
   # (p = 0: lambda = std^2 for obtuse, the DSM weighting of the retain loss).
   c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0))
+  # DiMUM / SalUn / gradient ascent / SFR-on (DiMUM paper Eq. 5, 6, 11; REFERENCE.md).
+  c.unlearn = ml_collections.ConfigDict(dict(alternative="next"))
+  c.dimum = ml_collections.ConfigDict(dict(beta=1.0))
+  c.ga = ml_collections.ConfigDict(dict(beta=1.0))
+  c.salun = ml_collections.ConfigDict(dict(beta=1e-3, fraction=0.5))
+  c.sfron = ml_collections.ConfigDict(dict(alpha_max=10.0))
 
   c.classifier = ml_collections.ConfigDict(dict(
       features=(32, 64), dense=128, dropout=0.0, steps=2000, batch_size=128, lr=1e-3))
@@ -53,7 +61,10 @@ def base() -> ml_collections.ConfigDict:
       num_samples=10000, sample_batch_size=500,
       sampler=ml_collections.ConfigDict(dict(
           kind="pc", predictor="reverse_diffusion", corrector="langevin", snr=0.16,
-          n_steps=1000, eps=1e-5)),
+          n_steps=1000, eps=1e-5, guidance=2.0, eta=0.0)),
+      # conditional models: samples per forget-class evaluation (AR_MU, AR_CL) and for the
+      # Fréchet distance on the evaluation classifier's features (retain classes).
+      fd_num_samples=1000, attack_num_samples=500,
       nll=ml_collections.ConfigDict(dict(
           num_examples=1000, batch_size=100, passes=1, rtol=1e-5, atol=1e-5,
           hutchinson="rademacher", offset="score_sde")),
@@ -62,13 +73,17 @@ def base() -> ml_collections.ConfigDict:
 
 
 def stage(kind: str, **kw) -> ml_collections.ConfigDict:
-  """A stage entry.  kind in {classifier, train, unlearn, evaluate, report}.
+  """A stage entry.  kind in {classifier, train, unlearn, mask, synthesize, attack, evaluate, report}.
 
-  train/unlearn fields: data ("all" | "retain"), init ("scratch" | a stage
-  name | a directory written by unlearn_jax), steps, method/variant (unlearn).
+  train/unlearn/attack fields: data (a stream: "all", "retain", "test_retain" or a
+  synthesize stage), init ("scratch" | a stage name | a directory written by
+  unlearn_jax), steps, method/variant (unlearn), mask (a mask stage), eval_every
+  (attack: evaluate AR every k steps).  mask: method ("salun" | "sfron"), init.
+  synthesize: init (the generating model), num (0: as many as D_r).
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
-           models=(), lr=ml_collections.FieldReference(None, field_type=float))
+           models=(), mask="", eval_every=0, num=0,
+           lr=ml_collections.FieldReference(None, field_type=float))
   d.update(kw)
   return ml_collections.ConfigDict(d)
 
@@ -109,3 +124,80 @@ def cpu_variant(c: ml_collections.ConfigDict, *, steps: int = 1000, unlearn_step
   c.eval.sampler.update(dict(corrector="none", n_steps=100, eps=1e-3))
   c.eval.nll.update(dict(num_examples=nll_examples, batch_size=nll_examples, rtol=1e-3, atol=1e-3))
   return c
+
+
+DIMUM_METHODS = ("ga", "salun", "dimum")
+
+
+def ddpm_base() -> ml_collections.ConfigDict:
+  """A class-conditional DDPM with classifier-free guidance (DiMUM paper Eq. 1-4;
+  the shared CIFAR-10 backbone of REFERENCE.md): linear betas 1e-4..0.02, T=1000,
+  condition dropout 0.1, guided DDIM sampling with w = 2."""
+  c = base()
+  c.experiment = "dimum"
+  c.sde = ml_collections.ConfigDict(dict(name="ddpm", N=1000, beta_start=1e-4, beta_end=0.02))
+  c.model.update(dict(conditional=True, output="eps", ema_rate=0.9999))
+  c.data.centered = True
+  c.training.update(dict(weighting="simple", reduce="mean", cond_drop=0.1))
+  c.optim.update(dict(lr=2e-4, warmup=0, grad_clip=1.0))
+  c.eval.sampler = ml_collections.ConfigDict(dict(kind="ddim", n_steps=100, eta=0.0, guidance=2.0))
+  c.eval.update(dict(num_samples=1000, fd_num_samples=5000, attack_num_samples=1000))
+  return c
+
+
+def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, eval_every: int,
+                 methods=DIMUM_METHODS, attack_data=("retain",), pretrained: str = "",
+                 sfron_steps: int = 0, synthetic: int = -1, mask_batches: int = 0,
+                 unlearn_lr: float = None) -> tuple:
+  """The DiMUM/DiMRA chain: classifier, pretraining (or a pretrained directory), per method
+  a mask stage where it takes one and the unlearning stage, evaluation, one DiMRA attack
+  per method and auxiliary data set ("retain": assumption (i); "test_retain":
+  assumption (ii); "synthetic": data the pretrained model generates under D_r's
+  conditions, `synthetic` images, 0 = |D_r|), report.
+  """
+  stages = ml_collections.ConfigDict()
+  order = ["classifier"]
+  stages.classifier = stage("classifier")
+  init = pretrained or "pretrained"
+  if not pretrained:
+    stages.pretrained = stage("train", data="all", steps=pretrain_steps)
+    order.append("pretrained")
+  lr_kw = {} if unlearn_lr is None else {"lr": unlearn_lr}
+  for m in methods:
+    steps = sfron_steps if (m == "sfron" and sfron_steps) else unlearn_steps
+    kw = {}
+    if m in ("salun", "sfron"):
+      stages[f"{m}_mask"] = stage("mask", method=m, init=init, steps=mask_batches)
+      order.append(f"{m}_mask")
+      kw["mask"] = f"{m}_mask"
+    stages[m] = stage("unlearn", method=m, init=init, steps=steps, **kw, **lr_kw)
+    order.append(m)
+  models = (() if pretrained else ("pretrained",)) + tuple(methods)
+  stages.evaluate = stage("evaluate", models=models)
+  order.append("evaluate")
+  data_streams = []
+  for d in attack_data:
+    if d == "synthetic":
+      stages.synthetic = stage("synthesize", init=init, num=max(synthetic, 0))
+      order.append("synthetic")
+    data_streams.append(d)
+  suffix = {"retain": "", "test_retain": "_test", "synthetic": "_synth"}
+  for d in data_streams:
+    for m in methods:
+      name = f"attack_{m}{suffix.get(d, '_' + d)}"
+      stages[name] = stage("attack", init=m, data=d, steps=attack_steps, eval_every=eval_every, **lr_kw)
+      order.append(name)
+  stages.report = stage("report")
+  order.append("report")
+  return stages, tuple(order)
+
+
+def parse_arg(arg, allowed: dict) -> dict:
+  """'cpu,steps=20000,forget=1' -> {'cpu': True, 'steps': 20000, 'forget': 1} (types from `allowed`)."""
+  out = {}
+  for item in filter(None, (arg or "").split(",")):
+    key, _, value = item.partition("=")
+    if key not in allowed:
+      raise ValueError(f"unknown config argument {key!r}: expected {', '.join(sorted(allowed))}")
+    out[key] = True if not _ else type(allowed[key])(value)
+  return out

@@ -26,9 +26,10 @@ from unlearn_jax import training
 # ----------------------------------------------------------------------------
 # The evaluation classifier.
 # ----------------------------------------------------------------------------
-def classifier_step(state: ts.TrainState, batches, rng, *, apply_fn: Callable, tx,
+def classifier_step(state: ts.TrainState, batches, rng, consts=None, *, apply_fn: Callable, tx,
                     axis_name: Optional[str] = None):
   """One cross-entropy step of the evaluation classifier (pure; pmapped by the train loop)."""
+  del consts
   batch = batches["all"]
   dropout_rng = jax.random.fold_in(rng, state.step)
   if axis_name is not None:
@@ -55,6 +56,13 @@ def predict(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) 
   f = jax.jit(lambda p, x: jnp.argmax(apply_fn({"params": p}, x), -1))
   out = [np.asarray(f(params, x01[i:i + batch_size])) for i in range(0, len(x01), batch_size)]
   return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
+def embed(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) -> np.ndarray:
+  """The classifier's penultimate features (B, F) of images in [0, 1] (for Fréchet distances)."""
+  f = jax.jit(lambda p, x: apply_fn({"params": p}, x, method="features"))
+  out = [np.asarray(f(params, x01[i:i + batch_size])) for i in range(0, len(x01), batch_size)]
+  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
 
 def unlearning_ratio(predicted: np.ndarray, forget_labels: Sequence[int]) -> float:

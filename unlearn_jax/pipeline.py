@@ -5,10 +5,16 @@
 
 Stage kinds (`config.stages.<name>.kind`):
   classifier  trains the evaluation classifier on the full training set
-  train       trains a score model on "all" (Standard) or "retain" (Unseen) data
-  unlearn     runs an unlearning method (SGU) from scratch (re-training) or
-              from a stage / checkpoint directory (fine-tuning)
-  evaluate    samples each listed model, unlearning ratio, NLL of retain/forget test data
+  train       trains a model on "all" (Standard / pretraining) or "retain" (Unseen) data
+  unlearn     runs an unlearning method (`unlearning.methods`: sgu, finetune, ga,
+              dimum, salun, sfron) from scratch (re-training) or from a stage /
+              checkpoint directory (fine-tuning)
+  mask        computes a parameter mask once (SalUn saliency, SFR-on Fisher ratio)
+  synthesize  generates an auxiliary data set from a model under the retain conditions
+  attack      DiMRA (DiMUM paper Eq. 7): fine-tunes an unlearned model with the
+              ordinary loss on an auxiliary stream, evaluating AR every k steps
+  evaluate    samples each listed model: unconditional models -> unlearning ratio and
+              NLL; class-conditional -> AR_MU, AR_CL and the Fréchet distance
   report      writes <workdir>/results.json and <workdir>/report.md
 
 Each stage writes `<workdir>/<stage>/`; a stage with DONE.json is skipped, an
@@ -35,6 +41,7 @@ from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import likelihood
 from unlearn_jax import losses
+from unlearn_jax import metrics
 from unlearn_jax import models
 from unlearn_jax import report as report_lib
 from unlearn_jax import sampling
@@ -43,12 +50,15 @@ from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax import training
 from unlearn_jax.errors import UserError, check_choice, check_range
-from unlearn_jax.unlearning import sgu
+from unlearn_jax.unlearning import dimum as dimum_lib
+from unlearn_jax.unlearning import methods as methods_lib
+from unlearn_jax.unlearning import saliency
 
-STAGE_KINDS = ("classifier", "train", "unlearn", "evaluate", "report")
-MODEL_KINDS = ("train", "unlearn")
-METHODS = ("sgu",)
-STREAMS = ("all", "retain")
+STAGE_KINDS = ("classifier", "train", "unlearn", "mask", "synthesize", "attack", "evaluate", "report")
+MODEL_KINDS = ("train", "unlearn", "attack")
+#: data streams every experiment has; synthesize stages add their own (by stage name).
+STREAMS = ("all", "retain", "forget", "alternative", "test_retain")
+CONDITIONAL_KINDS = ("synthesize", "attack")
 
 
 @dataclasses.dataclass
@@ -61,6 +71,9 @@ class Experiment:
   test_forget: data_lib.Dataset
   test_retain: data_lib.Dataset
   forget_labels: Tuple[int, ...]
+  #: alt[c]: the alternative class of each class (itself if retained).
+  alt: np.ndarray
+  conditional: bool
   process: Any
   module: Any
   model_cfg: Any
@@ -74,6 +87,20 @@ class Experiment:
   def is_image(self) -> bool:
     return self.train.is_image
 
+  @property
+  def null_label(self) -> int:
+    return self.train.num_classes if self.conditional else 0
+
+  @property
+  def retained_classes(self) -> Tuple[int, ...]:
+    return tuple(c for c in range(self.train.num_classes) if c not in self.forget_labels)
+
+  def stream(self, name: str, workdir: str) -> data_lib.Dataset:
+    """A base stream, or the data a synthesize stage wrote."""
+    if name in self.streams:
+      return self.streams[name]
+    return load_synthetic(self, os.path.join(workdir, name))
+
   def apply(self, variables, x, time, labels=None, train=False, rngs=None):
     return self.module.apply(variables, x, time, labels, train=train, rngs=rngs)
 
@@ -86,37 +113,73 @@ def stage_seed(config, name: str) -> int:
 # ----------------------------------------------------------------------------
 # Validation + construction (no writes).
 # ----------------------------------------------------------------------------
+def _check_source(config, field: str, value: str, seen, kinds=MODEL_KINDS) -> None:
+  """`value` names an earlier stage of one of `kinds`, or a stage directory on disk."""
+  if value in seen and config.stages[value].kind in kinds:
+    return
+  if value in config.stages:
+    raise UserError(field, value, f"a stage used here must be a {'/'.join(kinds)} stage that runs "
+                    "earlier in config.stage_order")
+  if not os.path.isdir(os.path.join(value, checkpoints.CKPT_DIR)) or \
+     not os.path.exists(os.path.join(value, checkpoints.META)):
+    raise UserError(field, value, "expected 'scratch', an earlier stage name, or a stage directory written by "
+                    "unlearn_jax (with checkpoints/ and meta.json); no checkpoint found there")
+
+
 def _validate_stages(config) -> None:
   order = tuple(config.stage_order)
   for name in order:
     if name not in config.stages:
       raise UserError("config.stage_order", name, "expected stage names defined under config.stages: "
                       + ", ".join(config.stages.keys()))
+  conditional = bool(config.model.get("conditional", False))
   seen = []
   for name in order:
     st = config.stages[name]
     field = f"config.stages.{name}"
     check_choice(f"{field}.kind", st.kind, STAGE_KINDS)
+    if st.kind in CONDITIONAL_KINDS and not conditional:
+      raise UserError(f"{field}.kind", st.kind, "needs a class-conditional model (config.model.conditional=True)")
     if st.kind in MODEL_KINDS:
-      check_choice(f"{field}.data", st.data, STREAMS)
+      synth = tuple(n for n in seen if config.stages[n].kind == "synthesize")
+      check_choice(f"{field}.data", st.data, STREAMS + synth)
       check_range(f"{field}.steps", st.steps, 0, 10 ** 9)
-      if st.init != "scratch" and st.init not in seen:
-        if st.init in config.stages:
-          raise UserError(f"{field}.init", st.init, "a stage used as init must run earlier in config.stage_order")
-        if not os.path.isdir(os.path.join(st.init, checkpoints.CKPT_DIR)) or \
-           not os.path.exists(os.path.join(st.init, checkpoints.META)):
-          raise UserError(f"{field}.init", st.init,
-                          "expected 'scratch', an earlier stage name, or a stage directory written by "
-                          "unlearn_jax (with checkpoints/ and meta.json); no checkpoint found there")
+      if st.kind == "attack" and st.init == "scratch":
+        raise UserError(f"{field}.init", st.init, "an attack starts from an unlearned model: name its stage")
+      if st.init != "scratch":
+        _check_source(config, f"{field}.init", st.init, seen)
+    if st.kind == "attack":
+      check_range(f"{field}.eval_every", st.eval_every, 0, 10 ** 9)
+      if not any(config.stages[n].kind == "classifier" for n in seen):
+        raise UserError(f"{field}.kind", st.kind, "the attack's AR needs a classifier stage earlier in "
+                        "config.stage_order")
     if st.kind == "unlearn":
-      check_choice(f"{field}.method", st.method, METHODS)
-      check_choice(f"{field}.variant", st.variant, tuple(sgu.FORGET_LOSSES))
+      check_choice(f"{field}.method", st.method, methods_lib.METHODS)
+      if st.method == "sgu":
+        check_choice(f"{field}.variant", st.variant, ("orthogonal", "obtuse"))
+      if st.method in methods_lib.CONDITIONAL and not conditional:
+        raise UserError(f"{field}.method", st.method, "needs a class-conditional model (config.model.conditional=True)")
+      if st.mask:
+        want = methods_lib.MASKS.get(st.method)
+        if want is None:
+          raise UserError(f"{field}.mask", st.mask, f"method {st.method!r} takes no mask")
+        if st.mask not in seen or config.stages[st.mask].kind != "mask" or config.stages[st.mask].method != want:
+          raise UserError(f"{field}.mask", st.mask, f"expected an earlier mask stage with method {want!r}")
+    if st.kind == "mask":
+      check_choice(f"{field}.method", st.method, tuple(sorted(set(methods_lib.MASKS.values()))))
+      _check_source(config, f"{field}.init", st.init, seen)
+      check_range(f"{field}.steps", st.steps, 0, 10 ** 9)
+    if st.kind == "synthesize":
+      _check_source(config, f"{field}.init", st.init, seen)
+      check_range(f"{field}.num", st.num, 0, 10 ** 9)
     if st.kind == "evaluate":
       for m in st.models:
         if m not in seen or config.stages[m].kind not in MODEL_KINDS:
-          raise UserError(f"{field}.models", m, "expected train/unlearn stages that run earlier")
+          raise UserError(f"{field}.models", m, "expected train/unlearn/attack stages that run earlier")
     seen.append(name)
   check_range("config.sgu.alpha", config.sgu.alpha, 0.0, 1.0)
+  check_range("config.salun.fraction", config.salun.fraction, 0.0, 1.0)
+  check_range("config.training.cond_drop", config.training.cond_drop, 0.0, 1.0)
   if config.training.batch_size < 1:
     raise UserError("config.training.batch_size", config.training.batch_size, "expected a positive integer")
   training.check_batch_size(config.training.batch_size)
@@ -124,7 +187,6 @@ def _validate_stages(config) -> None:
     training.check_batch_size(config.classifier.batch_size, "config.classifier.batch_size")
   check_choice("config.model.output", config.model.output, score_lib.OUTPUT_TYPES)
   check_choice("config.training.weighting", config.training.weighting, losses.WEIGHTINGS)
-  check_choice("config.eval.sampler.kind", config.eval.sampler.kind, tuple(SAMPLERS))
   check_choice("config.eval.nll.offset", config.eval.nll.offset, ("score_sde", "density"))
 
 
@@ -132,9 +194,9 @@ def build_experiment(config) -> Experiment:
   """Loads data and builds the model; raises UserError on any bad input.  Writes nothing."""
   _validate_stages(config)
   process = sde_lib.get_sde(config.sde.name, **config.sde.to_dict())
-  if isinstance(process, sde_lib.DDPMSchedule):
-    raise UserError("config.sde.name", config.sde.name,
-                    "the SGU pipeline needs a continuous SDE (vesde, vpsde, subvpsde) for NLL")
+  discrete = isinstance(process, sde_lib.DDPMSchedule)
+  check_choice("config.eval.sampler.kind", config.eval.sampler.kind,
+               tuple(DDPM_SAMPLERS) if discrete else tuple(SAMPLERS))
   train = data_lib.load_dataset(config.data, "train")
   test = data_lib.load_dataset(config.data, "test")
   if train.is_image:
@@ -154,7 +216,14 @@ def build_experiment(config) -> Experiment:
     if len(ds) == 0:
       raise UserError("config.data.forget_classes", tuple(config.data.forget_classes),
                       f"leaves the {k} set empty")
-  module, model_cfg = models.build_model(config.model, train.example_shape, 0)
+  conditional = bool(config.model.get("conditional", False))
+  alt = dimum_lib.alternative_classes(train.num_classes, forget_labels, config.unlearn.alternative,
+                                      seed=config.seed)
+  streams["alternative"] = dimum_lib.memorization_set(streams["forget"], streams["retain"], alt,
+                                                      config.unlearn.alternative, seed=config.seed)
+  streams["test_retain"] = data_lib.subset(test, ~test_forget_mask)
+  module, model_cfg = models.build_model(config.model, train.example_shape,
+                                         train.num_classes if conditional else 0)
   models.check_image_shape(model_cfg, train.example_shape)
   classifier = None
   if train.is_image and any(config.stages[n].kind == "classifier" for n in config.stage_order):
@@ -162,11 +231,13 @@ def build_experiment(config) -> Experiment:
   exp = Experiment(config=config, train=train, test=test, streams=streams,
                    test_forget=data_lib.subset(test, test_forget_mask),
                    test_retain=data_lib.subset(test, ~test_forget_mask),
-                   forget_labels=forget_labels, process=process, module=module,
+                   forget_labels=forget_labels, alt=alt, conditional=conditional,
+                   process=process, module=module,
                    model_cfg=model_cfg, example_shape=train.example_shape, classifier=classifier)
   for name in config.stage_order:
     st = config.stages[name]
-    if st.kind in MODEL_KINDS and st.init not in ("scratch",) and st.init not in config.stages:
+    if st.kind in MODEL_KINDS + ("mask", "synthesize") and st.init not in ("scratch",) \
+       and st.init not in config.stages:
       _check_meta(exp, f"config.stages.{name}.init", st.init)
   return exp
 
@@ -191,26 +262,35 @@ def _check_meta(exp: Experiment, field: str, path: str) -> None:
 # ----------------------------------------------------------------------------
 # Model stages: train (Standard / Unseen) and unlearn (SGU).
 # ----------------------------------------------------------------------------
-def _objectives(exp: Experiment, st) -> Tuple[Dict[str, training.Objective], Any]:
-  """(objectives, gradient transform) of a train or unlearn stage."""
-  denoise = functools.partial(losses.denoising_loss, reduce=exp.config.training.reduce)
-  if st.kind == "train":
-    return {"retain": training.Objective(st.data, denoise)}, None
-  # SGU Eq. 11: alpha * L(g) + (1 - alpha) * L(f).
-  return ({"retain": training.Objective("retain", denoise),
-           "forget": training.Objective("forget", sgu.FORGET_LOSSES[st.variant],
-                                        std_power=exp.config.sgu.std_power)},
-          sgu.sgu(exp.config.sgu.alpha))
+def _objectives(exp: Experiment, st) -> Tuple[Dict[str, training.Objective], Any, methods_lib.Options]:
+  """(objectives, gradient transform, options) of a train, attack or unlearn stage.
+
+  Pretraining (train) and the DiMRA attack (Eq. 7) use the ordinary loss on their
+  stream, with condition dropout for classifier-free guidance; an unlearn stage's
+  objectives come from `unlearning.methods` (no condition dropout: the
+  conditions are what is being unlearned).
+  """
+  cfg = exp.config
+  if st.kind in ("train", "attack"):
+    denoise = functools.partial(losses.denoising_loss, reduce=cfg.training.reduce)
+    drop = cfg.training.cond_drop if exp.conditional else 0.0
+    name = "retain" if st.kind == "train" else "attack"
+    return {name: training.Objective(st.data, denoise, cond_drop=drop)}, None, methods_lib.Options()
+  return methods_lib.build(st.method, st.variant, cfg, alt=exp.alt, steps=st.steps)
+
+
+def _source_dir(exp: Experiment, workdir: str, init: str) -> str:
+  return os.path.join(workdir, init) if init in exp.config.stages else init
 
 
 def init_state(exp: Experiment, name: str, st, tx, workdir: str) -> ts.TrainState:
   """Random init (re-training) or the EMA parameters of a stage / directory (fine-tuning)."""
   cfg = exp.config
   if st.init == "scratch":
-    params = models.init_params(exp.module, jax.random.key(stage_seed(cfg, name)), exp.example_shape)
+    params = models.init_params(exp.module, jax.random.key(stage_seed(cfg, name)), exp.example_shape,
+                                conditional=exp.conditional)
   else:
-    src = os.path.join(workdir, st.init) if st.init in cfg.stages else st.init
-    params = load_params(exp, src)
+    params = load_params(exp, _source_dir(exp, workdir, st.init))
   return ts.create(params, tx)
 
 
@@ -225,23 +305,34 @@ def load_params(exp: Experiment, stage_dir: str, ema: bool = True):
   return jax.tree_util.tree_map(jnp.asarray, raw["ema_params" if ema else "params"])
 
 
-def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
+def step_spec(exp: Experiment, objectives, alternate: bool = False) -> training.StepSpec:
+  cfg = exp.config
+  return training.StepSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
+                           objectives=objectives, weighting=cfg.training.weighting,
+                           ema_rate=cfg.model.ema_rate, centered=cfg.data.centered,
+                           random_flip=cfg.data.random_flip, conditional=exp.conditional,
+                           null_label=exp.null_label, alternate=alternate)
+
+
+def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None,
+                    eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0) -> None:
+  """train / unlearn / attack: runs (or resumes) the stage's optimisation."""
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
-  objectives, method = _objectives(exp, st)
+  objectives, method, options = _objectives(exp, st)
   lr = st.lr if st.lr is not None else cfg.optim.lr
   tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
                                b1=cfg.optim.b1, eps=cfg.optim.eps, method=method)
-  spec = training.StepSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
-                           objectives=objectives, weighting=cfg.training.weighting,
-                           ema_rate=cfg.model.ema_rate, centered=cfg.data.centered,
-                           random_flip=cfg.data.random_flip)
+  spec = step_spec(exp, objectives, options.alternate)
+  consts = {}
+  if st.kind == "unlearn" and st.mask:
+    consts["mask"] = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE))
   os.makedirs(stage_dir, exist_ok=True)
   if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
     checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name))
   state = init_state(exp, name, st, tx, workdir)
   seed = stage_seed(cfg, name)
-  streams = {o.stream: exp.streams[o.stream] for o in objectives.values()}
+  streams = {o.stream: exp.stream(o.stream, workdir) for o in objectives.values()}
   batch = cfg.training.batch_size
 
   def get_batches(step):
@@ -251,17 +342,158 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
             for i, (k, ds) in enumerate(sorted(streams.items()))}
 
   def sample_hook(step, state):
-    x = generate(exp, state.ema_params, cfg.eval.grid_size, jax.random.key(step))
-    report_lib.save_samples(os.path.join(stage_dir, "samples", f"step_{step:07d}.png"), x, exp.is_image)
+    if eval_hook is not None and eval_every and step % eval_every == 0:
+      eval_hook(step, state)
+    if cfg.training.sample_every and step % cfg.training.sample_every == 0:
+      x = generate(exp, state.ema_params, cfg.eval.grid_size, jax.random.key(step),
+                   labels=grid_labels(exp, cfg.eval.grid_size))
+      report_lib.save_samples(os.path.join(stage_dir, "samples", f"step_{step:07d}.png"), x, exp.is_image)
 
+  every = [e for e in (cfg.training.sample_every, eval_every if eval_hook else 0) if e]
   loop = training.LoopConfig(num_steps=st.steps, batch_size=batch, seed=seed,
                              log_every=cfg.training.log_every, ckpt_every=cfg.training.ckpt_every,
-                             sample_every=cfg.training.sample_every, max_to_keep=cfg.training.max_to_keep)
+                             sample_every=int(np.gcd.reduce(every)) if every else 0,
+                             max_to_keep=cfg.training.max_to_keep)
   t0 = time.time()
-  training.train_loop(stage_dir, state, functools.partial(training.train_step, spec=spec, tx=tx),
-                      loop, get_batches, sample_hook=sample_hook, step_hook=step_hook, stage_name=name)
+  final = training.train_loop(stage_dir, state, functools.partial(training.train_step, spec=spec, tx=tx),
+                              loop, get_batches, sample_hook=sample_hook, step_hook=step_hook,
+                              stage_name=name, consts=consts)
+  if eval_hook is not None:
+    eval_hook(st.steps, final)
   checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
                          {"steps": st.steps, "wall_time_s": time.time() - t0})
+
+
+# ----------------------------------------------------------------------------
+# Masks (SalUn, SFR-on), synthetic auxiliary data, the DiMRA attack.
+# ----------------------------------------------------------------------------
+MASK_FILE = "mask.msgpack"
+SYNTH_FILE = "data.npz"
+CURVE_FILE = "curve.json"
+
+
+def _pass_batches(ds: data_lib.Dataset, batch: int, max_batches: int, seed: int):
+  """One pass over `ds` in `batch`-sized batches (the last one wraps), at most max_batches (0: all)."""
+  n = -(-len(ds) // batch)
+  n = min(n, max_batches) if max_batches else n
+  return [data_lib.batch_at_step(ds, s, batch, seed) for s in range(n)]
+
+
+def run_mask_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
+  """SalUn: top `config.salun.fraction` of |sum of forget-loss gradients| over D_f.
+  SFR-on: [F_f >= F_r] from per-batch clipped squared gradients over D_f and D_r."""
+  cfg = exp.config
+  t0 = time.time()
+  stage_dir = os.path.join(workdir, name)
+  params = load_params(exp, _source_dir(exp, workdir, st.init))
+  denoise = functools.partial(losses.denoising_loss, reduce=cfg.training.reduce)
+  objective = training.Objective("forget", denoise)
+  spec = step_spec(exp, {"forget": objective})
+  seed = stage_seed(cfg, name)
+
+  @jax.jit
+  def grad_fn(p, batch, key):
+    keys = training.example_keys(key, batch["x"].shape[0], None)
+    return jax.grad(training.objective_loss)(p, batch, keys, key, spec, objective)
+
+  def grads(ds, **kw):
+    batches = _pass_batches(ds, cfg.training.batch_size, st.steps, seed)
+    keyed = [(b, jax.random.fold_in(jax.random.key(seed), i)) for i, b in enumerate(batches)]
+    return saliency.accumulate(lambda p, bk: grad_fn(p, *bk), params, keyed, **kw)
+
+  if st.method == "salun":
+    scores = jax.tree_util.tree_map(jnp.abs, grads(exp.streams["forget"]))
+    mask = saliency.top_fraction_mask(scores, cfg.salun.fraction)
+  else:
+    f_forget = grads(exp.streams["forget"], square=True, clip_norm=1.0)
+    f_retain = grads(exp.streams["retain"], square=True, clip_norm=1.0)
+    mask = saliency.ratio_mask(f_forget, f_retain)
+  os.makedirs(stage_dir, exist_ok=True)
+  saliency.save_mask(os.path.join(stage_dir, MASK_FILE), mask)
+  kept = saliency.kept_fraction(mask)
+  logging.info("[%s] %s mask keeps %.3f of the weights", name, st.method, kept)
+  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
+                         {"method": st.method, "kept_fraction": kept, "wall_time_s": time.time() - t0})
+
+
+def run_synthesize_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
+  """DiMRA's synthetic auxiliary data: the model's samples under D_r's conditions
+  (as many as D_r unless `num`), written in chunks so a killed run resumes."""
+  cfg = exp.config
+  t0 = time.time()
+  stage_dir = os.path.join(workdir, name)
+  os.makedirs(stage_dir, exist_ok=True)
+  params = load_params(exp, _source_dir(exp, workdir, st.init))
+  retain = exp.streams["retain"]
+  n = st.num or len(retain)
+  labels = np.resize(retain.labels, n)
+  chunk = cfg.eval.sample_batch_size
+  parts = []
+  for i, start in enumerate(range(0, n, chunk)):
+    path = os.path.join(stage_dir, f"chunk_{i:05d}.npy")
+    if not os.path.exists(path):
+      x = generate(exp, params, len(labels[start:start + chunk]),
+                   jax.random.fold_in(jax.random.key(stage_seed(cfg, name)), i), labels=labels[start:start + chunk])
+      img = np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
+      np.save(path + ".tmp.npy", img)
+      os.replace(path + ".tmp.npy", path)
+    parts.append(np.load(path))
+    if step_hook is not None:
+      step_hook(i + 1)
+  tmp = os.path.join(stage_dir, SYNTH_FILE + ".tmp.npz")
+  np.savez(tmp, images=np.concatenate(parts), labels=labels.astype(np.int32))
+  os.replace(tmp, os.path.join(stage_dir, SYNTH_FILE))
+  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
+                         {"num": int(n), "source_model": st.init, "wall_time_s": time.time() - t0})
+
+
+def load_synthetic(exp: Experiment, stage_dir: str) -> data_lib.Dataset:
+  with np.load(os.path.join(stage_dir, SYNTH_FILE)) as f:
+    images, labels = f["images"], f["labels"]
+  return data_lib.Dataset(name=exp.train.name, images=images, labels=labels,
+                          num_classes=exp.train.num_classes, class_names=exp.train.class_names,
+                          source=f"synthetic:{os.path.basename(stage_dir)}", is_image=exp.is_image)
+
+
+def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array) -> dict:
+  """AR (share of forget-conditioned samples classified as a forgotten class) and
+  AR_CL (share classified as the alternative class of their condition)."""
+  labels = np.resize(np.asarray(exp.forget_labels, np.int32), n)
+  x = generate(exp, params, n, rng, labels=labels)
+  pred = evaluation.predict(exp.classifier.apply, clf_params, x)
+  return {"ar": metrics.attack_rate(pred, exp.forget_labels),
+          "ar_cl": float(np.mean(pred == exp.alt[labels])) if n else float("nan"),
+          "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
+          "samples": x}
+
+
+def run_attack_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
+  """DiMRA (Eq. 7): the ordinary loss on the auxiliary stream, AR_DiMRA and AR_CL every
+  `eval_every` steps (and at 0 and the end) into <stage>/curve.json and curve.csv."""
+  cfg = exp.config
+  stage_dir = os.path.join(workdir, name)
+  os.makedirs(stage_dir, exist_ok=True)
+  clf = classifier_params(exp, workdir)
+  curve_path = os.path.join(stage_dir, CURVE_FILE)
+  curve = checkpoints.read_json(curve_path) if os.path.exists(curve_path) else {}
+  key = jax.random.key(stage_seed(cfg, name))
+
+  def record(step, state_or_params):
+    if str(step) in curve:
+      return
+    params = getattr(state_or_params, "ema_params", state_or_params)
+    r = forget_rates(exp, params, clf, cfg.eval.attack_num_samples, jax.random.fold_in(key, step))
+    curve[str(step)] = {"ar": r["ar"], "ar_cl": r["ar_cl"]}
+    checkpoints.write_json(curve_path, curve)
+    logging.info("[%s] step %d AR_DiMRA %.3f AR_CL %.3f", name, step, r["ar"], r["ar_cl"])
+
+  record(0, load_params(exp, _source_dir(exp, workdir, st.init)))
+  run_model_stage(exp, name, st, workdir, step_hook=step_hook, eval_hook=record,
+                  eval_every=st.eval_every)
+  steps = sorted(int(k) for k in curve)
+  metrics.write_curve_csv(os.path.join(stage_dir, "curve.csv"), steps,
+                          {"ar_dimra": [curve[str(k)]["ar"] for k in steps],
+                           "ar_cl": [curve[str(k)]["ar_cl"] for k in steps]})
 
 
 # ----------------------------------------------------------------------------
@@ -310,7 +542,20 @@ def _ode(exp, score_fn, shape, rng):
   return sampling.ode_sample(rng, exp.process, score_fn, shape, eps=s.eps)[0]
 
 
+def _ddim(exp, eps_fn, shape, rng):
+  s = exp.config.eval.sampler
+  return sampling.ddim_sample(rng, exp.process, eps_fn, shape, n_steps=s.n_steps, eta=s.eta,
+                              clip_x0=exp.config.data.centered)
+
+
+def _ancestral(exp, eps_fn, shape, rng):
+  return sampling.ddpm_ancestral_sample(rng, exp.process, eps_fn, shape, clip_x0=exp.config.data.centered)
+
+
+#: continuous SDEs: samplers of score_fn(x, t); DDPM: samplers of eps_fn(x, i) (guided
+#: by `config.eval.sampler.guidance` for conditional models, DiMUM paper Eq. 2-3).
 SAMPLERS = {"pc": _pc, "ode": _ode}
+DDPM_SAMPLERS = {"ddim": _ddim, "ancestral": _ancestral}
 
 
 def model_score_apply(exp: Experiment) -> Callable:
@@ -321,18 +566,35 @@ def model_score_apply(exp: Experiment) -> Callable:
   return score_apply
 
 
+def model_eps_apply(exp: Experiment, params) -> Callable:
+  """eps_apply(x, i, labels) of a DDPM model (i: integer steps)."""
+  def eps_apply(x, i, labels):
+    out = exp.apply({"params": params}, x, exp.process.time_input(i), labels)
+    return score_lib.to_eps(out, exp.process.marginal_coeffs(i)[1], exp.config.model.output)
+  return eps_apply
+
+
 def _sampler(exp: Experiment, per_dev: int) -> Callable:
-  """pmap(params broadcast, one key per device) -> samples in data space; built once per shape."""
+  """pmap(params broadcast, one key and label row per device) -> samples in data space;
+  built once per shape."""
   key = ("sample", per_dev)
   if key not in exp.compiled:
     cfg = exp.config
     shape = (per_dev,) + exp.example_shape
-    score_apply = model_score_apply(exp)
-    sampler = SAMPLERS[cfg.eval.sampler.kind]
+    discrete = isinstance(exp.process, sde_lib.DDPMSchedule)
 
-    @functools.partial(jax.pmap, in_axes=(None, 0))
-    def sample(params, rng):
-      x = sampler(exp, lambda x, t: score_apply(params, x, t), shape, rng)
+    @functools.partial(jax.pmap, in_axes=(None, 0, 0))
+    def sample(params, rng, labels):
+      if discrete:
+        eps_apply = model_eps_apply(exp, params)
+        if exp.conditional:
+          eps_fn = sampling.guided_eps_fn(eps_apply, labels, exp.null_label, cfg.eval.sampler.guidance)
+        else:
+          eps_fn = lambda x, i: eps_apply(x, i, None)
+        x = DDPM_SAMPLERS[cfg.eval.sampler.kind](exp, eps_fn, shape, rng)
+      else:
+        score_apply = model_score_apply(exp)
+        x = SAMPLERS[cfg.eval.sampler.kind](exp, lambda x, t: score_apply(params, x, t), shape, rng)
       if exp.is_image:
         x = jnp.clip(data_lib.inverse_scaler(x, cfg.data.centered), 0.0, 1.0)
       return x
@@ -341,17 +603,36 @@ def _sampler(exp: Experiment, per_dev: int) -> Callable:
   return exp.compiled[key]
 
 
-def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Optional[int] = None) -> np.ndarray:
-  """n samples in data space ([0, 1] images, raw toy points), batched and pmapped over devices."""
+def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Optional[int] = None,
+             labels: Optional[np.ndarray] = None) -> np.ndarray:
+  """n samples in data space ([0, 1] images, raw toy points), batched and pmapped over devices.
+
+  `labels` (n,) are the conditions of a class-conditional model (required there).
+  """
+  if exp.conditional and labels is None:
+    raise ValueError("a class-conditional model needs one label per sample")
   n_dev = jax.local_device_count()
   batch_size = min(batch_size or exp.config.eval.sample_batch_size, max(n, 1))
-  sample = _sampler(exp, -(-batch_size // n_dev))
+  per_dev = -(-batch_size // n_dev)
+  sample = _sampler(exp, per_dev)
+  step = per_dev * n_dev
+  labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
   out, i = [], 0
   while sum(len(o) for o in out) < n:
     keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
-    out.append(np.asarray(sample(params, keys)).reshape((-1,) + exp.example_shape))
+    lab = np.resize(labels[i * step:(i + 1) * step], step) if n else np.zeros(step, np.int32)
+    out.append(np.asarray(sample(params, keys, lab.reshape(n_dev, per_dev))).reshape((-1,) + exp.example_shape))
     i += 1
   return np.concatenate(out)[:n]
+
+
+def grid_labels(exp: Experiment, n: int) -> Optional[np.ndarray]:
+  """Conditions of a sample grid: each class in turn, one row per class."""
+  if not exp.conditional:
+    return None
+  k = exp.train.num_classes
+  per = max(n // k, 1)
+  return np.repeat(np.arange(k, dtype=np.int32), per)[:max(n, k)]
 
 
 def _nll_fn(exp: Experiment) -> Callable:
@@ -387,24 +668,57 @@ def evaluate_model(exp: Experiment, workdir: str, model: str, rng: jax.Array, cl
             "num_samples": int(len(samples)),
             "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist()}
   ncfg = cfg.eval.nll
+  if isinstance(exp.process, sde_lib.DDPMSchedule):
+    ncfg = None                           # no probability-flow NLL for the discrete schedule
   offset = nll_offset(exp)
-  nll_fn = _nll_fn(exp)
   nll = {}
-  for i, (key, ds) in enumerate((("retain", exp.test_retain), ("forget", exp.test_forget))):
+  for i, (key, ds) in enumerate((("retain", exp.test_retain), ("forget", exp.test_forget)) if ncfg else ()):
+    nll_fn = _nll_fn(exp)
     x = ds.images[:ncfg.num_examples]
     x = data_lib.to_float(x) if exp.is_image else np.asarray(x, np.float32)
     nll[key] = evaluation.dataset_nll(nll_fn, params, x, jax.random.fold_in(rng, 10 + i),
                                       batch_size=min(ncfg.batch_size, len(x)), passes=ncfg.passes,
                                       is_image=exp.is_image, centered=cfg.data.centered)
-  nll.update(unit="bits/dim", offset=offset, num_examples=min(ncfg.num_examples, len(exp.test_forget)),
-             convention=cfg.eval.nll.offset)
-  result["nll"] = nll
+  if ncfg:
+    nll.update(unit="bits/dim", offset=offset, num_examples=min(ncfg.num_examples, len(exp.test_forget)),
+               convention=cfg.eval.nll.offset)
+    result["nll"] = nll
   grid = os.path.join(workdir, "evaluate", f"{model}_samples.png")
   report_lib.save_samples(grid, samples[:cfg.eval.grid_size] if exp.is_image else samples,
                           exp.is_image, labels=None if exp.is_image else pred)
   result["samples_png"] = os.path.relpath(grid, workdir)
   result["wall_time_s"] = time.time() - t0
   return result
+
+
+def evaluate_conditional(exp: Experiment, workdir: str, model: str, rng: jax.Array, clf_params,
+                         out_dir: str) -> dict:
+  """A class-conditional model: AR_MU and AR_CL from `num_samples` samples conditioned on the
+  forgotten classes; the Fréchet distance, on the evaluation classifier's features, between
+  `fd_num_samples` samples conditioned on the retained classes and as many D_r images (not
+  Inception FID); the share of those samples classified as their own condition."""
+  cfg = exp.config
+  t0 = time.time()
+  params = load_params(exp, os.path.join(workdir, model))
+  fr = forget_rates(exp, params, clf_params, cfg.eval.num_samples, jax.random.fold_in(rng, 0))
+  n = cfg.eval.fd_num_samples
+  retain_labels = np.resize(np.asarray(exp.retained_classes, np.int32), n)
+  x = generate(exp, params, n, jax.random.fold_in(rng, 1), labels=retain_labels)
+  feats = evaluation.embed(exp.classifier.apply, clf_params, x)
+  pred = evaluation.predict(exp.classifier.apply, clf_params, x)
+  ref = exp.streams["retain"]
+  ref_idx = np.random.default_rng(cfg.seed).permutation(len(ref))[:n]
+  ref_feats = evaluation.embed(exp.classifier.apply, clf_params, data_lib.to_float(ref.images[ref_idx]))
+  grid_lab = grid_labels(exp, cfg.eval.grid_size)
+  grid_x = generate(exp, params, len(grid_lab), jax.random.fold_in(rng, 2), labels=grid_lab)
+  grid = os.path.join(out_dir, f"{model}_samples.png")
+  report_lib.save_samples(grid, grid_x, exp.is_image)
+  return {"ar_mu": fr["ar"], "ar_cl": fr["ar_cl"], "num_samples": int(cfg.eval.num_samples),
+          "forget_class_histogram": fr["class_histogram"],
+          "frechet_distance": metrics.frechet_distance_from_features(feats, ref_feats),
+          "frechet_features": "evaluation classifier (penultimate layer)",
+          "fd_num_samples": int(n), "retain_accuracy": float(np.mean(pred == retain_labels)),
+          "samples_png": os.path.relpath(grid, workdir), "wall_time_s": time.time() - t0}
 
 
 def run_evaluate_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
@@ -415,8 +729,14 @@ def run_evaluate_stage(exp: Experiment, name: str, st, workdir: str, step_hook=N
     path = os.path.join(out_dir, f"{model}.json")
     if os.path.exists(path):
       continue
-    res = evaluate_model(exp, workdir, model, jax.random.key(stage_seed(exp.config, name)), clf)
-    logging.info("[%s] %s: %s", name, model, {k: res[k] for k in ("unlearning_ratio", "nll")})
+    rng = jax.random.key(stage_seed(exp.config, name))
+    if exp.conditional:
+      res = evaluate_conditional(exp, workdir, model, rng, clf, out_dir)
+      logging.info("[%s] %s: AR_MU %.3f AR_CL %.3f FD %.3f", name, model, res["ar_mu"], res["ar_cl"],
+                   res["frechet_distance"])
+    else:
+      res = evaluate_model(exp, workdir, model, rng, clf)
+      logging.info("[%s] %s: %s", name, model, {k: res[k] for k in ("unlearning_ratio", "nll")})
     checkpoints.write_json(path, res)
   checkpoints.write_json(os.path.join(out_dir, checkpoints.DONE), {"models": list(st.models)})
 
@@ -426,6 +746,7 @@ def run_report_stage(exp: Experiment, name: str, st, workdir: str, step_hook=Non
 
 
 RUNNERS = {"classifier": run_classifier_stage, "train": run_model_stage, "unlearn": run_model_stage,
+           "mask": run_mask_stage, "synthesize": run_synthesize_stage, "attack": run_attack_stage,
            "evaluate": run_evaluate_stage, "report": run_report_stage}
 
 

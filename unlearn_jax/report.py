@@ -15,6 +15,14 @@ results.json schema (documented in the README):
     },
     "wall_time_s": {"<stage>": float}
   }
+Class-conditional experiments (DiMUM / DiMRA) have instead, per model,
+  {"ar_mu": float, "ar_cl": float, "frechet_distance": float, "retain_accuracy": float,
+   "num_samples": int, "fd_num_samples": int, "forget_class_histogram": [...],
+   "samples_png": ..., "method": "dimum", "unlearn_steps": int, "seconds_per_step": float}
+and per attack stage "attacks": {"<stage>": {"model": "<unlearn stage>", "data": "<stream>",
+   "steps": [...], "ar_dimra": [...], "ar_cl": [...], "max_ar_dimra": float,
+   "max_ar_dimra_step": int, "final_ar_dimra": float, "min_ar_cl": float,
+   "csv": "<stage>/curve.csv"}}, plus "masks": {"<stage>": {"method", "kept_fraction"}}.
 """
 from __future__ import annotations
 
@@ -26,7 +34,9 @@ import numpy as np
 from unlearn_jax import checkpoints
 
 PRETTY = {"standard": "Standard", "unseen": "Unseen", "sgu_orthogonal": "SGU-Orthogonal",
-          "sgu_obtuse": "SGU-Obtuse"}
+          "sgu_obtuse": "SGU-Obtuse", "pretrained": "Pretrained", "ga": "Gradient ascent",
+          "salun": "SalUn", "dimum": "DiMUM", "sfron": "SFR-on (Sfront)", "finetune": "Fine-tune"}
+STREAM_NAMES = {"retain": "D_r (assumption i)", "test_retain": "test w/o forget (assumption ii)"}
 
 
 def save_samples(path: str, x: np.ndarray, is_image: bool, labels: Optional[np.ndarray] = None) -> None:
@@ -68,6 +78,9 @@ def collect(exp, workdir: str) -> dict:
              "forget_classes": list(exp.forget_labels),
              "forget_class_names": [exp.train.class_names[i] for i in exp.forget_labels],
              "classifier": None, "models": {}, "wall_time_s": {}}
+  if exp.conditional:
+    results["alternative_classes"] = [int(exp.alt[c]) for c in exp.forget_labels]
+    results["attacks"], results["masks"] = {}, {}
   for name in cfg.stage_order:
     st = cfg.stages[name]
     done_path = os.path.join(workdir, name, checkpoints.DONE)
@@ -76,6 +89,12 @@ def collect(exp, workdir: str) -> dict:
       results["wall_time_s"][name] = done["wall_time_s"]
     if st.kind == "classifier" and done:
       results["classifier"] = {"test_accuracy": done["test_accuracy"]}
+    if st.kind == "mask" and done:
+      results["masks"][name] = {"method": done["method"], "kept_fraction": done["kept_fraction"]}
+    if st.kind == "attack":
+      curve_path = os.path.join(workdir, name, "curve.json")
+      if os.path.exists(curve_path):
+        results["attacks"][name] = _attack_summary(name, st, checkpoints.read_json(curve_path))
     if st.kind == "evaluate":
       for model in st.models:                      # the config's order: Standard, Unseen, SGU...
         path = os.path.join(workdir, name, f"{model}.json")
@@ -85,13 +104,77 @@ def collect(exp, workdir: str) -> dict:
         results["wall_time_s"][f"{name}/{model}"] = entry.get("wall_time_s")
         train_done = os.path.join(workdir, model, checkpoints.DONE)
         if os.path.exists(train_done):
-          entry["train_wall_time_s"] = checkpoints.read_json(train_done).get("wall_time_s")
+          td = checkpoints.read_json(train_done)
+          entry["train_wall_time_s"] = td.get("wall_time_s")
+          if td.get("steps"):
+            entry["seconds_per_step"] = td["wall_time_s"] / td["steps"]
+        mst = cfg.stages[model]
+        entry["method"] = mst.method if mst.kind == "unlearn" else mst.kind
+        entry["unlearn_steps"] = int(mst.steps) if mst.kind == "unlearn" else 0
         results["models"][model] = entry
   return results
 
 
-def markdown(results: dict) -> str:
-  """report.md: the paper's Table 1 (toy) or Table 2 (images) shape, plus sample grids."""
+def _attack_summary(name: str, st, curve: dict) -> dict:
+  steps = sorted(int(k) for k in curve)
+  ar = [curve[str(k)]["ar"] for k in steps]
+  ar_cl = [curve[str(k)]["ar_cl"] for k in steps]
+  i = int(np.nanargmax(ar)) if ar else 0
+  return {"model": st.init, "data": st.data, "steps": steps, "ar_dimra": ar, "ar_cl": ar_cl,
+          "max_ar_dimra": ar[i] if ar else float("nan"), "max_ar_dimra_step": steps[i] if ar else 0,
+          "final_ar_dimra": ar[-1] if ar else float("nan"),
+          "min_ar_cl": float(np.nanmin(ar_cl)) if ar_cl else float("nan"),
+          "csv": os.path.join(name, "curve.csv")}
+
+
+def _pretty(name: str) -> str:
+  return PRETTY.get(name, name)
+
+
+def conditional_markdown(results: dict, workdir: str) -> list:
+  """Tables shaped like the DiMUM paper's Table I (FD, AR_MU) and II/III (max AR_DiMRA),
+  and AR_DiMRA curves shaped like its Figs. 5-6 (one PNG per auxiliary data set)."""
+  from unlearn_jax import metrics
+  models, attacks = results["models"], results.get("attacks", {})
+  lines = ["## After unlearning (DiMUM paper, Table I shape)", "",
+           "FD: Fréchet distance between retain-class samples and D_r on the evaluation classifier's "
+           "features (not Inception FID). AR_MU: share of forget-conditioned samples classified as "
+           "the forgotten class; AR_CL: as the alternative class.", "",
+           "| Method | unlearning steps | FD | AR_MU | AR_CL | retain-class accuracy | s/step |",
+           "|---|---|---|---|---|---|---|"]
+  for n, m in models.items():
+    sps = m.get("seconds_per_step")
+    lines.append(f"| {_pretty(n)} | {m.get('unlearn_steps', 0)} | {m['frechet_distance']:.3f} | "
+                 f"{m['ar_mu']:.3f} | {m['ar_cl']:.3f} | {m['retain_accuracy']:.3f} | "
+                 f"{'' if sps is None else f'{sps:.3f}'} |")
+  if attacks:
+    datas = list(dict.fromkeys(a["data"] for a in attacks.values()))
+    lines += ["", "## DiMRA: largest AR_DiMRA during the attack (DiMUM paper, Tables II-III shape)", "",
+              "| Method | unlearning steps | " + " | ".join(STREAM_NAMES.get(d, d) for d in datas) + " |",
+              "|---|---|" + "---|" * len(datas)]
+    for model in dict.fromkeys(a["model"] for a in attacks.values()):
+      cells = []
+      for d in datas:
+        a = next((a for a in attacks.values() if a["model"] == model and a["data"] == d), None)
+        cells.append("" if a is None else f"{a['max_ar_dimra']:.3f} (step {a['max_ar_dimra_step']}, "
+                     f"final {a['final_ar_dimra']:.3f}, min AR_CL {a['min_ar_cl']:.3f})")
+      steps = models.get(model, {}).get("unlearn_steps", "")
+      lines.append(f"| {_pretty(model)} | {steps} | " + " | ".join(cells) + " |")
+    lines += ["", "## AR_DiMRA curves (DiMUM paper, Figs. 5-6 shape)", ""]
+    for d in datas:
+      curves = {_pretty(a["model"]): (a["steps"], a["ar_dimra"]) for a in attacks.values() if a["data"] == d}
+      png = f"attack_curves_{d}.png"
+      metrics.plot_curves(os.path.join(workdir, png), curves, title=f"DiMRA on {STREAM_NAMES.get(d, d)}",
+                          xlabel="attack step", ylabel="AR_DiMRA", ylim=(0.0, 1.0))
+      lines.append(f"![{d}]({png})  CSV per attack: " +
+                   ", ".join(f"`{a['csv']}`" for a in attacks.values() if a["data"] == d))
+      lines.append("")
+  return lines
+
+
+def markdown(results: dict, workdir: str = ".") -> str:
+  """report.md: the SGU paper's Table 1 (toy) / Table 2 (images) shape, or for
+  class-conditional experiments the DiMUM paper's Tables I-III and curves; plus sample grids."""
   models = results["models"]
   names = list(models)
   lines = [f"# {results['experiment'].upper()} on {results['dataset']}", "",
@@ -99,6 +182,13 @@ def markdown(results: dict) -> str:
            f"- forgotten: {', '.join(results['forget_class_names'])} (labels {results['forget_classes']})"]
   if results.get("classifier"):
     lines.append(f"- evaluation classifier test accuracy: {results['classifier']['test_accuracy']:.4f}")
+  if "attacks" in results:
+    lines.append(f"- alternative classes: {results['alternative_classes']}")
+    for k, v in results.get("masks", {}).items():
+      lines.append(f"- mask `{k}` ({v['method']}): keeps {v['kept_fraction']:.3f} of the weights")
+    lines.append("")
+    lines += conditional_markdown(results, workdir)
+    return _tail(lines, results, names)
   unit = next((m["nll"]["unit"] for m in models.values()), "bits/dim")
   conv = next((m["nll"].get("convention") for m in models.values()), "")
   offset = next((m["nll"].get("offset") for m in models.values()), 0.0)
@@ -122,6 +212,11 @@ def markdown(results: dict) -> str:
       m = models[n]
       lines.append(f"| {PRETTY.get(n, n)} | {100 * m['unlearning_ratio']:.2f} | {m['nll']['retain']:.3f} | "
                    f"{m['nll']['forget']:.3f} | {m['nll']['forget'] - m['nll']['retain']:+.3f} |")
+  return _tail(lines, results, names)
+
+
+def _tail(lines: list, results: dict, names) -> str:
+  models = results["models"]
   lines += ["", "## Samples", ""]
   for n in names:
     lines.append(f"**{PRETTY.get(n, n)}**: ![{n}]({models[n]['samples_png']})")
@@ -137,6 +232,6 @@ def write_results(exp, workdir: str) -> dict:
   checkpoints.write_json(os.path.join(workdir, "results.json"), results)
   tmp = os.path.join(workdir, "report.md.tmp")
   with open(tmp, "w") as f:
-    f.write(markdown(results))
+    f.write(markdown(results, workdir))
   os.replace(tmp, os.path.join(workdir, "report.md"))
   return results

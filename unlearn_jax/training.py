@@ -6,7 +6,15 @@ plus an optax transform that combines their gradients:
   * standard training / Unseen re-training: one objective, `denoising_loss`;
   * SGU: `retain` (denoising loss on D_g) and `forget` (orthogonal or obtuse on
     D_f), combined by `unlearning.sgu(alpha)`;
-  * later methods add objectives (memorize, frozen targets, ...) the same way.
+  * DiMUM, SalUn, gradient ascent, SFR-on (`unlearning.methods`) add objectives
+    (memorize, random-label targets, weighted ascent) the same way.
+
+An objective's regression target is the noise by default; `Objective.target`
+replaces it by a (stop-gradient) model prediction, e.g. SalUn's
+eps_theta(x_t, c') or a frozen pre-trained model's output (`TargetInputs`).
+Constants that every step needs (a frozen copy of the parameters, a saliency
+mask) travel as `consts`, replicated once, and reach the transform as extra
+keyword arguments.
 
 The gradient of each objective is computed separately, averaged across devices
 (`lax.pmean`), and handed to the transform: the first objective's gradient as
@@ -25,7 +33,7 @@ import logging
 import math
 import os
 import time
-from typing import Any, Callable, Dict, Mapping, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
 
 import flax
 import jax
@@ -48,19 +56,42 @@ class TrainingDiverged(RuntimeError):
   """Raised when a loss or the parameters become NaN/Inf."""
 
 
+class TargetInputs(NamedTuple):
+  """What an `Objective.target` may use to build its regression target.
+
+  `eps(params, labels)` evaluates the model (train=False, no dropout) at this
+  objective's x_t and t with other parameters or labels; `labels` are the
+  batch's conditions (None for an unconditional model); `consts` is the step's
+  constants (e.g. {"frozen": pretrained params}).
+  """
+  eps: Callable[[Any, Optional[jax.Array]], jax.Array]
+  params: Any
+  noised: losses.Noised
+  labels: Optional[jax.Array]
+  consts: Mapping[str, Any]
+
+
 @dataclasses.dataclass(frozen=True)
 class Objective:
   """One term of a method.
 
   Attributes:
-    stream: which data stream feeds it ("all", "retain", "forget", ...).
-    loss: per-example loss `loss(eps_pred, noise, weight) -> (B,)` in eps units.
+    stream: which data stream feeds it ("all", "retain", "forget", "alternative", ...).
+    loss: per-example loss `loss(eps_pred, target, weight) -> (B,)` in eps units.
     std_power: the weight is further multiplied by std(t)^(-std_power): 0 keeps the
       stage's weighting; p > 0 shifts the objective towards small t (see `sgu`).
+    target: `target(TargetInputs) -> (B, ...)`, the regression target in place of
+      the noise (wrapped in stop_gradient); None: the noise.
+    cond_drop: probability of replacing an example's condition by the null class
+      (classifier-free guidance training, Ho & Salimans 2022; 0.1 in pretraining).
+    reduce: `reduce(per_example_losses) -> scalar`; None: the mean.
   """
   stream: str
   loss: Callable[..., jax.Array]
   std_power: float = 0.0
+  target: Optional[Callable[[TargetInputs], jax.Array]] = None
+  cond_drop: float = 0.0
+  reduce: Optional[Callable[[jax.Array], jax.Array]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,6 +106,11 @@ class StepSpec:
   centered: bool = False        # data scaler: [-1, 1] if True, else [0, 1]
   random_flip: bool = False
   conditional: bool = False
+  #: the null class of a conditional model (its last embedding row).
+  null_label: int = 0
+  #: run one objective per step in turn (step % n), e.g. SFR-on's forget/remain
+  #: steps; the transform receives the active gradient and `phase`.
+  alternate: bool = False
 
 
 def make_optimizer(lr: float, warmup: int = 0, grad_clip: float = 1.0, b1: float = 0.9,
@@ -112,18 +148,31 @@ def preprocess(x01: jax.Array, keys: jax.Array, centered: bool, random_flip: boo
 
 
 def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, dropout_rng,
-                   spec: StepSpec, objective: Objective) -> jax.Array:
-  """Mean per-example loss of one objective on its batch."""
+                   spec: StepSpec, objective: Objective, consts: Optional[Mapping[str, Any]] = None
+                   ) -> jax.Array:
+  """Reduced per-example loss of one objective on its batch."""
   x0 = preprocess(batch["x"], keys, spec.centered, spec.random_flip)
   noised = perturb_examples(spec.process, x0, keys, spec.weighting)
   labels = batch.get("labels") if spec.conditional else None
-  out = spec.apply_fn({"params": params}, noised.x_t, noised.time_input, labels,
-                      train=True, rngs={"dropout": dropout_rng})
-  eps_pred = score_lib.to_eps(out, noised.std, spec.output_type)
+  if labels is not None and objective.cond_drop > 0:
+    drop = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 11), objective.cond_drop))(keys)
+    labels = jnp.where(drop, spec.null_label, labels)
+
+  def eps(p, lab, train=False, rngs=None):
+    out = spec.apply_fn({"params": p}, noised.x_t, noised.time_input, lab, train=train, rngs=rngs)
+    return score_lib.to_eps(out, noised.std, spec.output_type)
+
+  eps_pred = eps(params, labels, True, {"dropout": dropout_rng})
+  if objective.target is None:
+    target = noised.noise
+  else:
+    target = jax.lax.stop_gradient(objective.target(
+        TargetInputs(eps, params, noised, labels, consts or {})))
   weight = noised.weight
   if objective.std_power:
     weight = weight * noised.std ** (-objective.std_power)
-  return jnp.mean(objective.loss(eps_pred, noised.noise, weight))
+  per = objective.loss(eps_pred, target, weight)
+  return jnp.mean(per) if objective.reduce is None else objective.reduce(per)
 
 
 def all_finite(tree) -> jax.Array:
@@ -131,26 +180,51 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
 
 
+def _objective_grad(state, batches, step_rng, dropout_rng, i, name, spec, consts, axis_name):
+  objective = spec.objectives[name]
+  batch = batches[objective.stream]
+  keys = example_keys(jax.random.fold_in(step_rng, i), batch["x"].shape[0], axis_name)
+  loss, g = jax.value_and_grad(objective_loss)(
+      state.params, batch, keys, jax.random.fold_in(dropout_rng, i), spec, objective, consts)
+  return loss, g
+
+
 def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Array]], rng: jax.Array,
-               *, spec: StepSpec, tx: optax.GradientTransformationExtraArgs,
-               axis_name: Optional[str] = AXIS):
-  """One optimisation step.  Pure; pmap it with `axis_name` (or call it unmapped with None)."""
+               consts: Optional[Mapping[str, Any]] = None, *, spec: StepSpec,
+               tx: optax.GradientTransformationExtraArgs, axis_name: Optional[str] = AXIS):
+  """One optimisation step.  Pure; pmap it with `axis_name` (or call it unmapped with None).
+
+  `consts` (e.g. {"mask": ..., "frozen": ...}) are handed to the objectives'
+  targets and to `tx.update` as keyword extras.
+  """
+  consts = dict(consts or {})
   step_rng = jax.random.fold_in(rng, state.step)
   dropout_rng = step_rng if axis_name is None else jax.random.fold_in(step_rng, 10_000 + jax.lax.axis_index(axis_name))
-  grads, metrics = {}, {}
-  for i, (name, objective) in enumerate(spec.objectives.items()):
-    batch = batches[objective.stream]
-    keys = example_keys(jax.random.fold_in(step_rng, i), batch["x"].shape[0], axis_name)
-    loss, g = jax.value_and_grad(objective_loss)(
-        state.params, batch, keys, jax.random.fold_in(dropout_rng, i), spec, objective)
+  names = list(spec.objectives)
+  grad = functools.partial(_objective_grad, state, batches, step_rng, dropout_rng, spec=spec,
+                           consts=consts, axis_name=axis_name)
+  if axis_name is not None:
+    mean = lambda *a: jax.lax.pmean(grad(*a), axis_name)
+  else:
+    mean = grad
+  metrics = {}
+  if spec.alternate:
+    phase = state.step % len(names)
+    branches = [functools.partial(grad, i, n) for i, n in enumerate(names)]
+    loss, g = jax.lax.switch(phase, branches)
     if axis_name is not None:
       loss, g = jax.lax.pmean((loss, g), axis_name)
-    grads[name] = g
-    metrics[f"loss/{name}"] = loss
-    metrics[f"grad_norm/{name}"] = optax.tree.norm(g)
-  names = list(spec.objectives)
-  extras = {f"{n}_grads": grads[n] for n in names[1:]}
-  updates, opt_state = tx.update(grads[names[0]], state.opt_state, state.params, **extras)
+    metrics["loss/active"] = loss
+    metrics["grad_norm/active"] = optax.tree.norm(g)
+    updates, opt_state = tx.update(g, state.opt_state, state.params, phase=phase, **consts)
+  else:
+    grads = {}
+    for i, name in enumerate(names):
+      loss, grads[name] = mean(i, name)
+      metrics[f"loss/{name}"] = loss
+      metrics[f"grad_norm/{name}"] = optax.tree.norm(grads[name])
+    extras = {f"{n}_grads": grads[n] for n in names[1:]}
+    updates, opt_state = tx.update(grads[names[0]], state.opt_state, state.params, **extras, **consts)
   params = optax.apply_updates(state.params, updates)
   ema = ts.ema_update(state.ema_params, params, spec.ema_rate)
   metrics["update_norm"] = optax.tree.norm(updates)
@@ -186,11 +260,12 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
                get_batches: Callable[[int], Dict[str, Dict[str, np.ndarray]]],
                *, sample_hook: Optional[Callable[[int, Any], None]] = None,
                step_hook: Optional[Callable[[int], None]] = None,
-               stage_name: str = "train") -> ts.TrainState:
+               stage_name: str = "train", consts: Optional[Mapping[str, Any]] = None) -> ts.TrainState:
   """Runs (or resumes) a training stage and returns its final (host) state.
 
-  `step_fn(state, batches, rng, *, axis_name)` is a pure step such as
-  `functools.partial(train_step, spec=spec, tx=tx)`; it is pmapped here.
+  `step_fn(state, batches, rng, consts, *, axis_name)` is a pure step such as
+  `functools.partial(train_step, spec=spec, tx=tx)`; it is pmapped here, with
+  `consts` (a pytree or None) replicated to every device once.
   `get_batches(step)` returns the global batch of every stream for `step`
   (a pure function of the step, so a resumed run sees the same data).
   Checkpoints every `ckpt_every` steps and at the end; a NaN/Inf loss or
@@ -211,7 +286,8 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   n_dev = jax.local_device_count()
   check_batch_size(loop.batch_size)
   p_step = jax.pmap(functools.partial(step_fn, axis_name=AXIS),
-                    axis_name=AXIS, in_axes=(0, 0, None), donate_argnums=(0,))
+                    axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
+  rconsts = flax.jax_utils.replicate(dict(consts or {}))
   rng = jax.random.key(loop.seed)
   rstate = flax.jax_utils.replicate(state)
   last_good = start
@@ -220,7 +296,7 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   try:
     for step in range(start, loop.num_steps):
       batches = shard(get_batches(step), n_dev)
-      rstate, metrics = p_step(rstate, batches, rng)
+      rstate, metrics = p_step(rstate, batches, rng, rconsts)
       done = step + 1
       if done % loop.log_every == 0 or done == loop.num_steps or done % loop.ckpt_every == 0:
         m = jax.device_get(jax.tree_util.tree_map(lambda a: a[0], metrics))

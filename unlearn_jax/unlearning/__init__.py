@@ -1,7 +1,7 @@
-"""Unlearning methods, each an optax gradient transformation over per-objective gradients.
+"""Unlearning methods as optax gradient transformations over per-objective gradients.
 
-A method is described by `Method`: the objectives it needs (name -> data stream
-and per-example loss) and the transform that combines their gradients.  The
-first objective's gradient is the transform's `updates`; the others are passed
-as keyword extras named `<objective>_grads`.
+Modules: `combine` (weighted sums, masks), `sgu`, `dimum`, `salun`,
+`gradient_ascent`, `sfron`, `saliency` (mask stages), `methods` (the registry
+the pipeline uses).  Names are not re-exported here so that module names stay
+importable as modules.
 """
