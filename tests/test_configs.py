@@ -21,8 +21,13 @@ def load_config(name, arg="cpu"):
 def shrink(c):
   """One step per stage, a handful of samples and NLL examples."""
   for name in c.stage_order:
-    if c.stages[name].kind in ("train", "unlearn"):
-      c.stages[name].steps = 1
+    st = c.stages[name]
+    if st.kind in ("train", "unlearn", "attack", "mask"):
+      st.steps = 1
+    if st.kind == "attack":
+      st.eval_every = 1
+    if st.kind == "synthesize":
+      st.num = 4
   c.classifier.steps = 1
   c.training.batch_size = 4
   c.training.log_every = 1
@@ -36,6 +41,8 @@ def shrink(c):
   c.eval.nll.batch_size = 2
   c.eval.nll.rtol = c.eval.nll.atol = 1e-2
   c.eval.grid_size = 4
+  c.eval.fd_num_samples = 4
+  c.eval.attack_num_samples = 4
   return c
 
 
@@ -52,16 +59,32 @@ def test_config_cpu_variant_one_step(name, tmp_path):
   evaluated = c.stages.evaluate.models
   assert sorted(res["models"]) == sorted(evaluated)
   for m in res["models"].values():
-    assert 0.0 <= m["unlearning_ratio"] <= 1.0
-    assert m["nll"]["unit"] == "bits/dim"
-    assert set(m["nll"]) >= {"retain", "forget", "offset"}
+    if c.model.conditional:
+      assert 0.0 <= m["ar_mu"] <= 1.0 and 0.0 <= m["ar_cl"] <= 1.0 and m["frechet_distance"] >= 0.0
+    else:
+      assert 0.0 <= m["unlearning_ratio"] <= 1.0
+      assert m["nll"]["unit"] == "bits/dim"
+      assert set(m["nll"]) >= {"retain", "forget", "offset"}
     assert os.path.exists(tmp_path / m["samples_png"])
+  attacks = [n for n in c.stage_order if c.stages[n].kind == "attack"]
+  assert sorted(res.get("attacks", {})) == sorted(attacks)
   assert (tmp_path / "report.md").read_text().count("|") > 10
 
 
 def test_paper_scale_configs_build():
   for name in CONFIGS:
     c = load_config(name, None)
-    assert c.stages.evaluate.models == ("standard", "unseen", "sgu_orthogonal", "sgu_obtuse")
+    if name.startswith("sgu_"):
+      assert c.stages.evaluate.models == ("standard", "unseen", "sgu_orthogonal", "sgu_obtuse")
   assert load_config("sgu_mnist.py", None).data.forget_classes == (3,)
   assert load_config("sgu_cifar10.py", None).sde.name == "vpsde"
+  c = load_config("dimum_cifar10.py", None)
+  assert (c.model.ch, c.model.ch_mult, c.model.num_res_blocks, c.model.attn_resolutions) == \
+      (128, (1, 2, 2, 2), 2, (16,))
+  assert (c.sde.name, c.sde.N, c.sde.beta_start, c.sde.beta_end) == ("ddpm", 1000, 1e-4, 0.02)
+  assert c.training.cond_drop == 0.1 and c.eval.sampler.guidance == 2.0
+  assert c.stages.dimum.steps == 20000 and c.stages.attack_dimum.steps == 60000
+  assert {c.stages[n].data for n in c.stage_order if c.stages[n].kind == "attack"} == {"retain", "test_retain"}
+  c = load_config("dimum_cifar10.py", "forget=2,steps=10000,pretrained=/ckpt,synthetic")
+  assert c.data.forget_classes == (2,) and c.stages.salun.steps == 10000 and c.stages.dimum.init == "/ckpt"
+  assert "pretrained" not in c.stage_order and "synthetic" in c.stage_order

@@ -10,7 +10,6 @@
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional, Sequence
 
 import jax

@@ -345,9 +345,11 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
     if eval_hook is not None and eval_every and step % eval_every == 0:
       eval_hook(step, state)
     if cfg.training.sample_every and step % cfg.training.sample_every == 0:
-      x = generate(exp, state.ema_params, cfg.eval.grid_size, jax.random.key(step),
-                   labels=grid_labels(exp, cfg.eval.grid_size))
-      report_lib.save_samples(os.path.join(stage_dir, "samples", f"step_{step:07d}.png"), x, exp.is_image)
+      lab = grid_labels(exp, cfg.eval.grid_size)
+      x = generate(exp, state.ema_params, cfg.eval.grid_size if lab is None else len(lab),
+                   jax.random.key(step), labels=lab)
+      report_lib.save_samples(os.path.join(stage_dir, "samples", f"step_{step:07d}.png"), x, exp.is_image,
+                              cols=len(x) // exp.train.num_classes if exp.conditional else None)
 
   every = [e for e in (cfg.training.sample_every, eval_every if eval_hook else 0) if e]
   loop = training.LoopConfig(num_steps=st.steps, batch_size=batch, seed=seed,
@@ -632,7 +634,7 @@ def grid_labels(exp: Experiment, n: int) -> Optional[np.ndarray]:
     return None
   k = exp.train.num_classes
   per = max(n // k, 1)
-  return np.repeat(np.arange(k, dtype=np.int32), per)[:max(n, k)]
+  return np.repeat(np.arange(k, dtype=np.int32), per)
 
 
 def _nll_fn(exp: Experiment) -> Callable:
@@ -712,7 +714,7 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, rng: jax.Arr
   grid_lab = grid_labels(exp, cfg.eval.grid_size)
   grid_x = generate(exp, params, len(grid_lab), jax.random.fold_in(rng, 2), labels=grid_lab)
   grid = os.path.join(out_dir, f"{model}_samples.png")
-  report_lib.save_samples(grid, grid_x, exp.is_image)
+  report_lib.save_samples(grid, grid_x, exp.is_image, cols=len(grid_lab) // exp.train.num_classes)
   return {"ar_mu": fr["ar"], "ar_cl": fr["ar_cl"], "num_samples": int(cfg.eval.num_samples),
           "forget_class_histogram": fr["class_histogram"],
           "frechet_distance": metrics.frechet_distance_from_features(feats, ref_feats),

@@ -39,14 +39,15 @@ PRETTY = {"standard": "Standard", "unseen": "Unseen", "sgu_orthogonal": "SGU-Ort
 STREAM_NAMES = {"retain": "D_r (assumption i)", "test_retain": "test w/o forget (assumption ii)"}
 
 
-def save_samples(path: str, x: np.ndarray, is_image: bool, labels: Optional[np.ndarray] = None) -> None:
-  """A square grid of images in [0, 1] (NHWC), or a scatter plot of 2-D points."""
+def save_samples(path: str, x: np.ndarray, is_image: bool, labels: Optional[np.ndarray] = None,
+                 cols: Optional[int] = None) -> None:
+  """A grid of images in [0, 1] (NHWC; square unless `cols`), or a scatter plot of 2-D points."""
   os.makedirs(os.path.dirname(path), exist_ok=True)
   if is_image:
     from PIL import Image
     x = np.asarray(x)
     n = len(x)
-    cols = int(np.ceil(np.sqrt(n)))
+    cols = cols or int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     h, w, c = x.shape[1:]
     grid = np.ones((rows * (h + 2) + 2, cols * (w + 2) + 2, c), np.float32)

@@ -30,10 +30,9 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import os
 import time
-from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional, Sequence
+from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
 import flax
 import jax
@@ -45,7 +44,6 @@ from unlearn_jax import checkpoints
 from unlearn_jax import data as data_lib
 from unlearn_jax import losses
 from unlearn_jax import score as score_lib
-from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax.errors import UserError
 
