@@ -333,8 +333,13 @@ def ddim_timesteps(N: int, n_steps: int) -> np.ndarray:
 
 def ddim_sample(rng, schedule: sde_lib.DDPMSchedule, eps_fn: EpsFn, shape, *, n_steps: int = 50,
                 eta: float = 0.0, clip_x0: bool = False, clip_range=(-1.0, 1.0),
-                x_init: Optional[jax.Array] = None) -> jax.Array:
-  """DDIM (Song et al. 2021, Eq. 12) over `ddim_timesteps(N, n_steps)`; eta=1 is DDPM-like."""
+                x_init: Optional[jax.Array] = None, run_steps: Optional[jax.Array] = None) -> jax.Array:
+  """DDIM (Song et al. 2021, Eq. 12) over `ddim_timesteps(N, n_steps)`; eta=1 is DDPM-like.
+
+  `run_steps` (B,) stops example b after run_steps[b] updates, leaving it at step
+  `ddim_timesteps(N, n_steps)[run_steps[b]]` (partial sampling from noise, as ESD builds
+  its x_t); None runs every step and returns x_0.
+  """
   seq = ddim_timesteps(schedule.N, n_steps)
   abar = schedule.alphas_cumprod
   a_t = jnp.asarray(abar[seq], jnp.float32)
@@ -344,7 +349,7 @@ def ddim_sample(rng, schedule: sde_lib.DDPMSchedule, eps_fn: EpsFn, shape, *, n_
   batch = shape[0]
 
   def body(x, inputs):
-    key, i, a, ap = inputs
+    key, k, i, a, ap = inputs
     i_vec = jnp.full((batch,), i, jnp.int32)
     eps = eps_fn(x, i_vec)
     x0 = _x0_hat(schedule, x, eps, i_vec, clip_x0, clip_range)
@@ -352,11 +357,13 @@ def ddim_sample(rng, schedule: sde_lib.DDPMSchedule, eps_fn: EpsFn, shape, *, n_
       eps = (x - jnp.sqrt(a) * x0) / jnp.sqrt(1.0 - a)
     sigma = eta * jnp.sqrt((1.0 - ap) / (1.0 - a) * (1.0 - a / ap))
     z = jax.random.normal(key, x.shape, x.dtype)
-    x = jnp.sqrt(ap) * x0 + jnp.sqrt(jnp.maximum(1.0 - ap - sigma ** 2, 0.0)) * eps + sigma * z
-    return x, None
+    x_new = jnp.sqrt(ap) * x0 + jnp.sqrt(jnp.maximum(1.0 - ap - sigma ** 2, 0.0)) * eps + sigma * z
+    if run_steps is not None:
+      x_new = jnp.where((k < run_steps).reshape((-1,) + (1,) * (x.ndim - 1)), x_new, x)
+    return x_new, None
 
   keys = jax.random.split(rng_loop, len(seq))
-  x, _ = jax.lax.scan(body, x, (keys, jnp.asarray(seq), a_t, a_prev))
+  x, _ = jax.lax.scan(body, x, (keys, jnp.arange(len(seq)), jnp.asarray(seq), a_t, a_prev))
   return x
 
 

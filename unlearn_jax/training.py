@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import logging
 import os
 import time
@@ -60,13 +61,30 @@ class TargetInputs(NamedTuple):
   `eps(params, labels)` evaluates the model (train=False, no dropout) at this
   objective's x_t and t with other parameters or labels; `labels` are the
   batch's conditions (None for an unconditional model); `consts` is the step's
-  constants (e.g. {"frozen": pretrained params}).
+  constants (e.g. {"frozen": pretrained params}); `keys` one PRNG key per
+  example (for targets that draw, e.g. a random anchor class per step).
   """
   eps: Callable[[Any, Optional[jax.Array]], jax.Array]
   params: Any
   noised: losses.Noised
   labels: Optional[jax.Array]
   consts: Mapping[str, Any]
+  keys: jax.Array
+
+
+class NoiserInputs(NamedTuple):
+  """What an `Objective.noiser` may use to build x_t in place of q(x_t | x_0).
+
+  `x0` is the preprocessed batch, `keys` one key per example, `labels` the
+  (possibly dropped) conditions, `params` the current parameters, `consts` the
+  step's constants; `spec` the step's StepSpec (apply_fn, process, output type).
+  """
+  x0: jax.Array
+  keys: jax.Array
+  labels: Optional[jax.Array]
+  params: Any
+  consts: Mapping[str, Any]
+  spec: Any
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +101,13 @@ class Objective:
     cond_drop: probability of replacing an example's condition by the null class
       (classifier-free guidance training, Ho & Salimans 2022; 0.1 in pretraining).
     reduce: `reduce(per_example_losses) -> scalar`; None: the mean.
+    noiser: `noiser(NoiserInputs) -> losses.Noised`, the noisy inputs in place of
+      x_t ~ q(x_t | x_0) (e.g. ESD's partial DDIM from noise, Selective Amnesia's
+      uniform surrogate images); None: `perturb_examples`.
+    value_fn: `value_fn(loss_of_params, params, axis_name) -> (value, grads)` in place
+      of `jax.value_and_grad(loss_of_params)(params)`; the regression target is
+      fixed before, so `loss_of_params` can be evaluated at other parameters
+      (EraseDiff's value-function gap L_f(theta) - L_f(phi^K), `unlearning.erasediff`).
   """
   stream: str
   loss: Callable[..., jax.Array]
@@ -90,6 +115,8 @@ class Objective:
   target: Optional[Callable[[TargetInputs], jax.Array]] = None
   cond_drop: float = 0.0
   reduce: Optional[Callable[[jax.Array], jax.Array]] = None
+  noiser: Optional[Callable[[NoiserInputs], losses.Noised]] = None
+  value_fn: Optional[Callable[..., Any]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,32 +172,53 @@ def preprocess(x01: jax.Array, keys: jax.Array, centered: bool, random_flip: boo
   return x
 
 
-def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, dropout_rng,
-                   spec: StepSpec, objective: Objective, consts: Optional[Mapping[str, Any]] = None
-                   ) -> jax.Array:
-  """Reduced per-example loss of one objective on its batch."""
+def _model_eps(spec: StepSpec, noised: losses.Noised):
+  """eps(params, labels, train, rngs) of the model at the noised batch (eps units)."""
+  def eps(p, lab, train=False, rngs=None):
+    out = spec.apply_fn({"params": p}, noised.x_t, noised.time_input, lab, train=train, rngs=rngs)
+    return score_lib.to_eps(out, noised.std, spec.output_type)
+  return eps
+
+
+def objective_inputs(params, batch: Mapping[str, jax.Array], keys: jax.Array, spec: StepSpec,
+                     objective: Objective, consts: Optional[Mapping[str, Any]] = None):
+  """(noised, labels, target, weight) of one objective on its batch, with the target
+  evaluated at `params` (stop-gradient) and fixed from here on."""
+  consts = consts or {}
   x0 = preprocess(batch["x"], keys, spec.centered, spec.random_flip)
-  noised = perturb_examples(spec.process, x0, keys, spec.weighting)
   labels = batch.get("labels") if spec.conditional else None
   if labels is not None and objective.cond_drop > 0:
     drop = jax.vmap(lambda k: jax.random.bernoulli(jax.random.fold_in(k, 11), objective.cond_drop))(keys)
     labels = jnp.where(drop, spec.null_label, labels)
-
-  def eps(p, lab, train=False, rngs=None):
-    out = spec.apply_fn({"params": p}, noised.x_t, noised.time_input, lab, train=train, rngs=rngs)
-    return score_lib.to_eps(out, noised.std, spec.output_type)
-
-  eps_pred = eps(params, labels, True, {"dropout": dropout_rng})
+  if objective.noiser is None:
+    noised = perturb_examples(spec.process, x0, keys, spec.weighting)
+  else:
+    noised = jax.lax.stop_gradient(objective.noiser(NoiserInputs(x0, keys, labels, params, consts, spec)))
   if objective.target is None:
     target = noised.noise
   else:
     target = jax.lax.stop_gradient(objective.target(
-        TargetInputs(eps, params, noised, labels, consts or {})))
+        TargetInputs(_model_eps(spec, noised), params, noised, labels, consts, keys)))
   weight = noised.weight
   if objective.std_power:
     weight = weight * noised.std ** (-objective.std_power)
+  return noised, labels, target, weight
+
+
+def loss_given_inputs(params, inputs, dropout_rng, spec: StepSpec, objective: Objective) -> jax.Array:
+  """The reduced loss at `params` for inputs fixed by `objective_inputs`."""
+  noised, labels, target, weight = inputs
+  eps_pred = _model_eps(spec, noised)(params, labels, True, {"dropout": dropout_rng})
   per = objective.loss(eps_pred, target, weight)
   return jnp.mean(per) if objective.reduce is None else objective.reduce(per)
+
+
+def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, dropout_rng,
+                   spec: StepSpec, objective: Objective, consts: Optional[Mapping[str, Any]] = None
+                   ) -> jax.Array:
+  """Reduced per-example loss of one objective on its batch."""
+  inputs = objective_inputs(params, batch, keys, spec, objective, consts)
+  return loss_given_inputs(params, inputs, dropout_rng, spec, objective)
 
 
 def all_finite(tree) -> jax.Array:
@@ -182,9 +230,24 @@ def _objective_grad(state, batches, step_rng, dropout_rng, i, name, spec, consts
   objective = spec.objectives[name]
   batch = batches[objective.stream]
   keys = example_keys(jax.random.fold_in(step_rng, i), batch["x"].shape[0], axis_name)
-  loss, g = jax.value_and_grad(objective_loss)(
-      state.params, batch, keys, jax.random.fold_in(dropout_rng, i), spec, objective, consts)
-  return loss, g
+  if objective.value_fn is None:
+    return jax.value_and_grad(objective_loss)(
+        state.params, batch, keys, jax.random.fold_in(dropout_rng, i), spec, objective, consts)
+  inputs = objective_inputs(state.params, batch, keys, spec, objective, consts)
+  loss_of = functools.partial(loss_given_inputs, inputs=inputs, dropout_rng=jax.random.fold_in(dropout_rng, i),
+                              spec=spec, objective=objective)
+  return objective.value_fn(loss_of, state.params, axis_name)
+
+
+def method_metrics(opt_state) -> Dict[str, jax.Array]:
+  """The scalars a method's transform logs: every `log` dict field of a state in the chain
+  (e.g. EraseDiff's lambda_t and cosines), keyed `method/<name>`."""
+  is_logged = lambda x: isinstance(x, tuple) and hasattr(x, "_fields") and "log" in x._fields
+  out = {}
+  for leaf in jax.tree_util.tree_leaves(opt_state, is_leaf=is_logged):
+    if is_logged(leaf):
+      out.update({f"method/{k}": v for k, v in leaf.log.items()})
+  return out
 
 
 def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Array]], rng: jax.Array,
@@ -223,6 +286,7 @@ def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Arra
       metrics[f"grad_norm/{name}"] = optax.tree.norm(grads[name])
     extras = {f"{n}_grads": grads[n] for n in names[1:]}
     updates, opt_state = tx.update(grads[names[0]], state.opt_state, state.params, **extras, **consts)
+  metrics.update(method_metrics(opt_state))
   params = optax.apply_updates(state.params, updates)
   ema = ts.ema_update(state.ema_params, params, spec.ema_rate)
   metrics["update_norm"] = optax.tree.norm(updates)
@@ -252,6 +316,31 @@ def check_batch_size(batch_size: int, field: str = "config.training.batch_size")
   n = jax.local_device_count() * jax.process_count()
   if batch_size % n:
     raise UserError(field, batch_size, f"must be a multiple of the number of devices ({n})")
+
+
+HISTORY = "metrics.jsonl"
+
+
+def append_history(stage_dir: str, step: int, scalars: Mapping[str, Any]) -> None:
+  """One JSON line {"step": ..., <metric>: ...} per logged step (besides TensorBoard), so
+  reports can read a stage's curves without TensorFlow.  A resumed run may log a step
+  twice; `read_history` keeps the last."""
+  with open(os.path.join(stage_dir, HISTORY), "a") as f:
+    f.write(json.dumps({"step": int(step), **{k: float(v) for k, v in scalars.items()}}) + "\n")
+
+
+def read_history(stage_dir: str) -> list:
+  """The logged scalars of a stage, one dict per step, in step order."""
+  path = os.path.join(stage_dir, HISTORY)
+  if not os.path.exists(path):
+    return []
+  rows = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        row = json.loads(line)
+        rows[row["step"]] = row
+  return [rows[k] for k in sorted(rows)]
 
 
 def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: LoopConfig,
@@ -305,6 +394,8 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
               f"last good checkpoint (step {last_good}) kept in {os.path.join(stage_dir, checkpoints.CKPT_DIR)}")
         m.pop("finite")
         writer.write_scalars(done, m)
+        if jax.process_index() == 0:
+          append_history(stage_dir, done, m)
         if done % loop.log_every == 0:
           logging.info("[%s] step %d/%d %s", stage_name, done, loop.num_steps,
                        " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())))
