@@ -23,25 +23,10 @@ from unlearn_jax import config_lib
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, {"cpu": True, "forget": 1, "steps": 0, "attack": 0, "pretrained": "",
                                  "synthetic": True})
-  c = config_lib.ddpm_base()
-  c.data.update(dict(name="cifar10", image_size=32, num_channels=3, random_flip=True,
-                     forget_classes=(a.get("forget", 1),)))
-  c.model.update(dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
-                      ema_rate=0.9999))
-  c.training.update(dict(batch_size=128, log_every=1000, ckpt_every=5000))
-  c.optim.update(dict(lr=2e-4, grad_clip=1.0))
-  c.classifier.update(dict(features=(64, 128, 256), dense=256, dropout=0.3, steps=20000, batch_size=128))
-  c.eval.update(dict(num_samples=1000, fd_num_samples=5000, attack_num_samples=1000, sample_batch_size=1000,
-                     grid_size=100))
-  c.eval.sampler.n_steps = 100
+  c = config_lib.cifar10_ddpm(cpu=bool(a.get("cpu")))
+  c.data.forget_classes = (a.get("forget", 1),)
   unlearn, sfron, attack, every, pretrain = a.get("steps") or 20000, 2000, a.get("attack") or 60000, 2000, 800_000
   if a.get("cpu"):
-    c.model.update(dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, ema_rate=0.99))
-    c.training.update(dict(batch_size=32, log_every=50, ckpt_every=100))
-    c.classifier.update(dict(features=(16, 32), dense=64, steps=200, batch_size=64))
-    c.eval.update(dict(num_samples=100, fd_num_samples=100, attack_num_samples=50, sample_batch_size=100,
-                       grid_size=20))
-    c.eval.sampler.n_steps = 10
     unlearn, sfron, attack, every, pretrain = 100, 50, 100, 50, 500
   data = ("retain", "test_retain") + (("synthetic",) if a.get("synthetic") else ())
   c.stages, c.stage_order = config_lib.dimum_stages(

@@ -423,7 +423,12 @@ EXPECTED = {  # method: ([(name, stream)], mask, alternate)
 }
 
 
-@pytest.mark.parametrize("method", methods.METHODS)
+def test_every_method_is_tested():
+  import test_erasing_methods
+  assert set(methods.METHODS) == set(EXPECTED) | set(test_erasing_methods.NEW)
+
+
+@pytest.mark.parametrize("method", sorted(EXPECTED))
 def test_build_objectives_and_options(method):
   variant = "obtuse" if method == "sgu" else ""
   alt = dimum.alternative_classes(10, (3,), "next")

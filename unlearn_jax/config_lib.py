@@ -9,7 +9,8 @@ Schema (every field is read by exactly one module; see the README):
   training.*                batch size, weighting, logging/checkpoint cadence
   sgu.*                     SGU's alpha (Eq. 11)
   unlearn.alternative       the alternative of each forgotten class (DiMUM's D_u', SalUn's c', AR_CL)
-  dimum.* ga.* salun.* sfron.*   the other methods' coefficients (`unlearning.methods`)
+  dimum.* ga.* salun.* sfron.* erasediff.* core.* esd.* ca.* sa.* shs.*
+                            the other methods' coefficients (`unlearning.methods`)
   classifier.*              the evaluation classifier (image data only)
   eval.*                    sampler, number of samples, NLL settings
   stages.<name>.*           one entry per stage; `stage_order` runs them in order
@@ -53,6 +54,21 @@ def base() -> ml_collections.ConfigDict:
   c.ga = ml_collections.ConfigDict(dict(beta=1.0))
   c.salun = ml_collections.ConfigDict(dict(beta=1e-3, fraction=0.5))
   c.sfron = ml_collections.ConfigDict(dict(alpha_max=10.0))
+  # EraseDiff (Algorithm 1): lambda rule ("paper" | "constant" | "cosine"), a_t = eta ||grad g||^2,
+  # K inner steps at rate xi (inner_lr), how phi^K enters grad g, the forget target eps_f.
+  c.erasediff = ml_collections.ConfigDict(dict(
+      eta=0.1, rule="paper", lam=0.1, inner_steps=2, inner_lr=1e-3, grad_form="fixed", target="rl"))
+  # CORE (Eq. 2-4): alpha, the anchor scheme of Table 4 (group size, k, base class; -1 = first retained).
+  c.core = ml_collections.ConfigDict(dict(alpha=1.0, scheme="one_to_one", group_size=5, k=5, base=-1))
+  # ESD (CORE App. C Eq. 8): eta, p_0 (-1: the null class), partial-DDIM x_t (steps, guidance, sampler).
+  c.esd = ml_collections.ConfigDict(dict(eta=1.0, base=-1, ddim_steps=50, guidance=3.0, source="current"))
+  # Concept Ablation (Eq. 11-12): model- or noise-based, anchor or forget images, prior weight.
+  c.ca = ml_collections.ConfigDict(dict(variant="model", images="anchor", prior_weight=1.0))
+  # Selective Amnesia: replay weight gamma, EWC lambda, the replay stream, the Fisher's sample counts.
+  c.sa = ml_collections.ConfigDict(dict(gamma=1.0, lam=10.0, replay="retain", fisher_samples=5000,
+                                        fisher_t=8))
+  # Scissorhands: the kept share (1 - sparsity is reset) and the forget weight of L_r - gamma L_f.
+  c.shs = ml_collections.ConfigDict(dict(sparsity=0.99, gamma=0.1))
 
   c.classifier = ml_collections.ConfigDict(dict(
       features=(32, 64), dense=128, dropout=0.0, steps=2000, batch_size=128, lr=1e-3))
@@ -127,6 +143,8 @@ def cpu_variant(c: ml_collections.ConfigDict, *, steps: int = 1000, unlearn_step
 
 
 DIMUM_METHODS = ("ga", "salun", "dimum")
+#: the mask stage each method takes (SA's is the Fisher of its EWC penalty).
+MASK_OF = {"salun": "salun", "sfron": "sfron", "shs": "shs", "sa": "fisher"}
 
 
 def ddpm_base() -> ml_collections.ConfigDict:
@@ -145,12 +163,41 @@ def ddpm_base() -> ml_collections.ConfigDict:
   return c
 
 
+def cifar10_ddpm(cpu: bool = False) -> ml_collections.ConfigDict:
+  """The shared CIFAR-10 class-conditional DDPM of REFERENCE.md (Selective Amnesia's backbone,
+  used by SA, SalUn, EraseDiff, SFR-on and the DiMUM paper): ch 128, ch_mult 1,2,2,2, 2 res
+  blocks, attention at 16x16, dropout 0.1, EMA 0.9999, random flips, batch 128, Adam 2e-4;
+  DDIM-100 sampling with guidance w = 2.  `cpu` shrinks it for smoke runs only."""
+  c = ddpm_base()
+  c.data.update(dict(name="cifar10", image_size=32, num_channels=3, random_flip=True))
+  c.model.update(dict(ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2, attn_resolutions=(16,), dropout=0.1,
+                      ema_rate=0.9999))
+  c.training.update(dict(batch_size=128, log_every=1000, ckpt_every=5000))
+  c.optim.update(dict(lr=2e-4, grad_clip=1.0))
+  c.classifier.update(dict(features=(64, 128, 256), dense=256, dropout=0.3, steps=20000, batch_size=128))
+  c.eval.update(dict(num_samples=1000, fd_num_samples=5000, attack_num_samples=1000, sample_batch_size=1000,
+                     grid_size=100))
+  c.eval.sampler.n_steps = 100
+  if cpu:
+    c.model.update(dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0, ema_rate=0.99))
+    c.training.update(dict(batch_size=32, log_every=50, ckpt_every=100))
+    c.classifier.update(dict(features=(16, 32), dense=64, steps=200, batch_size=64))
+    c.eval.update(dict(num_samples=100, fd_num_samples=100, attack_num_samples=50, sample_batch_size=100,
+                       grid_size=20))
+    c.eval.sampler.n_steps = 10
+    c.esd.ddim_steps = 5
+    c.sa.fisher_samples = 16
+  return c
+
+
 def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, eval_every: int,
                  methods=DIMUM_METHODS, attack_data=("retain",), pretrained: str = "",
                  sfron_steps: int = 0, synthetic: int = -1, mask_batches: int = 0,
                  unlearn_lr: float = None) -> tuple:
   """The DiMUM/DiMRA chain: classifier, pretraining (or a pretrained directory), per method
-  a mask stage where it takes one and the unlearning stage, evaluation, one DiMRA attack
+  (any of `unlearning.methods.METHODS`, or "method:variant" for a stage `method_variant`
+  with that variant, e.g. "erasediff:noise", "core:all_to_one") a mask stage where it takes
+  one and the unlearning stage, evaluation, one DiMRA attack
   per method and auxiliary data set ("retain": assumption (i); "test_retain":
   assumption (ii); "synthetic": data the pretrained model generates under D_r's
   conditions, `synthetic` images, 0 = |D_r|), report.
@@ -163,16 +210,21 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
     stages.pretrained = stage("train", data="all", steps=pretrain_steps)
     order.append("pretrained")
   lr_kw = {} if unlearn_lr is None else {"lr": unlearn_lr}
-  for m in methods:
+  names = []
+  for entry in methods:
+    m, _, variant = entry.partition(":")
+    name = f"{m}_{variant}" if variant else m
     steps = sfron_steps if (m == "sfron" and sfron_steps) else unlearn_steps
     kw = {}
-    if m in ("salun", "sfron"):
-      stages[f"{m}_mask"] = stage("mask", method=m, init=init, steps=mask_batches)
-      order.append(f"{m}_mask")
+    if m in MASK_OF:
+      if f"{m}_mask" not in stages:
+        stages[f"{m}_mask"] = stage("mask", method=MASK_OF[m], init=init, steps=mask_batches)
+        order.append(f"{m}_mask")
       kw["mask"] = f"{m}_mask"
-    stages[m] = stage("unlearn", method=m, init=init, steps=steps, **kw, **lr_kw)
-    order.append(m)
-  models = (() if pretrained else ("pretrained",)) + tuple(methods)
+    stages[name] = stage("unlearn", method=m, variant=variant, init=init, steps=steps, **kw, **lr_kw)
+    order.append(name)
+    names.append(name)
+  models = (() if pretrained else ("pretrained",)) + tuple(names)
   stages.evaluate = stage("evaluate", models=models)
   order.append("evaluate")
   data_streams = []
@@ -183,13 +235,18 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
     data_streams.append(d)
   suffix = {"retain": "", "test_retain": "_test", "synthetic": "_synth"}
   for d in data_streams:
-    for m in methods:
+    for m in names:
       name = f"attack_{m}{suffix.get(d, '_' + d)}"
       stages[name] = stage("attack", init=m, data=d, steps=attack_steps, eval_every=eval_every, **lr_kw)
       order.append(name)
   stages.report = stage("report")
   order.append("report")
   return stages, tuple(order)
+
+
+def parse_classes(value) -> tuple:
+  """'0-1-2' (or an int) -> (0, 1, 2): several classes in a comma-separated config argument."""
+  return tuple(int(v) for v in str(value).split("-") if v != "")
 
 
 def parse_arg(arg, allowed: dict) -> dict:

@@ -35,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 
 from unlearn_jax import checkpoints
 from unlearn_jax import data as data_lib
@@ -50,9 +51,12 @@ from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax import training
 from unlearn_jax.errors import UserError, check_choice, check_range
+from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import dimum as dimum_lib
 from unlearn_jax.unlearning import methods as methods_lib
 from unlearn_jax.unlearning import saliency
+from unlearn_jax.unlearning import scissorhands as shs_lib
+from unlearn_jax.unlearning import selective_amnesia as sa_lib
 
 STAGE_KINDS = ("classifier", "train", "unlearn", "mask", "synthesize", "attack", "evaluate", "report")
 MODEL_KINDS = ("train", "unlearn", "attack")
@@ -159,14 +163,18 @@ def _validate_stages(config) -> None:
         check_choice(f"{field}.variant", st.variant, ("orthogonal", "obtuse"))
       if st.method in methods_lib.CONDITIONAL and not conditional:
         raise UserError(f"{field}.method", st.method, "needs a class-conditional model (config.model.conditional=True)")
+      want = methods_lib.MASKS.get(st.method, "salun")
+      if st.method in ("sa", "shs") and not st.mask:
+        raise UserError(f"{field}.mask", st.mask, f"method {st.method!r} needs an earlier mask stage with "
+                        f"method {want!r}")
       if st.mask:
-        want = methods_lib.MASKS.get(st.method)
-        if want is None:
-          raise UserError(f"{field}.mask", st.mask, f"method {st.method!r} takes no mask")
         if st.mask not in seen or config.stages[st.mask].kind != "mask" or config.stages[st.mask].method != want:
           raise UserError(f"{field}.mask", st.mask, f"expected an earlier mask stage with method {want!r}")
+      if st.method == "sa":
+        synth = tuple(n for n in seen if config.stages[n].kind == "synthesize")
+        check_choice("config.sa.replay", config.sa.replay, ("retain", "all") + synth)
     if st.kind == "mask":
-      check_choice(f"{field}.method", st.method, tuple(sorted(set(methods_lib.MASKS.values()))))
+      check_choice(f"{field}.method", st.method, methods_lib.MASK_KINDS)
       _check_source(config, f"{field}.init", st.init, seen)
       check_range(f"{field}.steps", st.steps, 0, 10 ** 9)
     if st.kind == "synthesize":
@@ -239,6 +247,11 @@ def build_experiment(config) -> Experiment:
     if st.kind in MODEL_KINDS + ("mask", "synthesize") and st.init not in ("scratch",) \
        and st.init not in config.stages:
       _check_meta(exp, f"config.stages.{name}.init", st.init)
+    if st.kind == "unlearn":   # every method option is checked here, before anything is written
+      if st.variant and st.method not in methods_lib.VARIANTS:
+        raise UserError(f"config.stages.{name}.variant", st.variant, f"method {st.method!r} has no variants; "
+                        "methods with variants: " + ", ".join(methods_lib.VARIANTS))
+      _objectives(exp, st)
   return exp
 
 
@@ -276,21 +289,28 @@ def _objectives(exp: Experiment, st) -> Tuple[Dict[str, training.Objective], Any
     drop = cfg.training.cond_drop if exp.conditional else 0.0
     name = "retain" if st.kind == "train" else "attack"
     return {name: training.Objective(st.data, denoise, cond_drop=drop)}, None, methods_lib.Options()
-  return methods_lib.build(st.method, st.variant, cfg, alt=exp.alt, steps=st.steps)
+  return methods_lib.build(st.method, st.variant, cfg, alt=exp.alt, steps=st.steps,
+                           forget=exp.forget_labels, num_classes=exp.train.num_classes)
 
 
 def _source_dir(exp: Experiment, workdir: str, init: str) -> str:
   return os.path.join(workdir, init) if init in exp.config.stages else init
 
 
-def init_state(exp: Experiment, name: str, st, tx, workdir: str) -> ts.TrainState:
-  """Random init (re-training) or the EMA parameters of a stage / directory (fine-tuning)."""
+def init_state(exp: Experiment, name: str, st, tx, workdir: str, reset_mask=None) -> ts.TrainState:
+  """Random init (re-training) or the EMA parameters of a stage / directory (fine-tuning).
+
+  With `reset_mask` (Scissorhands), the masked weights are replaced by a fresh init.
+  """
   cfg = exp.config
+  fresh = lambda: models.init_params(exp.module, jax.random.key(stage_seed(cfg, name)), exp.example_shape,
+                                     conditional=exp.conditional)
   if st.init == "scratch":
-    params = models.init_params(exp.module, jax.random.key(stage_seed(cfg, name)), exp.example_shape,
-                                conditional=exp.conditional)
+    params = fresh()
   else:
     params = load_params(exp, _source_dir(exp, workdir, st.init))
+    if reset_mask is not None:
+      params = shs_lib.reset(params, fresh(), reset_mask)
   return ts.create(params, tx)
 
 
@@ -314,6 +334,14 @@ def step_spec(exp: Experiment, objectives, alternate: bool = False) -> training.
                            null_label=exp.null_label, alternate=alternate)
 
 
+def with_mask(method, options: methods_lib.Options, consts: dict):
+  """A SalUn saliency mask on a method that has no mask of its own: `combine.masked()`
+  after the method's combination (e.g. SalUn's mask on CORE or EraseDiff)."""
+  if "mask" not in consts or options.mask is not None:
+    return method
+  return combine.masked() if method is None else optax.chain(method, combine.masked())
+
+
 def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None,
                     eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0) -> None:
   """train / unlearn / attack: runs (or resumes) the stage's optimisation."""
@@ -321,16 +349,24 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
   stage_dir = os.path.join(workdir, name)
   objectives, method, options = _objectives(exp, st)
   lr = st.lr if st.lr is not None else cfg.optim.lr
-  tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
-                               b1=cfg.optim.b1, eps=cfg.optim.eps, method=method)
   spec = step_spec(exp, objectives, options.alternate)
-  consts = {}
+  consts, reset_mask = {}, None
   if st.kind == "unlearn" and st.mask:
-    consts["mask"] = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE))
+    mask = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE))
+    if options.mask == "fisher":
+      consts["fisher"] = mask
+    elif options.mask == "shs":
+      reset_mask = mask
+    else:
+      consts["mask"] = mask
+  if options.frozen:
+    consts["frozen"] = load_params(exp, _source_dir(exp, workdir, st.init))
+  tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
+                               b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts))
   os.makedirs(stage_dir, exist_ok=True)
   if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
     checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name))
-  state = init_state(exp, name, st, tx, workdir)
+  state = init_state(exp, name, st, tx, workdir, reset_mask)
   seed = stage_seed(cfg, name)
   streams = {o.stream: exp.stream(o.stream, workdir) for o in objectives.values()}
   batch = cfg.training.batch_size
@@ -383,7 +419,9 @@ def _pass_batches(ds: data_lib.Dataset, batch: int, max_batches: int, seed: int)
 
 def run_mask_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
   """SalUn: top `config.salun.fraction` of |sum of forget-loss gradients| over D_f.
-  SFR-on: [F_f >= F_r] from per-batch clipped squared gradients over D_f and D_r."""
+  SFR-on: [F_f >= F_r] from per-batch clipped squared gradients over D_f and D_r.
+  Scissorhands: the top 1 - `config.shs.sparsity` of SNIP scores |theta| sum_b |grad L_f|
+  (the weights to reset).  Selective Amnesia ("fisher"): the diagonal Fisher (float)."""
   cfg = exp.config
   t0 = time.time()
   stage_dir = os.path.join(workdir, name)
@@ -403,19 +441,54 @@ def run_mask_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None)
     keyed = [(b, jax.random.fold_in(jax.random.key(seed), i)) for i, b in enumerate(batches)]
     return saliency.accumulate(lambda p, bk: grad_fn(p, *bk), params, keyed, **kw)
 
+  dtype, info = np.uint8, {}
   if st.method == "salun":
     scores = jax.tree_util.tree_map(jnp.abs, grads(exp.streams["forget"]))
     mask = saliency.top_fraction_mask(scores, cfg.salun.fraction)
-  else:
+  elif st.method == "sfron":
     f_forget = grads(exp.streams["forget"], square=True, clip_norm=1.0)
     f_retain = grads(exp.streams["retain"], square=True, clip_norm=1.0)
     mask = saliency.ratio_mask(f_forget, f_retain)
+  elif st.method == "shs":
+    check_range("config.shs.sparsity", cfg.shs.sparsity, 0.0, 1.0)
+    scores = shs_lib.snip_scores(grads(exp.streams["forget"], absolute=True), params)
+    mask = saliency.top_fraction_mask(scores, 1.0 - cfg.shs.sparsity, field="config.shs.sparsity")
+  else:
+    mask, dtype = fisher_information(exp, params, spec, objective, seed), np.float32
+    leaves = jax.tree_util.tree_leaves(mask)
+    info = {"fisher_mean": float(sum(np.sum(l) for l in leaves) / sum(np.size(l) for l in leaves))}
   os.makedirs(stage_dir, exist_ok=True)
-  saliency.save_mask(os.path.join(stage_dir, MASK_FILE), mask)
-  kept = saliency.kept_fraction(mask)
-  logging.info("[%s] %s mask keeps %.3f of the weights", name, st.method, kept)
+  saliency.save_mask(os.path.join(stage_dir, MASK_FILE), mask, dtype)
+  if dtype == np.uint8:
+    info["kept_fraction"] = saliency.kept_fraction(mask)
+  logging.info("[%s] %s mask: %s", name, st.method, info)
   checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
-                         {"method": st.method, "kept_fraction": kept, "wall_time_s": time.time() - t0})
+                         {"method": st.method, **info, "wall_time_s": time.time() - t0})
+
+
+def fisher_information(exp: Experiment, params, spec, objective, seed: int):
+  """Selective Amnesia's diagonal Fisher of the pretrained model: `config.sa.fisher_samples`
+  samples it generates (all classes in turn), each sample's loss summed over the N
+  diffusion steps, estimated as N x the mean over `config.sa.fisher_t` random steps."""
+  cfg = exp.config
+  n, n_t = cfg.sa.fisher_samples, cfg.sa.fisher_t
+  check_range("config.sa.fisher_samples", n, 1, 10 ** 7)
+  check_range("config.sa.fisher_t", n_t, 1, 10 ** 5)
+  labels = np.resize(np.arange(exp.train.num_classes, dtype=np.int32), n)
+  x = generate(exp, params, n, jax.random.key(seed), labels=labels)
+  steps = getattr(exp.process, "N", 1)
+
+  def per_example(p, example):
+    xs, lab, key = example
+    batch = {"x": jnp.repeat(xs, n_t, axis=0), "labels": jnp.repeat(lab, n_t, axis=0)}
+    keys = training.example_keys(key[0], n_t, None)
+    return steps * training.objective_loss(p, batch, keys, key[0], spec, objective)
+
+  chunk = cfg.training.batch_size
+  batches = [(x[i:i + chunk], labels[i:i + chunk],
+              jax.random.split(jax.random.fold_in(jax.random.key(seed), i), len(x[i:i + chunk])))
+             for i in range(0, n, chunk)]
+  return sa_lib.diagonal_fisher(per_example, params, batches)
 
 
 def run_synthesize_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:

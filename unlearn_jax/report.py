@@ -22,7 +22,11 @@ Class-conditional experiments (DiMUM / DiMRA) have instead, per model,
 and per attack stage "attacks": {"<stage>": {"model": "<unlearn stage>", "data": "<stream>",
    "steps": [...], "ar_dimra": [...], "ar_cl": [...], "max_ar_dimra": float,
    "max_ar_dimra_step": int, "final_ar_dimra": float, "min_ar_cl": float,
-   "csv": "<stage>/curve.csv"}}, plus "masks": {"<stage>": {"method", "kept_fraction"}}.
+   "csv": "<stage>/curve.csv"}}, plus "masks": {"<stage>": {"method", "kept_fraction" | "fisher_mean"}}.
+An unlearning model whose method logs diagnostics (EraseDiff: the value gap g = loss/forget,
+lambda_t, cosines of the update with grad L_r and grad g) also has
+  "training_log": {"steps": [...], "<metric>": [...], "summary": {"<metric>": {"first", "last", "mean"}}}
+from <stage>/metrics.jsonl.
 """
 from __future__ import annotations
 
@@ -35,7 +39,12 @@ from unlearn_jax import checkpoints
 
 PRETTY = {"standard": "Standard", "unseen": "Unseen", "sgu_orthogonal": "SGU-Orthogonal",
           "sgu_obtuse": "SGU-Obtuse", "pretrained": "Pretrained", "ga": "Gradient ascent",
-          "salun": "SalUn", "dimum": "DiMUM", "sfron": "SFR-on (Sfront)", "finetune": "Fine-tune"}
+          "salun": "SalUn", "dimum": "DiMUM", "sfron": "SFR-on (Sfront)", "finetune": "Fine-tune",
+          "erasediff": "EraseDiff", "core": "CORE", "esd": "ESD", "ca": "Concept Ablation",
+          "sa": "Selective Amnesia", "shs": "Scissorhands", "neggrad": "NegGrad"}
+#: logged metrics a report keeps per unlearning stage (EraseDiff's Fig. 2 diagnostics and the losses).
+LOGGED = ("loss/forget", "loss/retain", "method/lambda_t", "method/cos_update_retain",
+          "method/cos_update_forget", "method/cos_retain_forget")
 STREAM_NAMES = {"retain": "D_r (assumption i)", "test_retain": "test w/o forget (assumption ii)"}
 
 
@@ -91,7 +100,7 @@ def collect(exp, workdir: str) -> dict:
     if st.kind == "classifier" and done:
       results["classifier"] = {"test_accuracy": done["test_accuracy"]}
     if st.kind == "mask" and done:
-      results["masks"][name] = {"method": done["method"], "kept_fraction": done["kept_fraction"]}
+      results["masks"][name] = {k: done[k] for k in ("method", "kept_fraction", "fisher_mean") if k in done}
     if st.kind == "attack":
       curve_path = os.path.join(workdir, name, "curve.json")
       if os.path.exists(curve_path):
@@ -112,8 +121,23 @@ def collect(exp, workdir: str) -> dict:
         mst = cfg.stages[model]
         entry["method"] = mst.method if mst.kind == "unlearn" else mst.kind
         entry["unlearn_steps"] = int(mst.steps) if mst.kind == "unlearn" else 0
+        log = training_log(os.path.join(workdir, model))
+        if mst.kind == "unlearn" and any(k.startswith("method/") for k in log.get("summary", {})):
+          entry["training_log"] = log
         results["models"][model] = entry
   return results
+
+
+def training_log(stage_dir: str) -> dict:
+  """The stage's logged LOGGED metrics over steps, with first / last / mean of each."""
+  from unlearn_jax import training
+  rows = training.read_history(stage_dir)
+  keys = [k for k in LOGGED if rows and all(k in r for r in rows)]
+  if not keys:
+    return {}
+  out = {"steps": [r["step"] for r in rows], **{k: [r[k] for r in rows] for k in keys}}
+  out["summary"] = {k: {"first": out[k][0], "last": out[k][-1], "mean": float(np.mean(out[k]))} for k in keys}
+  return out
 
 
 def _attack_summary(name: str, st, curve: dict) -> dict:
@@ -148,6 +172,32 @@ def conditional_markdown(results: dict, workdir: str) -> list:
     lines.append(f"| {_pretty(n)} | {m.get('unlearn_steps', 0)} | {m['frechet_distance']:.3f} | "
                  f"{m['ar_mu']:.3f} | {m['ar_cl']:.3f} | {m['retain_accuracy']:.3f} | "
                  f"{'' if sps is None else f'{sps:.3f}'} |")
+  if attacks:
+    lines += ["", "## Comparison: unlearning and robustness to DiMRA", "",
+              "| Method | AR_MU | FD | max AR_DiMRA | s/step |", "|---|---|---|---|---|"]
+    for n, m in models.items():
+      worst = [a["max_ar_dimra"] for a in attacks.values() if a["model"] == n]
+      sps = m.get("seconds_per_step")
+      lines.append(f"| {_pretty(n)} | {m['ar_mu']:.3f} | {m['frechet_distance']:.3f} | "
+                   f"{max(worst) if worst else float('nan'):.3f} | {'' if sps is None else f'{sps:.3f}'} |")
+  logged = {n: m["training_log"] for n, m in models.items() if m.get("training_log")}
+  if logged:
+    lines += ["", "## Unlearning diagnostics (EraseDiff paper, Fig. 2)", "",
+              "g = L_f(theta) - L_f(phi^K) (`loss/forget`); lambda_t of Theorem 3.1; cosine similarity of "
+              "the update with grad L_r and with grad g. first -> last logged step (mean).", "",
+              "| Method | " + " | ".join(k.split("/")[-1] for k in LOGGED[2:]) + " | g |",
+              "|---|" + "---|" * (len(LOGGED) - 1)]
+    for n, log in logged.items():
+      cells = []
+      for k in LOGGED[2:] + ("loss/forget",):
+        v = log["summary"].get(k)
+        cells.append("" if v is None else f"{v['first']:.3g} -> {v['last']:.3g} ({v['mean']:.3g})")
+      lines.append(f"| {_pretty(n)} | " + " | ".join(cells) + " |")
+      png = f"{n}_diagnostics.png"
+      curves = {k.split("/")[-1]: (log["steps"], log[k]) for k in ("loss/forget", "method/lambda_t") if k in log}
+      metrics.plot_curves(os.path.join(workdir, png), curves, title=f"{_pretty(n)}: g and lambda_t",
+                          xlabel="unlearning step", ylabel="value")
+      lines.append(f"\n![{n} diagnostics]({png})\n")
   if attacks:
     datas = list(dict.fromkeys(a["data"] for a in attacks.values()))
     lines += ["", "## DiMRA: largest AR_DiMRA during the attack (DiMUM paper, Tables II-III shape)", "",
@@ -186,7 +236,9 @@ def markdown(results: dict, workdir: str = ".") -> str:
   if "attacks" in results:
     lines.append(f"- alternative classes: {results['alternative_classes']}")
     for k, v in results.get("masks", {}).items():
-      lines.append(f"- mask `{k}` ({v['method']}): keeps {v['kept_fraction']:.3f} of the weights")
+      what = (f"keeps {v['kept_fraction']:.3f} of the weights" if "kept_fraction" in v
+              else f"mean Fisher {v.get('fisher_mean', float('nan')):.3g}")
+      lines.append(f"- mask `{k}` ({v['method']}): {what}")
     lines.append("")
     lines += conditional_markdown(results, workdir)
     return _tail(lines, results, names)

@@ -13,3 +13,8 @@ from unlearn_jax.unlearning import combine
 def gradient_ascent(beta: float = 1.0):
   """beta grad L_r - grad L_u (Eq. 5)."""
   return combine.weighted_sum(beta, forget=-1.0)
+
+
+def neggrad():
+  """NegGrad: -grad L_u alone (gradient ascent on the forget set, no retain term)."""
+  return combine.weighted_sum(-1.0)

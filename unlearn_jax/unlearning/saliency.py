@@ -23,8 +23,9 @@ from unlearn_jax.errors import check_range
 
 
 def accumulate(grad_fn: Callable, params, batches: Iterable, *, square: bool = False,
-               clip_norm: float = 0.0):
-  """sum_b g_b (square=False) or mean_b clip(g_b)^2 (square=True) over `batches`.
+               clip_norm: float = 0.0, absolute: bool = False):
+  """sum_b g_b (square=False), sum_b |g_b| (absolute=True, Scissorhands' SNIP) or
+  mean_b clip(g_b)^2 (square=True) over `batches`.
 
   `grad_fn(params, batch) -> grads` (jitted by the caller).  With `clip_norm > 0`
   each batch gradient is first scaled to global norm <= clip_norm.
@@ -37,6 +38,8 @@ def accumulate(grad_fn: Callable, params, batches: Iterable, *, square: bool = F
       g = jax.tree_util.tree_map(lambda x: x * jnp.minimum(1.0, clip_norm / (norm + 1e-12)), g)
     if square:
       g = jax.tree_util.tree_map(jnp.square, g)
+    elif absolute:
+      g = jax.tree_util.tree_map(jnp.abs, g)
     total = g if total is None else jax.tree_util.tree_map(jnp.add, total, g)
     n += 1
   if total is None:
@@ -44,12 +47,12 @@ def accumulate(grad_fn: Callable, params, batches: Iterable, *, square: bool = F
   return jax.tree_util.tree_map(lambda x: x / n, total) if square else total
 
 
-def top_fraction_mask(scores, fraction: float):
+def top_fraction_mask(scores, fraction: float, field: str = "config.salun.fraction"):
   """1 for exactly round(fraction * P) weights with the largest scores (global ranking), else 0.
 
   Ties at the threshold are broken by position, so the kept count is exact.
   """
-  check_range("config.salun.fraction", fraction, 0.0, 1.0)
+  check_range(field, fraction, 0.0, 1.0)
   leaves, treedef = jax.tree_util.tree_flatten(scores)
   flat = np.concatenate([np.asarray(l, np.float64).ravel() for l in leaves]) if leaves else np.zeros(0)
   k = int(round(fraction * flat.size))
@@ -74,9 +77,10 @@ def kept_fraction(mask) -> float:
   return float(sum(np.sum(l) for l in leaves) / max(sum(np.size(l) for l in leaves), 1))
 
 
-def save_mask(path: str, mask) -> None:
-  """Writes the mask (uint8 leaves, msgpack) atomically."""
-  mask = jax.tree_util.tree_map(lambda m: np.asarray(m, np.uint8), mask)
+def save_mask(path: str, mask, dtype=np.uint8) -> None:
+  """Writes the mask (uint8 leaves, or `dtype` for a real-valued tree such as a Fisher;
+  msgpack) atomically."""
+  mask = jax.tree_util.tree_map(lambda m: np.asarray(m, dtype), mask)
   tmp = path + ".tmp"
   with open(tmp, "wb") as f:
     f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(mask)))

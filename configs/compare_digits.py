@@ -1,0 +1,59 @@
+r"""EraseDiff, CORE, ESD, Concept Ablation, Selective Amnesia, Scissorhands, SalUn and DiMUM
+on one forgotten digit, each then attacked by DiMRA: one table of AR_MU, Fréchet distance,
+max AR_DiMRA and seconds per step (sklearn's 8x8 digits, offline).
+
+A class-conditional DDPM with classifier-free guidance is pretrained on all ten digits;
+digit 3 is unlearned by every method from the same pretrained model (alternative /
+anchor: the next class, 4); every unlearned model is fine-tuned on the retain set for
+`attack` steps (DiMUM paper Eq. 7, assumption i), AR_DiMRA every `every` steps.
+
+  python -m unlearn_jax.main --config=configs/compare_digits.py:cpu --workdir=workdir/compare_digits_cpu
+  python -m unlearn_jax.main --config=configs/compare_digits.py --workdir=workdir/compare_digits
+
+Arguments (comma-separated): cpu, forget=<digit>, steps=<unlearning steps>, attack=<attack steps>,
+pretrained=<an unlearn_jax stage directory of the same model> (skips pretraining).
+
+Method settings at this scale: EraseDiff_rl with K=2 inner steps (Algorithm 1, lambda_t of
+Theorem 3.1); CORE one-to-one (alpha 1); ESD (eta 1, null class as p_0, x_t from 10-step
+partial DDIM on cpu); CA model-based on anchor images; SA with D_r as its replay and a Fisher
+from 500 generated samples on cpu; SHS resets 1% of the weights; SalUn beta = 1 (see
+dimum_digits.py).
+"""
+from unlearn_jax import config_lib
+
+METHODS = ("erasediff", "core", "esd", "ca", "sa", "shs", "salun", "dimum")
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, {"cpu": True, "forget": 3, "steps": 0, "attack": 0, "pretrained": ""})
+  c = config_lib.ddpm_base()
+  c.experiment = "compare"
+  c.data.update(dict(name="digits", image_size=8, num_channels=1, forget_classes=(a.get("forget", 3),)))
+  c.model.update(dict(ch=64, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,), dropout=0.1,
+                      ema_rate=0.999))
+  c.training.update(dict(batch_size=128, log_every=100, ckpt_every=1000))
+  c.optim.lr = 1e-3
+  c.classifier.update(dict(features=(32, 64), dense=128, steps=1500, batch_size=128))
+  c.eval.update(dict(num_samples=1000, fd_num_samples=1000, attack_num_samples=500, sample_batch_size=500,
+                     grid_size=100))
+  c.eval.sampler.n_steps = 50
+  c.salun.beta = 1.0
+  c.sa.fisher_samples = 2000
+  c.esd.ddim_steps = 25
+  pretrain, unlearn, attack, every = 20000, 2000, 4000, 500
+  if a.get("cpu"):
+    c.model.update(dict(ch=32, num_res_blocks=1, attn_resolutions=(), dropout=0.0, ema_rate=0.995))
+    c.training.update(dict(batch_size=64, log_every=50, ckpt_every=250))
+    c.classifier.steps = 600
+    c.eval.update(dict(num_samples=300, fd_num_samples=400, attack_num_samples=200, sample_batch_size=400,
+                       grid_size=50))
+    c.eval.sampler.n_steps = 25
+    c.sa.fisher_samples = 500
+    c.esd.ddim_steps = 10
+    pretrain, unlearn, attack, every = 4000, 400, 600, 200
+  unlearn = a.get("steps") or unlearn
+  attack = a.get("attack") or attack
+  c.stages, c.stage_order = config_lib.dimum_stages(
+      pretrain_steps=pretrain, unlearn_steps=unlearn, attack_steps=attack, eval_every=every,
+      methods=METHODS, pretrained=a.get("pretrained", ""), unlearn_lr=3e-4 if a.get("cpu") else 1e-4)
+  return c

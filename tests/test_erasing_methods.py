@@ -1,0 +1,461 @@
+"""EraseDiff, CORE, ESD, Concept Ablation, Selective Amnesia, Scissorhands and NegGrad
+against hand-computed values, and their composition (masks, EraseDiff on CORE's losses)."""
+import functools
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from unlearn_jax import config_lib, losses, sampling, training
+from unlearn_jax import sde as sde_lib
+from unlearn_jax import train_state as ts
+from unlearn_jax.errors import UserError
+from unlearn_jax.unlearning import (combine, core, erasediff, esd, gradient_ascent, methods, saliency,
+                                    scissorhands, selective_amnesia)
+
+R = {"a": jnp.array([1.0, -2.0]), "b": {"c": jnp.array([[0.5, 3.0], [-1.0, 4.0]])}}
+G = {"a": jnp.array([2.0, 1.0]), "b": {"c": jnp.array([[1.0, -1.0], [0.0, 2.0]])}}
+MASK = {"a": jnp.array([1.0, 0.0]), "b": {"c": jnp.array([[0.0, 1.0], [1.0, 0.0]])}}
+
+
+def flat(tree):
+  return np.concatenate([np.ravel(np.asarray(l)) for l in jax.tree_util.tree_leaves(tree)])
+
+
+def close(tree, expected, rtol=1e-5, atol=1e-6):
+  for a, b in zip(jax.tree_util.tree_leaves(tree), jax.tree_util.tree_leaves(expected), strict=True):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+# ----------------------------------------------------------------------------- EraseDiff: lambda_t and delta_t
+
+r, g = flat(R), flat(G)          # r.g = 2 - 2 + 0.5 - 3 + 0 + 8 = 5.5, |g|^2 = 11, |r|^2 = 31.25
+assert np.isclose(r @ g, 5.5) and np.isclose(g @ g, 11.0)
+
+
+@pytest.mark.parametrize("rule,eta,expected_lambda", [
+    ("paper", 0.1, 0.0),                         # max(0, (0.1 * 11 - 5.5) / 11) = max(0, -0.4)
+    ("paper", 0.8, 0.3),                         # (0.8 * 11 - 5.5) / 11 = 0.3
+    ("constant", 0.8, 0.25),                     # lam
+    ("cosine", 0.8, 0.8 - 5.5 / np.sqrt(31.25 * 11.0)),
+])
+def test_erasediff_lambda_and_update_hand_values(rule, eta, expected_lambda):
+  tx = erasediff.erasediff(eta=eta, rule=rule, lam=0.25)
+  delta, state = tx.update(R, tx.init(R), None, forget_grads=G)
+  np.testing.assert_allclose(state.log["lambda_t"], expected_lambda, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(flat(delta), r + expected_lambda * g, rtol=1e-5)
+  d = r + expected_lambda * g
+  np.testing.assert_allclose(state.log["cos_update_retain"], d @ r / np.linalg.norm(d) / np.linalg.norm(r),
+                             rtol=1e-5)
+  np.testing.assert_allclose(state.log["cos_update_forget"], d @ g / np.linalg.norm(d) / np.linalg.norm(g),
+                             rtol=1e-5)
+
+
+def test_erasediff_paper_rule_meets_the_constraint_of_eq6():
+  # Theorem 3.1: delta solves min ||g_r - delta|| s.t. grad g . delta >= a_t = eta ||grad g||^2.
+  for eta in (0.1, 0.5, 0.8, 2.0):
+    delta, _ = erasediff.erasediff(eta=eta).update(R, None, None, forget_grads=G)
+    assert flat(delta) @ g >= eta * (g @ g) - 1e-4
+  rng = np.random.default_rng(0)
+  best = r + max(0.0, (0.8 * 11 - 5.5) / 11) * g
+  for _ in range(200):   # no feasible point is closer to g_r
+    cand = best + rng.normal(size=r.shape) * 0.3
+    if cand @ g >= 0.8 * 11:
+      assert np.linalg.norm(cand - r) >= np.linalg.norm(best - r) - 1e-6
+
+
+def test_erasediff_zero_forget_gradient_gives_lambda_zero():
+  zero = jax.tree_util.tree_map(jnp.zeros_like, G)
+  delta, state = erasediff.erasediff(eta=0.5).update(R, None, None, forget_grads=zero)
+  assert float(state.log["lambda_t"]) == 0.0
+  close(delta, R)
+
+
+# ----------------------------------------------------------------------------- EraseDiff: the value gap
+
+C = {"w": jnp.array([1.0, -1.0, 0.5])}
+THETA = {"w": jnp.array([3.0, 0.0, -0.5])}
+
+
+def quadratic(p):
+  return 0.5 * jnp.sum((p["w"] - C["w"]) ** 2)
+
+
+@pytest.mark.parametrize("grad_form", erasediff.GRAD_FORMS)
+@pytest.mark.parametrize("k", [0, 1, 3])
+def test_value_gap_closed_form_on_a_quadratic(grad_form, k):
+  # grad = p - c, so phi^K - c = (1 - xi)^K (theta - c); g = 0.5 (1 - (1 - xi)^2K) ||theta - c||^2.
+  xi = 0.3
+  d = np.asarray(THETA["w"] - C["w"])
+  value, grad = erasediff.value_gap(k, xi, grad_form)(quadratic, THETA)
+  q = (1 - xi) ** k
+  np.testing.assert_allclose(value, 0.5 * (1 - q ** 2) * d @ d, rtol=1e-5)
+  expected = d if grad_form == "fixed" else (1 - q) * d
+  np.testing.assert_allclose(grad["w"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_inner_descent_is_k_gradient_steps():
+  phi = erasediff.inner_descent(quadratic, THETA, 2, 0.25)
+  p = np.asarray(THETA["w"])
+  for _ in range(2):
+    p = p - 0.25 * (p - np.asarray(C["w"]))
+  np.testing.assert_allclose(phi["w"], p, rtol=1e-6)
+
+
+def test_value_gap_rejects_bad_options():
+  with pytest.raises(UserError):
+    erasediff.value_gap(2, 0.1, "bogus")
+  with pytest.raises(UserError):
+    erasediff.erasediff(rule="bogus")
+
+
+# ----------------------------------------------------------------------------- a tiny class-conditional model
+
+K = 4  # classes 0..3; label K is the null class
+PROCESS = sde_lib.DDPMSchedule(N=10)
+X = np.linspace(0.0, 1.0, 3 * 2 * 2).reshape(3, 2, 2, 1).astype(np.float32)
+LABELS = np.array([1, 2, 1], np.int32)
+PARAMS = {"w": jnp.array([0.5, 1.5, -0.7, 2.0, 0.3]), "b": jnp.array([0.1, -0.4, 0.8, 0.2, -1.0])}
+FROZEN = {"w": jnp.array([1.0, -0.5, 0.4, 0.9, 1.2]), "b": jnp.array([0.3, 0.2, -0.6, 0.7, 0.05])}
+DENOISE = functools.partial(losses.denoising_loss, reduce="mean")
+KEYS = training.example_keys(jax.random.key(1), 3, None)
+DROPOUT = jax.random.key(2)
+BATCH = {"x": X, "labels": LABELS}
+
+
+def apply_fn(variables, x, time, labels, train=False, rngs=None):
+  del time, train, rngs
+  p = variables["params"]
+  return x * p["w"][labels][:, None, None, None] + p["b"][labels][:, None, None, None]
+
+
+def make_spec(**objectives):
+  return training.StepSpec(apply_fn=apply_fn, process=PROCESS, output_type="eps", objectives=objectives,
+                           weighting="simple", conditional=True, null_label=K)
+
+
+def eps_np(params, x_t, labels):
+  w, b = np.asarray(params["w"]), np.asarray(params["b"])
+  return np.asarray(x_t) * w[labels][:, None, None, None] + b[labels][:, None, None, None]
+
+
+def loss_of(objective, params=PARAMS, consts=None, batch=BATCH):
+  return training.objective_loss(params, batch, KEYS, DROPOUT, make_spec(forget=objective), objective,
+                                 consts)
+
+
+X_T = training.perturb_examples(PROCESS, jnp.asarray(X), KEYS, "simple").x_t
+
+
+def test_erasediff_noise_target_is_uniform_per_example():
+  inputs = training.TargetInputs(None, PARAMS, training.perturb_examples(PROCESS, jnp.asarray(X), KEYS, "simple"),
+                                 jnp.asarray(LABELS), {}, KEYS)
+  t = np.asarray(erasediff.uniform_target(inputs))
+  assert t.shape == X.shape and t.min() >= 0.0 and t.max() < 1.0
+  assert not np.allclose(t[0], t[1])
+  np.testing.assert_array_equal(t, np.asarray(erasediff.uniform_target(inputs)))   # fixed by the keys
+  objective = training.Objective("forget", DENOISE, target=erasediff.uniform_target)
+  np.testing.assert_allclose(loss_of(objective), np.mean((eps_np(PARAMS, X_T, LABELS) - t) ** 2), rtol=1e-5)
+
+
+def test_value_fn_objective_in_train_step_logs_g_lambda_and_cosines():
+  value_fn = erasediff.value_gap(3, 0.2, "fixed")
+  alt = np.array([1, 2, 3, 0, 4], np.int32)   # c -> c + 1
+  from unlearn_jax.unlearning import salun
+  objectives = {"retain": training.Objective("retain", DENOISE),
+                "forget": training.Objective("forget", DENOISE, target=salun.random_label_target(alt),
+                                             value_fn=value_fn)}
+  spec = make_spec(**objectives)
+  tx = optax.chain(erasediff.erasediff(eta=0.5), optax.sgd(0.1))
+  state = ts.create(PARAMS, tx)
+  batches = {"retain": BATCH, "forget": BATCH}
+  new, m = training.train_step(state, batches, jax.random.key(0), spec=spec, tx=tx, axis_name=None)
+  for k in ("method/lambda_t", "method/cos_update_retain", "method/cos_update_forget", "loss/forget"):
+    assert np.isfinite(float(m[k])), k
+  # loss/forget is g = L_f(theta) - L_f(phi^3) >= 0, with the target fixed at theta.
+  rng = jax.random.fold_in(jax.random.key(0), 0)
+  keys = training.example_keys(jax.random.fold_in(rng, 1), 3, None)
+  inputs = training.objective_inputs(PARAMS, BATCH, keys, spec, objectives["forget"])
+  lf = functools.partial(training.loss_given_inputs, inputs=inputs, dropout_rng=None, spec=spec,
+                         objective=objectives["forget"])
+  phi = erasediff.inner_descent(lf, PARAMS, 3, 0.2)
+  np.testing.assert_allclose(m["loss/forget"], lf(PARAMS) - lf(phi), rtol=1e-4)
+  assert float(m["loss/forget"]) > 0.0
+
+
+# ----------------------------------------------------------------------------- CORE
+
+
+def test_core_one_to_one_maps_to_distinct_retained_classes():
+  cand = core.anchor_candidates(10, (3, 4), "one_to_one")
+  assert cand.shape == (10, 1)
+  assert cand[3, 0] == 5 and cand[4, 0] == 6        # next retained, unused
+  assert [cand[c, 0] for c in range(10) if c not in (3, 4)] == [c for c in range(10) if c not in (3, 4)]
+
+
+def test_core_one_to_one_among_forget_classes_when_few_are_retained():
+  cand = core.anchor_candidates(5, (0, 1, 2, 3), "one_to_one")
+  assert [int(cand[c, 0]) for c in (0, 1, 2, 3)] == [1, 2, 3, 0]
+  assert all(cand[c, 0] != c for c in (0, 1, 2, 3))
+
+
+def test_core_all_to_one_and_groups_to_one():
+  cand = core.anchor_candidates(10, (0, 1, 2, 3, 4, 5, 6), "all_to_one")
+  assert set(cand[[0, 1, 2, 3, 4, 5, 6], 0]) == {7}
+  assert core.anchor_candidates(10, (0, 1), "all_to_one", base=9)[0, 0] == 9
+  with pytest.raises(UserError, match="config.core.base"):
+    core.anchor_candidates(10, (0, 1), "all_to_one", base=1)
+  cand = core.anchor_candidates(12, tuple(range(7)), "groups_to_one", group_size=5)
+  assert set(cand[:5, 0]) == {7} and set(cand[5:7, 0]) == {8}
+
+
+def test_core_random_and_random_k_candidates():
+  cand = core.anchor_candidates(6, (2,), "random")
+  assert cand.shape == (6, 5) and 2 not in cand[2] and sorted(cand[2]) == [0, 1, 3, 4, 5]
+  assert (cand[0] == 0).all()
+  ck = core.anchor_candidates(10, (2, 5), "random_k", k=3, seed=1)
+  assert ck.shape == (10, 3) and len(set(ck[2])) == 3 and 2 not in ck[2] and 5 not in ck[5]
+  np.testing.assert_array_equal(ck, core.anchor_candidates(10, (2, 5), "random_k", k=3, seed=1))
+  with pytest.raises(UserError, match="config.core.k"):
+    core.anchor_candidates(4, (1,), "random_k", k=4)
+
+
+def test_core_draws_cover_the_candidates_and_vary_with_the_key():
+  cand = core.anchor_candidates(6, (2,), "random")
+  labels = jnp.full((600,), 2, jnp.int32)
+  keys = training.example_keys(jax.random.key(3), 600, None)
+  drawn = np.asarray(core.draw_anchor(cand, labels, keys))
+  assert set(drawn.tolist()) == {0, 1, 3, 4, 5}
+  assert np.asarray(core.draw_anchor(core.anchor_candidates(6, (2,), "one_to_one"), labels, keys)).tolist() \
+      == [3] * 600
+
+
+def test_core_losses_use_the_frozen_model_hand_values():
+  cand = core.anchor_candidates(K, (1, 2), "one_to_one")      # 1 -> 3, 2 -> 0
+  forget = training.Objective("forget", DENOISE, target=core.anchor_target(cand))
+  got = loss_of(forget, consts={"frozen": FROZEN})
+  want = np.mean((eps_np(PARAMS, X_T, LABELS) - eps_np(FROZEN, X_T, cand[LABELS, 0])) ** 2)
+  np.testing.assert_allclose(got, want, rtol=1e-5)
+  retain = training.Objective("forget", DENOISE, target=core.frozen_target)
+  got = loss_of(retain, consts={"frozen": FROZEN})
+  np.testing.assert_allclose(got, np.mean((eps_np(PARAMS, X_T, LABELS) - eps_np(FROZEN, X_T, LABELS)) ** 2),
+                             rtol=1e-5)
+  # the frozen tree gets no gradient and the target does not move with theta
+  grads = jax.grad(lambda p: loss_of(forget, params=p, consts={"frozen": FROZEN}))(PARAMS)
+  x_t = np.asarray(X_T)
+  hand = jax.grad(lambda p: jnp.mean((apply_fn({"params": p}, x_t, None, LABELS)
+                                      - eps_np(FROZEN, x_t, cand[LABELS, 0])) ** 2))(PARAMS)
+  close(grads, hand)
+
+
+# ----------------------------------------------------------------------------- ESD
+
+
+def test_esd_target_is_guidance_shifted_frozen_prediction():
+  objective = training.Objective("forget", DENOISE, target=esd.esd_target(eta=0.7, base_label=K))
+  got = loss_of(objective, consts={"frozen": FROZEN})
+  e_f, e_0 = eps_np(FROZEN, X_T, LABELS), eps_np(FROZEN, X_T, np.full(3, K))
+  target = e_0 - 0.7 * (e_f - e_0)
+  np.testing.assert_allclose(got, np.mean((eps_np(PARAMS, X_T, LABELS) - target) ** 2), rtol=1e-5)
+  base = training.Objective("forget", DENOISE, target=esd.esd_target(eta=1.0, base_label=0))
+  target = 2 * eps_np(FROZEN, X_T, np.zeros(3, np.int32)) - e_f
+  np.testing.assert_allclose(loss_of(base, consts={"frozen": FROZEN}),
+                             np.mean((eps_np(PARAMS, X_T, LABELS) - target) ** 2), rtol=1e-5)
+
+
+def test_ddim_run_steps_stops_each_example():
+  sched = sde_lib.DDPMSchedule(N=20)
+  eps_fn = lambda x, i: 0.3 * x + 0.01 * i[:, None, None, None]
+  x_T = jax.random.normal(jax.random.key(0), (3, 2, 2, 1))
+  full = sampling.ddim_sample(jax.random.key(1), sched, eps_fn, x_T.shape, n_steps=5, x_init=x_T)
+  part = sampling.ddim_sample(jax.random.key(1), sched, eps_fn, x_T.shape, n_steps=5, x_init=x_T,
+                              run_steps=jnp.array([0, 5, 2]))
+  np.testing.assert_allclose(part[0], x_T[0])
+  np.testing.assert_allclose(part[1], full[1], rtol=1e-6)
+  seq = sampling.ddim_timesteps(20, 5)          # two steps from seq[0] == one 3-step DDIM on seq[:3]
+  abar = sched.alphas_cumprod
+  x = np.asarray(x_T[2])
+  for a, b in ((seq[0], seq[1]), (seq[1], seq[2])):
+    e = 0.3 * x + 0.01 * a
+    x0 = (x - np.sqrt(1 - abar[a]) * e) / np.sqrt(abar[a])
+    x = np.sqrt(abar[b]) * x0 + np.sqrt(1 - abar[b]) * e
+  np.testing.assert_allclose(part[2], x, rtol=1e-5, atol=1e-6)
+
+
+def test_esd_noiser_builds_x_t_by_partial_ddim_from_noise():
+  noiser = esd.partial_ddim_noiser(n_steps=4, guidance=0.0, source="frozen")
+  spec = make_spec()
+  x0 = jnp.asarray(X)
+  n = noiser(training.NoiserInputs(x0, KEYS, jnp.asarray(LABELS), PARAMS, {"frozen": FROZEN}, spec))
+  seq = sampling.ddim_timesteps(PROCESS.N, 4)
+  assert set(np.asarray(n.t).tolist()) <= set(seq.tolist())
+  assert n.x_t.shape == X.shape and np.all(np.asarray(n.weight) == 1.0)
+  np.testing.assert_allclose(n.std, np.asarray(PROCESS.marginal_coeffs(n.t)[1]), rtol=1e-6)
+  # it does not depend on the data
+  n2 = noiser(training.NoiserInputs(x0 + 5.0, KEYS, jnp.asarray(LABELS), PARAMS, {"frozen": FROZEN}, spec))
+  np.testing.assert_allclose(n.x_t, n2.x_t)
+
+
+# ----------------------------------------------------------------------------- Concept Ablation
+
+
+def test_ca_model_based_target_is_current_model_at_anchor_stop_gradient():
+  cfg = method_config()
+  alt = np.array([0, 3, 3, 3, 4], np.int32)
+  objectives, tx, _ = methods.build("ca", "model", cfg, alt=alt, steps=4, forget=(1, 2), num_classes=K)
+  ablate = objectives["forget"]
+  assert ablate.stream == "alternative" and objectives["retain"].target is None
+  got = loss_of(ablate)
+  np.testing.assert_allclose(got, np.mean((eps_np(PARAMS, X_T, LABELS) - eps_np(PARAMS, X_T, alt[LABELS])) ** 2),
+                             rtol=1e-5)
+  grads = jax.grad(lambda p: loss_of(ablate, params=p))(PARAMS)
+  assert float(grads["w"][3]) == 0.0 and float(grads["b"][3]) == 0.0   # the anchor only in the target
+  noise_objectives, _, _ = methods.build("ca", "noise", cfg, alt=alt, steps=4, forget=(1, 2), num_classes=K)
+  assert noise_objectives["forget"].target is None
+  out, _ = tx.update(R, tx.init(R), None, retain_grads=G)
+  close(out, jax.tree_util.tree_map(lambda a, b: a + 0.5 * b, R, G))     # prior weight 0.5
+
+
+# ----------------------------------------------------------------------------- Selective Amnesia
+
+
+def test_fisher_penalty_hand_value():
+  fisher = {"a": jnp.array([0.5, 2.0]), "b": {"c": jnp.array([[1.0, 0.0], [3.0, 1.0]])}}
+  frozen = jax.tree_util.tree_map(lambda x: x * 0.5, G)
+  tx = selective_amnesia.fisher_penalty(10.0)
+  out, _ = tx.update(R, tx.init(R), G, fisher=fisher, frozen=frozen)
+  close(out, jax.tree_util.tree_map(lambda u, f, p, p0: u + 20.0 * f * (p - p0), R, fisher, G, frozen))
+  np.testing.assert_allclose(out["a"], [1.0 + 20 * 0.5 * 1.0, -2.0 + 20 * 2.0 * 0.5])
+  # it is the gradient of lam sum F (theta - theta*)^2
+  pen = lambda p: 10.0 * sum(jnp.sum(f * (x - x0) ** 2) for f, x, x0 in zip(
+      jax.tree_util.tree_leaves(fisher), jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(frozen)))
+  close(jax.tree_util.tree_map(jnp.subtract, out, R), jax.grad(pen)(G))
+
+
+def test_selective_amnesia_combination():
+  fisher = jax.tree_util.tree_map(jnp.ones_like, R)
+  tx = selective_amnesia.selective_amnesia(gamma=0.5, lam=1.0)
+  out, _ = tx.update(R, tx.init(R), G, replay_grads=G, fisher=fisher, frozen=G)
+  close(out, jax.tree_util.tree_map(lambda a, b: a + 0.5 * b, R, G))   # at theta = theta*: no penalty
+
+
+def test_uniform_surrogate_replaces_the_images():
+  spec = training.StepSpec(apply_fn=apply_fn, process=PROCESS, output_type="eps", objectives={},
+                           weighting="simple", conditional=True, null_label=K, centered=True)
+  n = selective_amnesia.uniform_surrogate_noiser(
+      training.NoiserInputs(jnp.asarray(X), KEYS, None, PARAMS, {}, spec))
+  n2 = selective_amnesia.uniform_surrogate_noiser(
+      training.NoiserInputs(jnp.asarray(X) + 3.0, KEYS, None, PARAMS, {}, spec))
+  np.testing.assert_allclose(n.x_t, n2.x_t)                     # independent of the data
+  mean, std = PROCESS.marginal_coeffs(n.t)
+  x0 = (np.asarray(n.x_t) - np.asarray(std)[:, None, None, None] * np.asarray(n.noise)) \
+      / np.asarray(mean)[:, None, None, None]
+  assert x0.min() >= -1.0 - 1e-4 and x0.max() <= 1.0 + 1e-4 and x0.min() < -0.2
+
+
+def test_diagonal_fisher_is_mean_squared_per_example_gradient():
+  # l_n(w) = (w . x_n)^2 / 2  ->  grad = (w . x_n) x_n
+  w = {"w": jnp.array([1.0, -2.0])}
+  xs = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]], np.float32)
+  per = lambda p, x: 0.5 * jnp.sum(p["w"] * x[0]) ** 2
+  f = selective_amnesia.diagonal_fisher(per, w, [xs[:2], xs[2:]])
+  grads = np.array([(np.array([1.0, -2.0]) @ x) * x for x in xs])
+  np.testing.assert_allclose(f["w"], np.mean(grads ** 2, axis=0), rtol=1e-6)
+
+
+# ----------------------------------------------------------------------------- Scissorhands, NegGrad
+
+
+def test_snip_scores_and_reset_fraction():
+  params = {"a": jnp.array([1.0, -3.0, 0.5, 2.0]), "b": jnp.array([[0.1, -4.0], [1.0, 0.0]])}
+  abs_grads = {"a": jnp.array([2.0, 0.1, 4.0, 1.0]), "b": jnp.array([[5.0, 1.0], [0.2, 9.0]])}
+  s = scissorhands.snip_scores(abs_grads, params)
+  np.testing.assert_allclose(s["a"], [2.0, 0.3, 2.0, 2.0])
+  np.testing.assert_allclose(s["b"], [[0.5, 4.0], [0.2, 0.0]])
+  mask = saliency.top_fraction_mask(s, 1.0 - 0.75, field="config.shs.sparsity")   # reset 2 of 8
+  assert saliency.kept_fraction(mask) == 0.25
+  assert int(mask["b"][0, 1]) == 1 and int(mask["a"][0]) == 1      # 4.0 and the first 2.0 (ties by position)
+  fresh = jax.tree_util.tree_map(lambda x: jnp.full_like(x, 7.0), params)
+  out = scissorhands.reset(params, fresh, mask)
+  changed = sum(int(np.sum(np.asarray(o) != np.asarray(p))) for o, p in zip(
+      jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(params)))
+  assert changed == 2 and float(out["b"][0, 1]) == 7.0 and float(out["a"][1]) == -3.0
+
+
+def test_scissorhands_and_neggrad_combinations():
+  tx = scissorhands.scissorhands(0.1)
+  out, _ = tx.update(R, tx.init(R), None, forget_grads=G)
+  close(out, jax.tree_util.tree_map(lambda a, b: a - 0.1 * b, R, G))
+  tx = gradient_ascent.neggrad()
+  out, _ = tx.update(G, tx.init(G), None)
+  close(out, jax.tree_util.tree_map(jnp.negative, G))
+
+
+def test_accumulate_absolute_sums_abs_gradients():
+  grads = iter([{"w": jnp.array([1.0, -2.0])}, {"w": jnp.array([-3.0, 1.0])}])
+  out = saliency.accumulate(lambda p, b: next(grads), None, [0, 1], absolute=True)
+  np.testing.assert_allclose(out["w"], [4.0, 3.0])
+
+
+# ----------------------------------------------------------------------------- the registry and composition
+
+
+def method_config():
+  c = config_lib.base()
+  c.training.reduce = "mean"
+  c.ca.prior_weight = 0.5
+  c.core.alpha = 2.0
+  c.sa.update(dict(gamma=0.5, lam=3.0))
+  c.shs.gamma = 0.2
+  c.erasediff.update(dict(eta=0.8, rule="paper", inner_steps=1, inner_lr=0.1))
+  return c
+
+
+NEW = {  # method: ([(objective, stream)], Options)
+    "neggrad": ([("forget", "forget")], methods.Options()),
+    "erasediff": ([("retain", "retain"), ("forget", "forget")], methods.Options()),
+    "core": ([("forget", "forget"), ("retain", "retain")], methods.Options(frozen=True)),
+    "esd": ([("forget", "forget")], methods.Options(frozen=True)),
+    "ca": ([("forget", "alternative"), ("retain", "retain")], methods.Options()),
+    "sa": ([("forget", "forget"), ("replay", "retain")], methods.Options(mask="fisher", frozen=True)),
+    "shs": ([("retain", "retain"), ("forget", "forget")], methods.Options(mask="shs", reset=True)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(NEW))
+def test_build_new_methods(method):
+  objectives, tx, options = methods.build(method, "", method_config(), alt=np.arange(10), steps=4,
+                                          forget=(3,), num_classes=10)
+  names, want = NEW[method]
+  assert [(n, o.stream) for n, o in objectives.items()] == names
+  assert options == want
+  assert (tx is None) == (method == "esd")
+
+
+def test_build_variants_override_the_config_for_one_stage():
+  cfg = method_config()
+  cfg.lock()
+  objectives, _, options = methods.build("erasediff", "core", cfg, alt=np.arange(10), steps=4, forget=(3,),
+                                         num_classes=10)
+  assert options.frozen and objectives["retain"].target is core.frozen_target
+  assert objectives["forget"].value_fn is not None
+  assert cfg.erasediff.target == "rl"               # the config itself is unchanged
+  with pytest.raises(UserError, match="config.core.scheme"):
+    methods.build("core", "bogus", cfg, alt=np.arange(10), steps=4, forget=(3,), num_classes=10)
+  with pytest.raises(UserError, match="config.esd.base"):
+    cfg2 = method_config()
+    cfg2.esd.base = 3
+    methods.build("esd", "", cfg2, alt=np.arange(10), steps=4, forget=(3,), num_classes=10)
+
+
+def test_a_salun_mask_composes_with_core():
+  from unlearn_jax import pipeline
+  _, tx, options = methods.build("core", "", method_config(), alt=np.arange(10), steps=4, forget=(3,),
+                                 num_classes=10)
+  composed = pipeline.with_mask(tx, options, {"mask": MASK})
+  out, _ = composed.update(R, composed.init(R), None, retain_grads=G, mask=MASK)
+  close(out, jax.tree_util.tree_map(lambda a, b, m: (a + 2.0 * b) * m, R, G, MASK))
+  assert pipeline.with_mask(tx, options, {}) is tx

@@ -1,0 +1,27 @@
+"""Concept Ablation (Kumari et al. 2023) for a class-conditional DDPM (CORE App. C, Eq. 11-12).
+
+The target concept's condition is trained to produce what the model produces for
+an anchor concept, on *anchor* images (the public code; CORE's appendix writes
+x_0 ~ D_f, available as `images="forget"`):
+
+  model-based  || eps_theta(x_t, c_target) - sg eps_theta(x_t, c_anchor) ||^2   (Eq. 11)
+  noise-based  || eps_theta(x_t, c_target) - eps ||^2                          (Eq. 12)
+
+plus prior preservation, the ordinary loss on retained data weighted by lambda.
+The anchor of a forgotten class is its alternative class (`config.unlearn.alternative`),
+and the anchor images are D_u' (`dimum.memorization_set`: anchor-class images
+paired with the forget conditions), so noise-based CA on anchor images is DiMUM's
+memorization loss and model-based CA's target is SalUn's random-label target
+evaluated on anchor images: the target comes from the *current* model, stop-gradient.
+"""
+from __future__ import annotations
+
+from unlearn_jax.unlearning import combine
+
+VARIANTS = ("model", "noise")
+IMAGES = {"anchor": "alternative", "forget": "forget"}   # config.ca.images -> data stream
+
+
+def concept_ablation(prior_weight: float = 1.0):
+  """grad L_ablation + lambda grad L_prior: ablation objective first, `retain_grads` extra."""
+  return combine.weighted_sum(1.0, retain=prior_weight)

@@ -1,0 +1,152 @@
+"""EraseDiff (Wu et al., "Erasing undesirable influence in diffusion models"), Algorithm 1.
+
+Unlearning is the constrained problem of Eq. (5)-(6): keep the remaining loss
+L_r low while the value-function gap
+
+    g(theta) = L_f(theta; D_f) - min_phi L_f(phi; D_f)
+
+goes to zero, with min_phi approximated by K steps of gradient descent from
+phi^0 = theta at rate xi (phi^{k+1} = phi^k - xi grad L_f(phi^k), Sec. 3.2).
+Theorem 3.1 gives the update direction in closed form,
+
+    delta_t = grad L_r + lambda_t grad g,
+    lambda_t = max(0, (a_t - grad g . grad L_r) / ||grad g||^2),  a_t = eta ||grad g||^2,
+
+so lambda_t = max(0, eta - grad g . grad L_r / ||grad g||^2) (Sec. 3.3).
+
+In unlearn_jax the two pieces are:
+
+* `value_gap(K, xi, grad_form)`: the forget objective's `Objective.value_fn`. It runs
+  the inner loop inside the jitted step (`lax.scan`, gradients averaged across
+  devices) on the step's forget batch with the regression target fixed at theta,
+  and returns (g, grad g).  `grad_form="fixed"` holds phi^K fixed as Algorithm 1
+  writes it (grad g = grad L_f(theta): the inner loop changes only the value of g);
+  `"first_order"` uses grad L_f(theta) - grad L_f(phi^K) (phi^K's Jacobian taken
+  as the identity).
+* `erasediff(eta, rule)`: the optax transform combining grad L_r (`updates`) and
+  grad g (`forget_grads`) into delta_t.  `rule="paper"` is Theorem 3.1 with
+  a_t = eta ||grad g||^2; `"constant"` uses lambda_t = `lam`; `"cosine"` is the
+  public code's max(eta - cos(grad L_r, grad g), 0).  It logs lambda_t and the
+  cosine similarity of delta_t with grad L_r and with grad g (the paper's Fig. 2)
+  in its state's `log` (`training.method_metrics`).
+
+The forget target eps_f of L_f (Eq. 2) is chosen by `methods.build`:
+"rl" (eps_theta(x_t | c_m), c_m != c the alternative class, stop-gradient),
+"noise" (eps_f ~ U(0, I), EraseDiff_noise), or "core" (the frozen pre-trained
+model at an anchor class, with CORE's retain loss: EraseDiff's projection on
+CORE's losses).
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from unlearn_jax.errors import check_choice, check_range
+
+RULES = ("paper", "constant", "cosine")
+GRAD_FORMS = ("fixed", "first_order")
+TARGETS = ("rl", "noise", "core")
+
+
+def _vdot(a, b) -> jax.Array:
+  return sum(jnp.vdot(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def _cos(a, b) -> jax.Array:
+  na, nb = jnp.sqrt(_vdot(a, a)), jnp.sqrt(_vdot(b, b))
+  return _vdot(a, b) / jnp.maximum(na * nb, 1e-30)
+
+
+def inner_descent(loss_fn: Callable[[Any], jax.Array], params, steps: int, lr: float,
+                  axis_name: Optional[str] = None):
+  """phi^K: K steps of plain gradient descent on loss_fn from phi^0 = params (lax.scan).
+
+  Under pmap the inner gradients are averaged across `axis_name`, so every device
+  follows the same phi^k as one device would on the whole batch.
+  """
+  def body(phi, _):
+    g = jax.grad(loss_fn)(phi)
+    if axis_name is not None:
+      g = jax.lax.pmean(g, axis_name)
+    return jax.tree_util.tree_map(lambda p, d: p - lr * d, phi, g), None
+
+  phi, _ = jax.lax.scan(body, params, None, length=steps)
+  return phi
+
+
+def value_gap(inner_steps: int = 2, inner_lr: float = 1e-4, grad_form: str = "fixed"):
+  """`Objective.value_fn` returning (g(theta), grad g) of Algorithm 1 lines 2-5."""
+  check_choice("config.erasediff.grad_form", grad_form, GRAD_FORMS)
+  check_range("config.erasediff.inner_steps", inner_steps, 0, 10 ** 6)
+  check_range("config.erasediff.inner_lr", inner_lr, 0.0, 1e6)
+
+  def value_fn(loss_fn, params, axis_name=None):
+    phi = jax.lax.stop_gradient(inner_descent(loss_fn, params, inner_steps, inner_lr, axis_name))
+    l_theta, g_theta = jax.value_and_grad(loss_fn)(params)
+    if grad_form == "fixed":
+      l_phi, grad = loss_fn(phi), g_theta
+    else:
+      l_phi, g_phi = jax.value_and_grad(loss_fn)(phi)
+      grad = jax.tree_util.tree_map(jnp.subtract, g_theta, g_phi)
+    return l_theta - l_phi, grad
+
+  return value_fn
+
+
+class EraseDiffState(NamedTuple):
+  """The last step's lambda_t and cosines (logged as `method/<name>`)."""
+  log: dict
+
+
+def lambda_t(retain_grads, forget_grads, eta: float, rule: str = "paper", lam: float = 0.1) -> jax.Array:
+  """lambda_t of Theorem 3.1 ("paper"), constant `lam`, or the public code's cosine form."""
+  check_choice("config.erasediff.rule", rule, RULES)
+  if rule == "constant":
+    return jnp.asarray(lam, jnp.float32)
+  dot = _vdot(forget_grads, retain_grads)
+  gg = _vdot(forget_grads, forget_grads)
+  if rule == "paper":
+    a_t = eta * gg
+    return jnp.where(gg > 0, jnp.maximum(0.0, (a_t - dot) / jnp.maximum(gg, 1e-30)), 0.0)
+  return jnp.maximum(eta - _cos(retain_grads, forget_grads), 0.0)
+
+
+def erasediff(eta: float = 0.1, rule: str = "paper", lam: float = 0.1) -> optax.GradientTransformationExtraArgs:
+  """delta_t = grad L_r + lambda_t grad g (Theorem 3.1).
+
+  Args:
+    eta: a_t = eta ||grad g||^2 ("paper"); the cosine threshold ("cosine").
+    rule: "paper" | "constant" | "cosine" (see `lambda_t`).
+    lam: lambda_t for rule="constant" (the public code's default 0.1).
+
+  Returns:
+    A transform whose `update(retain_grads, state, params=None, *, forget_grads)`
+    returns delta_t; the retain objective comes first, grad g as `forget_grads`.
+  """
+  check_choice("config.erasediff.rule", rule, RULES)
+  check_range("config.erasediff.eta", eta, 0.0, 1e6)
+
+  def init_fn(params):
+    del params
+    z = jnp.zeros((), jnp.float32)
+    return EraseDiffState({"lambda_t": z, "cos_update_retain": z, "cos_update_forget": z,
+                           "cos_retain_forget": z})
+
+  def update_fn(updates, state, params=None, *, forget_grads, **extra):
+    del params, extra, state
+    lam_t = lambda_t(updates, forget_grads, eta, rule, lam)
+    delta = jax.tree_util.tree_map(lambda r, f: r + lam_t * f, updates, forget_grads)
+    log = {"lambda_t": lam_t, "cos_update_retain": _cos(delta, updates),
+           "cos_update_forget": _cos(delta, forget_grads), "cos_retain_forget": _cos(updates, forget_grads)}
+    return delta, EraseDiffState(log)
+
+  return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def uniform_target(inputs) -> jax.Array:
+  """EraseDiff_noise's eps_f ~ U(0, I), one draw per example (Objective.target)."""
+  shape = inputs.noised.x_t.shape[1:]
+  return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 31), shape))(inputs.keys)
