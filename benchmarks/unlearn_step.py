@@ -34,7 +34,8 @@ from unlearn_jax import train_state as ts  # noqa: E402
 from unlearn_jax.unlearning import dimum as dimum_lib  # noqa: E402
 from unlearn_jax.unlearning import methods  # noqa: E402
 
-METHODS = ("finetune", "ga", "salun", "dimum", "sfron")
+#: every class-conditional method (SGU is for unconditional score models: benchmarks/train_step.py).
+METHODS = tuple(m for m in methods.METHODS if m != "sgu")
 
 
 def load_config(path: str):
@@ -51,16 +52,21 @@ def build(config, method: str, batch: int):
   module, _ = models.build_model(config.model, shape, k)
   params = models.init_params(module, jax.random.key(0), shape, conditional=True)
   alt = dimum_lib.alternative_classes(k, tuple(config.data.forget_classes), "next")
-  objectives, method_tx, opts = methods.build(method, "", config, alt=alt, steps=1000)
+  objectives, method_tx, opts = methods.build(method, "", config, alt=alt, steps=1000,
+                                              forget=tuple(config.data.forget_classes), num_classes=k)
   tx = training.make_optimizer(1e-4, grad_clip=1.0, method=method_tx)
   apply = lambda v, x, t, l=None, train=False, rngs=None: module.apply(v, x, t, l, train=train, rngs=rngs)
   spec = training.StepSpec(apply_fn=apply, process=sde_lib.DDPMSchedule(), output_type="eps",
                            objectives=objectives, weighting="simple", conditional=True, null_label=k,
                            centered=True, alternate=opts.alternate)
   consts = {}
-  if opts.mask:
-    consts["mask"] = jax.tree_util.tree_map(lambda p: (np.arange(p.size).reshape(p.shape) % 2).astype(np.float32),
-                                            params)
+  half = jax.tree_util.tree_map(lambda p: (np.arange(p.size).reshape(p.shape) % 2).astype(np.float32), params)
+  if opts.mask in ("salun", "sfron"):
+    consts["mask"] = half
+  if opts.mask == "fisher":
+    consts["fisher"] = half
+  if opts.frozen:
+    consts["frozen"] = jax.tree_util.tree_map(lambda p: p + 0.01, params)
   rng = np.random.default_rng(0)
   batches = {o.stream: {"x": rng.random((batch,) + shape, np.float32),
                         "labels": rng.integers(0, k, batch).astype(np.int32)} for o in objectives.values()}
@@ -70,6 +76,11 @@ def build(config, method: str, batch: int):
   compiled = step.lower(state, batches, key, consts).compile()
   fwd_bwd = 1 if opts.alternate else len(objectives)
   fwd_only = 0 if opts.alternate else sum(o.target is not None for o in objectives.values())
+  if method == "erasediff":      # K inner forward+backward passes and L_f(phi^K)
+    fwd_bwd += config.erasediff.inner_steps
+    fwd_only += 1
+  if method == "esd":            # two frozen targets and a guided partial DDIM
+    fwd_only += 1 + 2 * config.esd.ddim_steps
   passes = f"{fwd_bwd}+{fwd_only}"
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
   return compiled, [state, batches, key, consts], passes, n_params

@@ -26,30 +26,15 @@ METHODS = ("erasediff", "core", "esd", "ca", "sa", "shs", "salun", "dimum")
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, {"cpu": True, "forget": 3, "steps": 0, "attack": 0, "pretrained": ""})
-  c = config_lib.ddpm_base()
+  c = config_lib.digits_ddpm(cpu=bool(a.get("cpu")))
   c.experiment = "compare"
-  c.data.update(dict(name="digits", image_size=8, num_channels=1, forget_classes=(a.get("forget", 3),)))
-  c.model.update(dict(ch=64, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,), dropout=0.1,
-                      ema_rate=0.999))
-  c.training.update(dict(batch_size=128, log_every=100, ckpt_every=1000))
-  c.optim.lr = 1e-3
-  c.classifier.update(dict(features=(32, 64), dense=128, steps=1500, batch_size=128))
-  c.eval.update(dict(num_samples=1000, fd_num_samples=1000, attack_num_samples=500, sample_batch_size=500,
-                     grid_size=100))
-  c.eval.sampler.n_steps = 50
-  c.salun.beta = 1.0
-  c.sa.fisher_samples = 2000
-  c.esd.ddim_steps = 25
+  c.data.forget_classes = (a.get("forget", 3),)
+  c.training.log_every = 50 if a.get("cpu") else 100      # EraseDiff's g and lambda_t curves
+  c.sa.fisher_samples = 500 if a.get("cpu") else 2000
+  c.esd.ddim_steps = 10 if a.get("cpu") else 25
   pretrain, unlearn, attack, every = 20000, 2000, 4000, 500
   if a.get("cpu"):
-    c.model.update(dict(ch=32, num_res_blocks=1, attn_resolutions=(), dropout=0.0, ema_rate=0.995))
-    c.training.update(dict(batch_size=64, log_every=50, ckpt_every=250))
-    c.classifier.steps = 600
-    c.eval.update(dict(num_samples=300, fd_num_samples=400, attack_num_samples=200, sample_batch_size=400,
-                       grid_size=50))
-    c.eval.sampler.n_steps = 25
-    c.sa.fisher_samples = 500
-    c.esd.ddim_steps = 10
+    c.eval.update(dict(num_samples=300, fd_num_samples=400, attack_num_samples=200, sample_batch_size=400))
     pretrain, unlearn, attack, every = 4000, 400, 600, 200
   unlearn = a.get("steps") or unlearn
   attack = a.get("attack") or attack

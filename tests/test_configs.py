@@ -88,3 +88,21 @@ def test_paper_scale_configs_build():
   c = load_config("dimum_cifar10.py", "forget=2,steps=10000,pretrained=/ckpt,synthetic")
   assert c.data.forget_classes == (2,) and c.stages.salun.steps == 10000 and c.stages.dimum.init == "/ckpt"
   assert "pretrained" not in c.stage_order and "synthetic" in c.stage_order
+
+
+def test_issue4_paper_scale_configs():
+  c = load_config("erasediff_cifar10.py", None)
+  assert c.data.forget_classes == (0,) and c.model.ch == 128 and c.training.batch_size == 128
+  unlearn = [n for n in c.stage_order if c.stages[n].kind == "unlearn"]
+  assert [(c.stages[n].method, c.stages[n].variant) for n in unlearn] == [("erasediff", "rl"), ("erasediff", "noise")]
+  assert c.stages.erasediff_rl.steps == 300 and c.stages.erasediff_rl.lr == 1e-4
+  assert (c.erasediff.inner_steps, c.erasediff.rule) == (2, "paper")
+  c = load_config("core_cifar10.py", "forget=0-1-2-3-4,schemes=all")
+  assert c.data.forget_classes == (0, 1, 2, 3, 4)
+  assert [c.stages[n].variant for n in c.stage_order if c.stages[n].kind == "unlearn"] == \
+      ["one_to_one", "all_to_one", "groups_to_one", "random", "random_k"]
+  assert load_config("core_cifar10.py", None).data.forget_classes == (1,)
+  c = load_config("compare_digits.py", None)
+  methods = [c.stages[n].method for n in c.stage_order if c.stages[n].kind == "unlearn"]
+  assert methods == ["erasediff", "core", "esd", "ca", "sa", "shs", "salun", "dimum"]
+  assert {c.stages[n].init for n in c.stage_order if c.stages[n].kind == "attack"} == set(methods)

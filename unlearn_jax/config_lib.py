@@ -190,6 +190,32 @@ def cifar10_ddpm(cpu: bool = False) -> ml_collections.ConfigDict:
   return c
 
 
+def digits_ddpm(cpu: bool = False) -> ml_collections.ConfigDict:
+  """A small class-conditional DDPM on sklearn's 8x8 digits (offline): ch 64, ch_mult 1,2,
+  2 res blocks, attention at 4x4; `cpu`: ch 32, 1 res block, no attention (a 2-core CPU
+  pretrains it in ~5 minutes).  SalUn's retain weight is beta = 1 here (its CIFAR-10
+  value 1e-3 left retain quality unprotected at this scale: FD 170)."""
+  c = ddpm_base()
+  c.data.update(dict(name="digits", image_size=8, num_channels=1))
+  c.model.update(dict(ch=64, ch_mult=(1, 2), num_res_blocks=2, attn_resolutions=(4,), dropout=0.1,
+                      ema_rate=0.999))
+  c.training.update(dict(batch_size=128, log_every=200, ckpt_every=1000))
+  c.optim.lr = 1e-3
+  c.classifier.update(dict(features=(32, 64), dense=128, steps=1500, batch_size=128))
+  c.eval.update(dict(num_samples=1000, fd_num_samples=1000, attack_num_samples=500, sample_batch_size=500,
+                     grid_size=100))
+  c.eval.sampler.n_steps = 50
+  c.salun.beta = 1.0
+  if cpu:
+    c.model.update(dict(ch=32, num_res_blocks=1, attn_resolutions=(), dropout=0.0, ema_rate=0.995))
+    c.training.update(dict(batch_size=64, log_every=100, ckpt_every=250))
+    c.classifier.steps = 600
+    c.eval.update(dict(num_samples=400, fd_num_samples=500, attack_num_samples=200, sample_batch_size=500,
+                       grid_size=50))
+    c.eval.sampler.n_steps = 25
+  return c
+
+
 def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, eval_every: int,
                  methods=DIMUM_METHODS, attack_data=("retain",), pretrained: str = "",
                  sfron_steps: int = 0, synthetic: int = -1, mask_batches: int = 0,
