@@ -16,7 +16,7 @@ import pytest
 from unlearn_jax import checkpoints, losses, training
 from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
-from unlearn_jax.unlearning import sgu
+from unlearn_jax.unlearning import erasediff, sgu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -29,11 +29,17 @@ class TinyNet(nn.Module):
 
 
 def _setup(method=True):
+  """method: True / "sgu" (SGU obtuse), "erasediff" (value gap with its inner loop, first-order
+  grad g, so the inner gradients shape the update), or False (plain training)."""
   net = TinyNet()
   params = net.init(jax.random.key(0), jnp.zeros((1, 2)), jnp.zeros((1,)))["params"]
-  tx = training.make_optimizer(1e-2, warmup=2, method=sgu.sgu(0.7) if method else None)
+  transform = {True: sgu.sgu(0.7), "sgu": sgu.sgu(0.7), "erasediff": erasediff.erasediff(0.5), False: None}
+  tx = training.make_optimizer(1e-2, warmup=2, method=transform[method])
   objectives = {"retain": training.Objective("retain", losses.denoising_loss)}
-  if method:
+  if method == "erasediff":
+    objectives["forget"] = training.Objective("forget", losses.denoising_loss, target=erasediff.uniform_target,
+                                              value_fn=erasediff.value_gap(2, 0.05, "first_order"))
+  elif method:
     objectives["forget"] = training.Objective("forget", losses.obtuse_loss)
   spec = training.StepSpec(apply_fn=net.apply, process=sde_lib.VESDE(sigma_max=5.0), output_type="eps",
                            objectives=objectives)
@@ -54,7 +60,7 @@ PMAP_SCRIPT = textwrap.dedent("""
     from test_training import _setup, _batches
     from unlearn_jax import training
     assert jax.local_device_count() == 2
-    state, spec, tx = _setup()
+    state, spec, tx = _setup({method!r})
     step = functools.partial(training.train_step, spec=spec, tx=tx, axis_name="batch")
     out = []
     for devs in (jax.devices()[:1], jax.devices()):
@@ -69,9 +75,10 @@ PMAP_SCRIPT = textwrap.dedent("""
 """)
 
 
-def test_pmap_two_devices_equals_one_device():
+@pytest.mark.parametrize("method", ["sgu", "erasediff"])
+def test_pmap_two_devices_equals_one_device(method):
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-  script = PMAP_SCRIPT.format(tests=os.path.join(REPO, "tests"))
+  script = PMAP_SCRIPT.format(tests=os.path.join(REPO, "tests"), method=method)
   out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   line = [l for l in out.stdout.splitlines() if l.startswith("MAXDIFF")][0]
