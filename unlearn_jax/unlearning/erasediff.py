@@ -61,11 +61,14 @@ def _cos(a, b) -> jax.Array:
 
 
 def inner_descent(loss_fn: Callable[[Any], jax.Array], params, steps: int, lr: float,
-                  axis_name: Optional[str] = None):
+                  axis_name: Optional[str] = None, unroll: bool = True):
   """phi^K: K steps of plain gradient descent on loss_fn from phi^0 = params (lax.scan).
 
   Under pmap the inner gradients are averaged across `axis_name`, so every device
-  follows the same phi^k as one device would on the whole batch.
+  follows the same phi^k as one device would on the whole batch.  The scan is
+  unrolled by default (K is small): on XLA:CPU a rolled loop whose body holds the
+  UNet's backward pass ran 18x slower (3.18 s vs 0.17 s per EraseDiff step, digits
+  cpu model, batch 64), compile time grows with K instead.
   """
   def body(phi, _):
     g = jax.grad(loss_fn)(phi)
@@ -73,18 +76,18 @@ def inner_descent(loss_fn: Callable[[Any], jax.Array], params, steps: int, lr: f
       g = jax.lax.pmean(g, axis_name)
     return jax.tree_util.tree_map(lambda p, d: p - lr * d, phi, g), None
 
-  phi, _ = jax.lax.scan(body, params, None, length=steps)
+  phi, _ = jax.lax.scan(body, params, None, length=steps, unroll=unroll if steps else 1)
   return phi
 
 
-def value_gap(inner_steps: int = 2, inner_lr: float = 1e-4, grad_form: str = "fixed"):
+def value_gap(inner_steps: int = 2, inner_lr: float = 1e-4, grad_form: str = "fixed", unroll: bool = True):
   """`Objective.value_fn` returning (g(theta), grad g) of Algorithm 1 lines 2-5."""
   check_choice("config.erasediff.grad_form", grad_form, GRAD_FORMS)
   check_range("config.erasediff.inner_steps", inner_steps, 0, 10 ** 6)
   check_range("config.erasediff.inner_lr", inner_lr, 0.0, 1e6)
 
   def value_fn(loss_fn, params, axis_name=None):
-    phi = jax.lax.stop_gradient(inner_descent(loss_fn, params, inner_steps, inner_lr, axis_name))
+    phi = jax.lax.stop_gradient(inner_descent(loss_fn, params, inner_steps, inner_lr, axis_name, unroll))
     l_theta, g_theta = jax.value_and_grad(loss_fn)(params)
     if grad_form == "fixed":
       l_phi, grad = loss_fn(phi), g_theta
