@@ -236,8 +236,12 @@ def markdown(results: dict, workdir: str = ".") -> str:
   if "attacks" in results:
     lines.append(f"- alternative classes: {results['alternative_classes']}")
     for k, v in results.get("masks", {}).items():
-      what = (f"keeps {v['kept_fraction']:.3f} of the weights" if "kept_fraction" in v
-              else f"mean Fisher {v.get('fisher_mean', float('nan')):.3g}")
+      if "kept_fraction" not in v:
+        what = f"mean Fisher {v.get('fisher_mean', float('nan')):.3g}"
+      elif v["method"] == "shs":
+        what = f"re-initialises {v['kept_fraction']:.3f} of the weights"
+      else:
+        what = f"keeps {v['kept_fraction']:.3f} of the weights"
       lines.append(f"- mask `{k}` ({v['method']}): {what}")
     lines.append("")
     lines += conditional_markdown(results, workdir)
