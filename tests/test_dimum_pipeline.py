@@ -113,3 +113,31 @@ def test_conditional_stage_inputs_are_validated():
   c.stages.salun = config_lib.stage("unlearn", method="salun", init="pretrained", steps=1, mask="salun_mask")
   c.stage_order = c.stage_order[:3] + ("salun_mask", "salun") + c.stage_order[3:]
   _expect_error(c, "config.stages.salun.mask")
+
+
+def erasing_config(methods):
+  c = tiny_config()
+  c.stages, c.stage_order = config_lib.dimum_stages(
+      pretrain_steps=2, unlearn_steps=2, attack_steps=2, eval_every=2, methods=methods, attack_data=("retain",))
+  return c
+
+
+@pytest.mark.parametrize("mutate,field", [
+    (lambda c: setattr(c.stages.core, "init", "scratch"), "config.stages.core.init"),
+    (lambda c: setattr(c.stages.core, "variant", "bogus"), "config.core.scheme"),
+    (lambda c: setattr(c.stages.sa, "mask", ""), "config.stages.sa.mask"),
+    (lambda c: setattr(c.stages.shs, "mask", "sa_mask"), "config.stages.shs.mask"),
+    (lambda c: setattr(c.sa, "replay", "nonsense"), "config.sa.replay"),
+    (lambda c: setattr(c.esd, "base", 3), "config.esd.base"),
+    (lambda c: setattr(c.erasediff, "rule", "bogus"), "config.erasediff.rule"),
+    (lambda c: setattr(c.erasediff, "grad_form", "bogus"), "config.erasediff.grad_form"),
+    (lambda c: setattr(c.ca, "images", "bogus"), "config.ca.images"),
+    (lambda c: setattr(c.stages.esd, "variant", "x"), "config.stages.esd.variant"),
+])
+def test_erasing_method_inputs_are_validated_before_any_write(mutate, field, tmp_path):
+  c = erasing_config(("core", "esd", "sa", "shs", "erasediff", "ca"))
+  mutate(c)
+  with pytest.raises(UserError) as e:
+    pipeline.run(c, str(tmp_path / "w"))
+  assert e.value.field == field, str(e.value)
+  assert not (tmp_path / "w").exists()

@@ -251,7 +251,10 @@ def build_experiment(config) -> Experiment:
       if st.variant and st.method not in methods_lib.VARIANTS:
         raise UserError(f"config.stages.{name}.variant", st.variant, f"method {st.method!r} has no variants; "
                         "methods with variants: " + ", ".join(methods_lib.VARIANTS))
-      _objectives(exp, st)
+      _, _, options = _objectives(exp, st)
+      if (options.frozen or options.reset) and st.init == "scratch":
+        raise UserError(f"config.stages.{name}.init", st.init, f"method {st.method!r} starts from a pretrained "
+                        "model (its frozen targets / weights to reset): name an earlier stage or a stage directory")
   return exp
 
 
