@@ -193,11 +193,19 @@ def conditional_markdown(results: dict, workdir: str) -> list:
         v = log["summary"].get(k)
         cells.append("" if v is None else f"{v['first']:.3g} -> {v['last']:.3g} ({v['mean']:.3g})")
       lines.append(f"| {_pretty(n)} | " + " | ".join(cells) + " |")
-      png = f"{n}_diagnostics.png"
-      curves = {k.split("/")[-1]: (log["steps"], log[k]) for k in ("loss/forget", "method/lambda_t") if k in log}
-      metrics.plot_curves(os.path.join(workdir, png), curves, title=f"{_pretty(n)}: g and lambda_t",
-                          xlabel="unlearning step", ylabel="value")
-      lines.append(f"\n![{n} diagnostics]({png})\n")
+      pngs = []
+      for key, label in (("loss/forget", "g"), ("method/lambda_t", "lambda_t"), ("method/cos_update_retain", None)):
+        if key not in log:
+          continue
+        png = f"{n}_{label or 'cosines'}.png"
+        if label:
+          curves = {label: (log["steps"], log[key])}
+        else:
+          curves = {k.split("/")[-1]: (log["steps"], log[k]) for k in LOGGED[3:] if k in log}
+        metrics.plot_curves(os.path.join(workdir, png), curves, title=f"{_pretty(n)}: {label or 'cosines'}",
+                            xlabel="unlearning step", ylabel=label or "cosine similarity")
+        pngs.append(f"![{n} {label or 'cosines'}]({png})")
+      lines.append("\n" + " ".join(pngs) + "\n")
   if attacks:
     datas = list(dict.fromkeys(a["data"] for a in attacks.values()))
     lines += ["", "## DiMRA: largest AR_DiMRA during the attack (DiMUM paper, Tables II-III shape)", "",

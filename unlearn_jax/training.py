@@ -356,7 +356,9 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   `get_batches(step)` returns the global batch of every stream for `step`
   (a pure function of the step, so a resumed run sees the same data).
   Checkpoints every `ckpt_every` steps and at the end; a NaN/Inf loss or
-  parameter raises `TrainingDiverged` and the last good checkpoint is kept.
+  parameter raises `TrainingDiverged` and the last good checkpoint is kept.  Logged
+  scalars (TensorBoard, <stage_dir>/metrics.jsonl) are means over the steps since the
+  previous log.
   """
   from clu import metric_writers, periodic_actions
 
@@ -380,13 +382,18 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   last_good = start
   t0 = time.time()
   step = start
+  acc, count = None, 0
   try:
     for step in range(start, loop.num_steps):
       batches = shard(get_batches(step), n_dev)
       rstate, metrics = p_step(rstate, batches, rng, rconsts)
+      # Logged values are means over the steps since the last log (summed on device).
+      acc = metrics if acc is None else jax.tree_util.tree_map(jnp.add, acc, metrics)
+      count += 1
       done = step + 1
       if done % loop.log_every == 0 or done == loop.num_steps or done % loop.ckpt_every == 0:
-        m = jax.device_get(jax.tree_util.tree_map(lambda a: a[0], metrics))
+        m = jax.device_get(jax.tree_util.tree_map(lambda a: a[0] / count, acc))
+        acc, count = None, 0
         bad = [k for k, v in m.items() if not np.isfinite(v)] + ([] if m["finite"] == 1.0 else ["params"])
         if bad:
           raise TrainingDiverged(
