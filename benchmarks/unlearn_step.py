@@ -74,7 +74,8 @@ def build(config, method: str, batch: int):
   state = ts.create(params, tx)
   key = jax.random.key(0)
   compiled = step.lower(state, batches, key, consts).compile()
-  fwd_bwd = 1 if opts.alternate else len(objectives)
+  # On CPU an alternating step computes every objective and selects (training.train_step).
+  fwd_bwd = 1 if (opts.alternate and jax.default_backend() != "cpu") else len(objectives)
   fwd_only = 0 if opts.alternate else sum(o.target is not None for o in objectives.values())
   if method == "erasediff":      # K inner forward+backward passes and L_f(phi^K)
     fwd_bwd += config.erasediff.inner_steps
