@@ -22,7 +22,8 @@ class _Stateless(NamedTuple):
   pass
 
 
-def _init(params):
+def stateless_init(params):
+  """init_fn of a transform without state."""
   del params
   return _Stateless()
 
@@ -43,7 +44,7 @@ def weighted_sum(primary: float, **weights: float) -> optax.GradientTransformati
       out = jax.tree_util.tree_map(lambda o, g, w=w: o + w * g, out, extra[f"{k}_grads"])
     return out, state
 
-  return optax.GradientTransformationExtraArgs(_init, update_fn)
+  return optax.GradientTransformationExtraArgs(stateless_init, update_fn)
 
 
 def masked() -> optax.GradientTransformationExtraArgs:
@@ -58,4 +59,4 @@ def masked() -> optax.GradientTransformationExtraArgs:
       return updates, state
     return jax.tree_util.tree_map(lambda g, m: g * m.astype(g.dtype), updates, mask), state
 
-  return optax.GradientTransformationExtraArgs(_init, update_fn)
+  return optax.GradientTransformationExtraArgs(stateless_init, update_fn)

@@ -16,8 +16,6 @@ steps.
 """
 from __future__ import annotations
 
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import optax
@@ -25,10 +23,6 @@ import optax
 from unlearn_jax import losses
 from unlearn_jax import training
 from unlearn_jax.unlearning import combine
-
-
-class _Stateless(NamedTuple):
-  pass
 
 
 def fisher_penalty(lam: float) -> optax.GradientTransformationExtraArgs:
@@ -41,7 +35,7 @@ def fisher_penalty(lam: float) -> optax.GradientTransformationExtraArgs:
     out = jax.tree_util.tree_map(lambda u, f, p, p0: u + 2.0 * lam * f * (p - p0), updates, fisher, params, frozen)
     return out, state
 
-  return optax.GradientTransformationExtraArgs(lambda p: _Stateless(), update_fn)
+  return optax.GradientTransformationExtraArgs(combine.stateless_init, update_fn)
 
 
 def selective_amnesia(gamma: float = 1.0, lam: float = 10.0):
