@@ -1,5 +1,6 @@
 """EraseDiff, CORE, ESD, Concept Ablation, Selective Amnesia, Scissorhands and NegGrad
 against hand-computed values, and their composition (masks, EraseDiff on CORE's losses)."""
+import dataclasses
 import functools
 
 import jax
@@ -459,3 +460,43 @@ def test_a_salun_mask_composes_with_core():
   out, _ = composed.update(R, composed.init(R), None, retain_grads=G, mask=MASK)
   close(out, jax.tree_util.tree_map(lambda a, b, m: (a + 2.0 * b) * m, R, G, MASK))
   assert pipeline.with_mask(tx, options, {}) is tx
+
+
+# ----------------------------------------------------------------------------- trainable subsets (SD's cross-attention)
+TRAIN_W = {"w": True, "b": False}
+
+
+def _one_step(objectives, tx, trainable, params=PARAMS):
+  spec = dataclasses.replace(make_spec(**objectives), trainable=trainable)
+  state = ts.create(params, tx)
+  batches = {o.stream: BATCH for o in objectives.values()}
+  new, _ = training.train_step(state, batches, jax.random.key(0), {}, spec=spec, tx=tx, axis_name=None)
+  return new
+
+
+def test_trainable_subset_gets_the_full_gradient_and_frozen_leaves_stay():
+  objective = training.Objective("forget", DENOISE)
+  full = _one_step({"forget": objective}, optax.sgd(0.1), None)
+  sub = _one_step({"forget": objective}, optax.sgd(0.1), TRAIN_W)
+  np.testing.assert_allclose(sub.params["w"], full.params["w"], rtol=1e-6)   # same gradient on w
+  np.testing.assert_array_equal(sub.params["b"], PARAMS["b"])                  # b frozen
+  assert not np.allclose(full.params["b"], PARAMS["b"])
+
+
+def test_erasediff_inner_loop_moves_only_the_trainable_leaves():
+  # With b frozen, g = L_f(theta) - L_f(phi^K) where phi^K differs from theta in w only: the
+  # same as the full model's value gap when b's inner learning rate is zero.
+  gap = erasediff.value_gap(2, 0.5, "fixed")
+  objective = training.Objective("forget", DENOISE, value_fn=gap)
+  spec = dataclasses.replace(make_spec(forget=objective), trainable=TRAIN_W)
+  state = ts.create(PARAMS, optax.sgd(0.1))
+  value, grads = training._objective_grad(state, {"forget": BATCH}, jax.random.key(0), DROPOUT, 0, "forget",
+                                          spec, {}, None)
+  inputs = training.objective_inputs(PARAMS, BATCH, training.example_keys(jax.random.fold_in(jax.random.key(0), 0),
+                                                                         3, None), spec, objective)
+  loss = lambda w: training.loss_given_inputs({"w": w, "b": PARAMS["b"]}, inputs, jax.random.fold_in(DROPOUT, 0),
+                                              spec, objective)
+  expected, expected_grad = gap(loss, PARAMS["w"], None)
+  np.testing.assert_allclose(value, expected, rtol=1e-5)
+  np.testing.assert_allclose(grads["w"], expected_grad, rtol=1e-5)
+  np.testing.assert_array_equal(grads["b"], np.zeros_like(PARAMS["b"]))

@@ -183,9 +183,16 @@ class ReverseSDE:
     return rev_f, (jnp.zeros_like(G) if self.probability_flow else G)
 
 
+BETA_SCHEDULES = ("linear", "scaled_linear")
+
+
 @dataclasses.dataclass(frozen=True)
 class DDPMSchedule:
-  """DDPM discrete schedule (Ho et al. 2020): linear betas, integer steps i = 0..N-1.
+  """DDPM discrete schedule (Ho et al. 2020): integer steps i = 0..N-1.
+
+  `beta_schedule`: "linear" (Ho et al.: betas linear in [beta_start, beta_end]) or
+  "scaled_linear" (Stable Diffusion v1: sqrt(beta) linear, then squared; with
+  beta_start 0.00085, beta_end 0.012).
 
   x_i = sqrt(abar_i) x_0 + sqrt(1 - abar_i) eps.  The network's time input is
   i / N (so it lives in [0, 1) like the continuous SDEs' t).
@@ -193,9 +200,16 @@ class DDPMSchedule:
   N: int = 1000
   beta_start: float = 1e-4
   beta_end: float = 0.02
+  beta_schedule: str = "linear"
+
+  def __post_init__(self):
+    from unlearn_jax.errors import check_choice
+    check_choice("config.sde.beta_schedule", self.beta_schedule, BETA_SCHEDULES)
 
   @functools.cached_property
   def betas(self) -> np.ndarray:
+    if self.beta_schedule == "scaled_linear":
+      return np.linspace(self.beta_start ** 0.5, self.beta_end ** 0.5, self.N, dtype=np.float64) ** 2
     return np.linspace(self.beta_start, self.beta_end, self.N, dtype=np.float64)
 
   @functools.cached_property

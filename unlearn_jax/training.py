@@ -136,6 +136,12 @@ class StepSpec:
   #: run one objective per step in turn (step % n), e.g. SFR-on's forget/remain
   #: steps; the transform receives the active gradient and `phase`.
   alternate: bool = False
+  #: a tree of Python bools shaped like the params (e.g. Stable Diffusion's
+  #: cross-attention only, `models.stable_diffusion.trainable_mask`); None: all
+  #: train.  Gradients are taken w.r.t. the trainable leaves only (the frozen ones
+  #: get exact zeros, and their weight gradients are never computed); EraseDiff's
+  #: inner loop moves only the trainable leaves too.
+  trainable: Any = None
 
 
 def make_optimizer(lr: float, warmup: int = 0, grad_clip: float = 1.0, b1: float = 0.9,
@@ -226,17 +232,42 @@ def all_finite(tree) -> jax.Array:
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(l)) for l in leaves]))
 
 
+_is_none = lambda x: x is None
+
+
+def split_trainable(params, trainable):
+  """The trainable leaves of `params` (None in place of the frozen ones)."""
+  return jax.tree_util.tree_map(lambda p, m: p if m else None, params, trainable)
+
+
+def merge_trainable(sub, params, trainable):
+  """`params` with its trainable leaves replaced by those of `sub` (from `split_trainable`)."""
+  return jax.tree_util.tree_map(lambda m, p, s: s if m else p, trainable, params, sub, is_leaf=_is_none)
+
+
+def fill_frozen(sub_grads, params, trainable):
+  """Gradients of the trainable leaves -> a full tree, zeros on the frozen leaves."""
+  return jax.tree_util.tree_map(lambda m, p, g: g if m else jnp.zeros_like(p), trainable, params, sub_grads,
+                                is_leaf=_is_none)
+
+
 def _objective_grad(state, batches, step_rng, dropout_rng, i, name, spec, consts, axis_name):
   objective = spec.objectives[name]
   batch = batches[objective.stream]
   keys = example_keys(jax.random.fold_in(step_rng, i), batch["x"].shape[0], axis_name)
-  if objective.value_fn is None:
-    return jax.value_and_grad(objective_loss)(
-        state.params, batch, keys, jax.random.fold_in(dropout_rng, i), spec, objective, consts)
-  inputs = objective_inputs(state.params, batch, keys, spec, objective, consts)
+  params, mask = state.params, spec.trainable
+  inputs = objective_inputs(params, batch, keys, spec, objective, consts)
   loss_of = functools.partial(loss_given_inputs, inputs=inputs, dropout_rng=jax.random.fold_in(dropout_rng, i),
                               spec=spec, objective=objective)
-  return objective.value_fn(loss_of, state.params, axis_name)
+  if mask is None:
+    value_fn = objective.value_fn or (lambda f, p, _: jax.value_and_grad(f)(p))
+    return value_fn(loss_of, params, axis_name)
+  sub_loss = lambda sub: loss_of(merge_trainable(sub, params, mask))
+  if objective.value_fn is None:
+    value, sub_grads = jax.value_and_grad(sub_loss)(split_trainable(params, mask))
+  else:
+    value, sub_grads = objective.value_fn(sub_loss, split_trainable(params, mask), axis_name)
+  return value, fill_frozen(sub_grads, params, mask)
 
 
 def method_metrics(opt_state) -> Dict[str, jax.Array]:
