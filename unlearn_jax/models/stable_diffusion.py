@@ -1,0 +1,582 @@
+"""Stable Diffusion (Flax, diffusers layout) behind the library's model call signature.
+
+    comp = load("/data/sd-v1-4-flax")                 # SDComponents
+    table = prompt_table(comp, prompts)                # (P + 1, L, D), row P = ""
+    module = build_module(comp, num_prompts=len(prompts))
+    params = model_params(comp, table)                 # {"unet": ..., "prompts": ...}
+    eps = module.apply({"params": params}, z, time, labels, train=False)
+
+The latent diffusion model of Rombach et al. (2022): images x in [0, 1] are
+encoded by the VAE to z = scaling_factor * E(2x - 1) (NHWC, `encode_images`),
+and the UNet predicts eps(z_t, t, c) with c the CLIP text encoder's last hidden
+state of the prompt, attended to by every transformer block's cross-attention
+(`attn2`).  `SDUNet` adapts the diffusers UNet to the library's DDPM call
+`apply(variables, x, time, labels, train=..., rngs=...)`:
+
+  * x is NHWC latents; the diffusers Flax UNet takes and returns NCHW, so the
+    transposition happens here and only here;
+  * time = i / num_train_timesteps (the library's DDPM time input), so the
+    UNet's timestep is time * num_train_timesteps (i, possibly fractional);
+  * labels are prompt ids in [0, P]; id P (and labels=None) is the null prompt
+    "" of classifier-free guidance.  The prompt embeddings are a cached
+    (P + 1, L, D) table in the params (`"prompts"/"embeddings"`), looked up by
+    label under `stop_gradient`: the text encoder never trains, and the table
+    never gets a gradient (`trainable_mask` also marks it frozen).
+
+`trainable_mask` picks the UNet leaves that the erasing methods train:
+"cross_attn" (every `attn2`: CORE, ESD-x), "cross_attn_kv" (attn2's to_k /
+to_v: Concept Ablation), "non_cross_attn" (ESD-u, EraseDiff) or "all".
+
+Weights.  `load` reads a local diffusers-format directory (`unet/`, `vae/`,
+`text_encoder/`, `tokenizer/`, `scheduler/`) through the libraries' own
+`from_pretrained(model_dir, subfolder=...)`; nothing is downloaded.  Flax
+weights of SD v1.4 and v1.5 exist on the Hugging Face hub in the `flax`
+(float32) and `bf16` revisions of `CompVis/stable-diffusion-v1-4` and
+`runwayml/stable-diffusion-v1-5` (e.g. `huggingface-cli download
+CompVis/stable-diffusion-v1-4 --revision flax --local-dir sd-v1-4-flax`).  A
+directory holding only PyTorch weights loads with `load(..., from_pt=True)`,
+which needs `torch` installed.  Parameters are cast to `param_dtype` (float32
+by default, so a bf16 checkpoint trains with float32 master weights); `dtype`
+is the compute dtype of the modules.
+
+`write_tiny` writes a tiny random Stable Diffusion in the same layout (with a
+real `CLIPTokenizer` on a tiny BPE vocabulary) for tests and CPU demos.
+
+Layouts in diffusers 0.39 (checked against its source):
+  * `FlaxUNet2DConditionModel.__call__(sample NCHW, timesteps (B,),
+    encoder_hidden_states (B, L, D), ..., train=False)` -> `.sample` NCHW.
+  * `FlaxAutoencoderKL.encode(images NCHW in [-1, 1])` -> `.latent_dist`
+    whose mean / sample are **NHWC**; `decode(latents)` takes NHWC (it only
+    transposes when the last axis is not `latent_channels`) and returns NCHW.
+  * The Flax transformer blocks' GroupNorm has 32 groups, so every UNet
+    `block_out_channels` entry must be a multiple of 32.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Dict, Optional, Sequence, Tuple
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearn_jax.errors import UserError, check_choice
+
+__all__ = [
+    "SDComponents", "SDUNet", "TRAINABLE", "build_module", "decode_latents", "encode_images",
+    "encode_prompts", "load", "model_params", "prompt_table", "trainable_mask", "unet_config_of",
+    "write_tiny",
+]
+
+#: SD v1.x noise schedule (scheduler/scheduler_config.json of v1.4 / v1.5).
+SD_V1_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+                  "num_train_timesteps": 1000}
+#: the parts `load` needs, each a sub-folder of the model directory.
+_PARTS = ("unet", "vae", "text_encoder", "tokenizer")
+_EXPECTED = ("a diffusers-format Stable Diffusion directory with unet/, vae/, text_encoder/ and "
+             "tokenizer/ holding Flax weights (the hub's 'flax' or 'bf16' revision; PyTorch "
+             "weights need from_pt=True and torch)")
+
+
+def _quiet():
+  """Silences diffusers' per-module Flax deprecation warning and transformers' notices."""
+  import diffusers
+  import transformers
+  diffusers.utils.logging.set_verbosity_error()
+  transformers.utils.logging.set_verbosity_error()
+
+
+def _random_params(init_fn, seed: int):
+  """Random params shaped like `init_fn`'s output, drawn with numpy (no XLA compile).
+
+  Compiling a module's `init` costs 5-15 s on CPU even for a tiny SD (XLA
+  unrolls every parameter's threefry), so `write_tiny` takes only the shapes
+  (`jax.eval_shape`) and draws initialisers like flax's defaults itself: LeCun-style
+  normal kernels (std 1/sqrt(fan_in), fan_in = prod(shape[:-1])), zero biases, unit
+  norm scales, N(0, 0.02) embeddings.
+  """
+  shapes = jax.eval_shape(init_fn)
+  rng = np.random.default_rng(seed)
+
+  def draw(path, leaf):
+    name = _key_names(path)[-1]
+    shape = tuple(leaf.shape)
+    if name == "bias":
+      value = np.zeros(shape)
+    elif name == "scale":
+      value = np.ones(shape)
+    elif name == "kernel":
+      value = rng.standard_normal(shape) / np.sqrt(max(1, int(np.prod(shape[:-1]))))
+    else:
+      value = 0.02 * rng.standard_normal(shape)
+    return jnp.asarray(value, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(draw, flax.core.unfreeze(shapes))
+
+
+# --------------------------------------------------------------------------- tiny model
+
+_TINY_WORDS = ("a", "an", "the", "of", "in", "image", "photo", "style", "painting", "dogs",
+               "cats", "van", "gogh", "monet", "picasso", "nudity", "nude", "church",
+               "garbage", "truck", "parachute", "airplane", "tench", "golf", "ball")
+
+
+def _write_tiny_tokenizer(path: str, max_length: int):
+  """A real CLIPTokenizer on a tiny byte-level BPE vocabulary, saved to `path`.
+
+  CLIP's vocabulary is the 256 byte-unicode symbols, the same with "</w>"
+  (end of word), the merge results, then <|startoftext|>, <|endoftext|>.  The
+  merges here build each of `_TINY_WORDS` letter by letter, so those words are
+  single tokens and every other word falls back to (valid) byte symbols.
+  """
+  from transformers import CLIPTokenizer
+  from transformers.models.clip.tokenization_clip import bytes_to_unicode
+
+  symbols = list(bytes_to_unicode().values())
+  vocab = symbols + [s + "</w>" for s in symbols]
+  merges = []
+  # longest words first, so that a short word's merge (e.g. "a n</w>") does not
+  # pre-empt a longer word's chain ("v a", "va n</w>").
+  for word in sorted(_TINY_WORDS, key=len, reverse=True):
+    pieces = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(pieces) > 1:
+      merges.append((pieces[0], pieces[1]))
+      pieces = [pieces[0] + pieces[1]] + pieces[2:]
+  merges = list(dict.fromkeys(merges))
+  for a, b in merges:
+    if a + b not in vocab:
+      vocab.append(a + b)
+  vocab += ["<|startoftext|>", "<|endoftext|>"]
+  tmp = os.path.join(path, "_src")
+  os.makedirs(tmp, exist_ok=True)
+  vocab_file, merges_file = os.path.join(tmp, "vocab.json"), os.path.join(tmp, "merges.txt")
+  with open(vocab_file, "w", encoding="utf-8") as f:
+    json.dump({tok: i for i, tok in enumerate(vocab)}, f, ensure_ascii=False)
+  with open(merges_file, "w", encoding="utf-8") as f:
+    f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
+  tokenizer = CLIPTokenizer(vocab_file, merges_file, model_max_length=max_length,
+                            pad_token="<|endoftext|>")
+  tokenizer.save_pretrained(path)
+  for name in (vocab_file, merges_file):
+    os.remove(name)
+  os.rmdir(tmp)
+  return tokenizer
+
+
+def write_tiny(model_dir: str, *, seed: int = 0, image_size: int = 32,
+               block_out_channels: Sequence[int] = (32, 64), cross_attention_dim: int = 32,
+               text_layers: int = 2, max_length: int = 16,
+               vae_block_out_channels: Sequence[int] = (16, 32)) -> str:
+  """Writes a tiny random-init Stable Diffusion in diffusers layout; returns `model_dir`.
+
+  unet/ (FlaxUNet2DConditionModel: CrossAttnDownBlock2D + DownBlock2D, one
+  layer per block, 2 heads), vae/ (FlaxAutoencoderKL, latent_channels 4,
+  factor 2**(len(vae_block_out_channels) - 1), sample_size = image_size),
+  text_encoder/ (FlaxCLIPTextModel, hidden size = cross_attention_dim,
+  `text_layers` layers, max_position_embeddings = max_length), tokenizer/ (a
+  CLIPTokenizer on a tiny BPE vocabulary, model_max_length = max_length),
+  scheduler/ (SD v1.x's schedule) and model_index.json, each written by the
+  libraries' own `save_pretrained` where one exists.  Takes seconds on CPU.
+  `block_out_channels` entries must be multiples of 32 (the Flax transformer
+  blocks' GroupNorm has 32 groups).
+  """
+  _quiet()
+  import diffusers
+  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+  from transformers import CLIPTextConfig, FlaxCLIPTextModel
+
+  block_out_channels = tuple(int(c) for c in block_out_channels)
+  vae_block_out_channels = tuple(int(c) for c in vae_block_out_channels)
+  if any(c % 32 for c in block_out_channels):
+    raise UserError("block_out_channels", block_out_channels,
+                    "expected multiples of 32 (the Flax UNet's GroupNorm has 32 groups)")
+  factor = 2 ** (len(vae_block_out_channels) - 1)
+  if image_size % (factor * 2 ** (len(block_out_channels) - 1)):
+    raise UserError("image_size", image_size,
+                    f"expected a multiple of the VAE factor {factor} times the UNet's "
+                    f"{2 ** (len(block_out_channels) - 1)}")
+  os.makedirs(model_dir, exist_ok=True)
+  rng = jax.random.PRNGKey(0)  # only traced, for the shapes
+
+  tokenizer = _write_tiny_tokenizer(os.path.join(model_dir, "tokenizer"), max_length)
+
+  n = len(block_out_channels)
+  unet = FlaxUNet2DConditionModel(
+      sample_size=image_size // factor, in_channels=4, out_channels=4,
+      down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
+      up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
+      block_out_channels=block_out_channels, layers_per_block=1, attention_head_dim=2,
+      cross_attention_dim=cross_attention_dim)
+  unet.save_pretrained(os.path.join(model_dir, "unet"),
+                       params=_random_params(lambda: unet.init_weights(rng), seed))
+
+  groups = min(8, min(vae_block_out_channels))
+  vae = FlaxAutoencoderKL(
+      in_channels=3, out_channels=3, latent_channels=4,
+      down_block_types=("DownEncoderBlock2D",) * len(vae_block_out_channels),
+      up_block_types=("UpDecoderBlock2D",) * len(vae_block_out_channels),
+      block_out_channels=vae_block_out_channels, layers_per_block=1,
+      norm_num_groups=groups, sample_size=image_size)
+  vae.save_pretrained(os.path.join(model_dir, "vae"),
+                      params=_random_params(lambda: vae.init_weights(rng), seed + 1))
+
+  text_config = CLIPTextConfig(
+      vocab_size=len(tokenizer), hidden_size=cross_attention_dim,
+      intermediate_size=2 * cross_attention_dim, projection_dim=cross_attention_dim,
+      num_hidden_layers=text_layers, num_attention_heads=2, max_position_embeddings=max_length,
+      bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+      pad_token_id=tokenizer.pad_token_id)
+  text = FlaxCLIPTextModel(text_config, _do_init=False)
+  text_params = _random_params(lambda: text.init_weights(rng, (1, max_length)), seed + 2)
+  text.save_pretrained(os.path.join(model_dir, "text_encoder"), params=text_params)
+
+  os.makedirs(os.path.join(model_dir, "scheduler"), exist_ok=True)
+  with open(os.path.join(model_dir, "scheduler", "scheduler_config.json"), "w") as f:
+    json.dump({"_class_name": "PNDMScheduler", "_diffusers_version": diffusers.__version__,
+               **SD_V1_SCHEDULE, "clip_sample": False, "set_alpha_to_one": False,
+               "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None}, f, indent=2)
+  with open(os.path.join(model_dir, "model_index.json"), "w") as f:
+    json.dump({"_class_name": "FlaxStableDiffusionPipeline",
+               "_diffusers_version": diffusers.__version__,
+               "feature_extractor": [None, None], "safety_checker": [None, None],
+               "scheduler": ["diffusers", "FlaxPNDMScheduler"],
+               "text_encoder": ["transformers", "FlaxCLIPTextModel"],
+               "tokenizer": ["transformers", "CLIPTokenizer"],
+               "unet": ["diffusers", "FlaxUNet2DConditionModel"],
+               "vae": ["diffusers", "FlaxAutoencoderKL"]}, f, indent=2)
+  return model_dir
+
+
+# --------------------------------------------------------------------------- loading
+
+@dataclasses.dataclass
+class SDComponents:
+  """The loaded parts of a Stable Diffusion directory (modules + their params)."""
+  unet: Any                 # diffusers.FlaxUNet2DConditionModel
+  unet_params: Any
+  vae: Any                  # diffusers.FlaxAutoencoderKL
+  vae_params: Any
+  text_encoder: Any         # transformers.FlaxCLIPTextModel (params passed explicitly)
+  text_params: Any
+  tokenizer: Any            # transformers.CLIPTokenizer
+  scaling_factor: float     # vae.config.scaling_factor (0.18215 for SD v1)
+  schedule: dict            # beta_start, beta_end, beta_schedule, num_train_timesteps
+  image_size: int           # vae.config.sample_size
+  model_dir: str
+  _jitted: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
+
+  @property
+  def vae_factor(self) -> int:
+    """The VAE's down-sampling factor, 2**(len(block_out_channels) - 1) (8 for SD)."""
+    return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+  @property
+  def latent_channels(self) -> int:
+    return int(self.vae.config.latent_channels)
+
+  def latent_shape(self, image_size: Optional[int] = None) -> Tuple[int, int, int]:
+    """(h, w, c) of the latents of square `image_size` images (default: the VAE's)."""
+    size = int(self.image_size if image_size is None else image_size)
+    if size <= 0 or size % self.vae_factor:
+      raise UserError("config.data.image_size", size,
+                      f"expected a positive multiple of the VAE factor {self.vae_factor}")
+    return (size // self.vae_factor, size // self.vae_factor, self.latent_channels)
+
+
+def _has_weights(path: str, names: Sequence[str]) -> bool:
+  return any(os.path.isfile(os.path.join(path, name)) for name in names)
+
+
+def _check_dir(model_dir: str, from_pt: bool):
+  if not os.path.isdir(model_dir):
+    raise UserError("config.sd.model_dir", model_dir, _EXPECTED + "; the directory does not exist")
+  missing = [p for p in _PARTS if not os.path.isdir(os.path.join(model_dir, p))]
+  if missing:
+    raise UserError("config.sd.model_dir", model_dir,
+                    _EXPECTED + "; missing " + ", ".join(p + "/" for p in missing))
+  if from_pt:
+    weights = {"unet": ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors"),
+               "vae": ("diffusion_pytorch_model.bin", "diffusion_pytorch_model.safetensors"),
+               "text_encoder": ("pytorch_model.bin", "model.safetensors",
+                                "pytorch_model.bin.index.json", "model.safetensors.index.json")}
+  else:
+    weights = {"unet": ("diffusion_flax_model.msgpack",), "vae": ("diffusion_flax_model.msgpack",),
+               "text_encoder": ("flax_model.msgpack", "flax_model.msgpack.index.json")}
+  weights["tokenizer"] = ("vocab.json",)
+  for part, names in weights.items():
+    if not _has_weights(os.path.join(model_dir, part), names):
+      raise UserError("config.sd.model_dir", model_dir,
+                      f"{_EXPECTED}; {part}/ has none of {', '.join(names)}")
+
+
+def _cast(tree, dtype):
+  """Floating leaves of `tree` cast to `dtype` (a plain nested dict)."""
+  def cast(a):
+    a = jnp.asarray(a)
+    return a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a
+  return jax.tree_util.tree_map(cast, flax.core.unfreeze(tree))
+
+
+def _read_schedule(model_dir: str) -> dict:
+  path = os.path.join(model_dir, "scheduler", "scheduler_config.json")
+  config = {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      config = json.load(f)
+  return {key: type(default)(config.get(key, default)) if config.get(key) is not None else default
+          for key, default in SD_V1_SCHEDULE.items()}
+
+
+def load(model_dir: str, *, dtype=jnp.float32, from_pt: bool = False,
+         param_dtype=jnp.float32) -> SDComponents:
+  """Loads a local diffusers-format Stable Diffusion directory (see the module docstring).
+
+  Args:
+    model_dir: the directory with unet/, vae/, text_encoder/, tokenizer/ and
+      optionally scheduler/scheduler_config.json (else SD v1's schedule).
+    dtype: compute dtype of the three modules (e.g. jnp.bfloat16).
+    from_pt: convert PyTorch weights (needs torch installed).
+    param_dtype: the floating parameters are cast to this dtype.
+  Raises:
+    UserError("config.sd.model_dir", ...) when the directory or a part is missing.
+  """
+  model_dir = os.fspath(model_dir)
+  _check_dir(model_dir, from_pt)
+  _quiet()
+  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
+  from transformers import CLIPTokenizer, FlaxCLIPTextModel
+
+  unet, unet_params = FlaxUNet2DConditionModel.from_pretrained(
+      model_dir, subfolder="unet", dtype=dtype, from_pt=from_pt)
+  vae, vae_params = FlaxAutoencoderKL.from_pretrained(
+      model_dir, subfolder="vae", dtype=dtype, from_pt=from_pt)
+  text_encoder, text_params = FlaxCLIPTextModel.from_pretrained(
+      model_dir, subfolder="text_encoder", dtype=dtype, from_pt=from_pt, _do_init=False,
+      local_files_only=True)
+  tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer",
+                                            local_files_only=True)
+  return SDComponents(
+      unet=unet, unet_params=_cast(unet_params, param_dtype),
+      vae=vae, vae_params=_cast(vae_params, param_dtype),
+      text_encoder=text_encoder, text_params=_cast(text_params, param_dtype),
+      tokenizer=tokenizer, scaling_factor=float(vae.config.scaling_factor),
+      schedule=_read_schedule(model_dir), image_size=int(vae.config.sample_size),
+      model_dir=model_dir)
+
+
+# --------------------------------------------------------------------------- text and images
+
+def encode_prompts(comp: SDComponents, prompts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+  """(P, L, D) float32 CLIP last hidden states of `prompts` (L = model_max_length).
+
+  As the SD pipelines: padded to max_length with <|endoftext|>, truncated, no
+  attention mask.  Batches are padded to `batch_size` so one compile serves all.
+  """
+  prompts = list(prompts)
+  tok = comp.tokenizer
+  if not prompts:
+    return np.zeros((0, tok.model_max_length, comp.text_encoder.config.hidden_size), np.float32)
+  ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
+            return_tensors="np").input_ids.astype(np.int32)
+  if "text" not in comp._jitted:
+    comp._jitted["text"] = jax.jit(
+        lambda params, ids: comp.text_encoder(ids, params=params, train=False)[0])
+  fn = comp._jitted["text"]
+  batch_size = max(1, min(batch_size, len(prompts)))
+  out = []
+  for start in range(0, len(prompts), batch_size):
+    chunk = ids[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk
+    out.append(np.asarray(fn(comp.text_params, chunk), np.float32)[:batch_size - pad])
+  return np.concatenate(out, 0)
+
+
+def prompt_table(comp: SDComponents, prompts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+  """(len(prompts) + 1, L, D) embeddings; the last (null) row is the empty prompt ""."""
+  return encode_prompts(comp, list(prompts) + [""], batch_size)
+
+
+def encode_images(comp: SDComponents, images01: np.ndarray, *, batch_size: int = 8,
+                  sample: bool = False, rng: Optional[jax.Array] = None) -> np.ndarray:
+  """NHWC float32 latents scaling_factor * E(2x - 1) of NHWC images in [0, 1].
+
+  The mean of the VAE posterior, or a sample of it when `sample` (then `rng`
+  is required; batch k uses fold_in(rng, k)).  The encoder is jitted once per
+  (batch_size, image shape): the last batch is padded.
+  """
+  images01 = np.asarray(images01, np.float32)
+  if images01.ndim != 4 or images01.shape[-1] != comp.vae.config.in_channels:
+    raise ValueError(f"expected NHWC images with {comp.vae.config.in_channels} channels, "
+                     f"got shape {images01.shape}")
+  if sample and rng is None:
+    raise ValueError("encode_images(sample=True) needs an rng")
+  vae = comp.vae
+  key = ("vae_encode", sample)
+  if key not in comp._jitted:
+    def encode(params, x01, rng):
+      x = jnp.transpose(2.0 * x01 - 1.0, (0, 3, 1, 2))           # NHWC -> NCHW input
+      dist = vae.apply({"params": params}, x, method=vae.encode).latent_dist   # NHWC
+      z = dist.sample(rng) if sample else dist.mean
+      return (z * comp.scaling_factor).astype(jnp.float32)
+    comp._jitted[key] = jax.jit(encode)
+  fn = comp._jitted[key]
+  n = images01.shape[0]
+  batch_size = max(1, min(batch_size, n))
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  out = []
+  for k, start in enumerate(range(0, n, batch_size)):
+    chunk = images01[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    z = fn(comp.vae_params, chunk, jax.random.fold_in(rng, k))
+    out.append(np.asarray(z)[:batch_size - pad])
+  return np.concatenate(out, 0)
+
+
+def decode_latents(vae, vae_params, latents: jax.Array, scaling_factor: float) -> jax.Array:
+  """NHWC images in [0, 1] from NHWC latents scaled by `scaling_factor` (pure, jit-able)."""
+  z = latents.astype(jnp.float32) / scaling_factor
+  images = vae.apply({"params": vae_params}, z, method=vae.decode).sample   # NCHW
+  images = jnp.transpose(images, (0, 2, 3, 1)).astype(jnp.float32)
+  return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- the model
+
+def _hashable(value):
+  if isinstance(value, (list, tuple)):
+    return tuple(_hashable(v) for v in value)
+  if isinstance(value, dict):
+    return flax.core.FrozenDict({k: _hashable(v) for k, v in value.items()})
+  return value
+
+
+def _unet_kwargs(unet_config) -> Dict[str, Any]:
+  """The constructor fields of FlaxUNet2DConditionModel found in `unet_config`."""
+  _quiet()
+  from diffusers import FlaxUNet2DConditionModel
+  names = {f.name for f in dataclasses.fields(FlaxUNet2DConditionModel)} - {"parent", "name", "dtype"}
+  return {k: v for k, v in dict(unet_config).items() if k in names}
+
+
+def unet_config_of(unet) -> flax.core.FrozenDict:
+  """The (hashable) constructor config of a diffusers UNet, for `SDUNet.unet_config`."""
+  return _hashable(_unet_kwargs(unet.config))
+
+
+class _PromptTable(nn.Module):
+  """The cached (num_prompts + 1, L, D) prompt embeddings (set by `model_params`)."""
+  shape: Tuple[int, int, int]
+
+  @nn.compact
+  def __call__(self, labels_B: jax.Array) -> jax.Array:
+    table = self.param("embeddings", nn.initializers.zeros, self.shape, jnp.float32)
+    return jax.lax.stop_gradient(jnp.take(table, labels_B, axis=0))
+
+
+def _call_unet(unet, sample_BxCxHxW, timesteps_B, context_BxLxD, train):
+  return unet(sample_BxCxHxW, timesteps_B, context_BxLxD, return_dict=False, train=train)[0]
+
+
+class SDUNet(nn.Module):
+  """eps(z_t, t, prompt) of a diffusers Flax SD UNet in the library's call signature.
+
+  `apply({"params": params}, x, time, labels=None, train=False, rngs=None)`:
+  x NHWC latents (B, h, w, C); time (B,) = i / num_train_timesteps; labels (B,)
+  prompt ids in [0, num_prompts], num_prompts (and None) = the null prompt.
+  Returns the eps prediction, NHWC float32.  `train=True` enables dropout
+  (pass rngs={"dropout": key}).  `remat=True` wraps the diffusers UNet in
+  `nn.remat` (same outputs and gradients; its activations are recomputed in
+  the backward pass instead of being kept from the forward one).
+  """
+  unet_config: Any            # FrozenDict of FlaxUNet2DConditionModel fields (`unet_config_of`)
+  num_prompts: int
+  text_len: int
+  text_dim: int
+  num_train_timesteps: int = 1000
+  dtype: Any = jnp.float32
+  remat: bool = False
+
+  @nn.compact
+  def __call__(self, x_BxHxWxC: jax.Array, time_B: jax.Array,
+               labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+    from diffusers import FlaxUNet2DConditionModel
+    B = x_BxHxWxC.shape[0]
+    if labels is None:
+      labels = jnp.full((B,), self.num_prompts, jnp.int32)
+    context_BxLxD = _PromptTable((self.num_prompts + 1, self.text_len, self.text_dim),
+                                 name="prompts")(labels.astype(jnp.int32))
+    unet = FlaxUNet2DConditionModel(**_unet_kwargs(self.unet_config), dtype=self.dtype,
+                                    name="unet")
+    sample_BxCxHxW = jnp.transpose(x_BxHxWxC, (0, 3, 1, 2)).astype(self.dtype)
+    timesteps_B = jnp.broadcast_to(time_B, (B,)).astype(jnp.float32) * self.num_train_timesteps
+    call = _call_unet
+    if self.remat:
+      # A lifted function rather than nn.remat(FlaxUNet2DConditionModel): the
+      # lifted subclass's generated __init__ skips diffusers' config registration.
+      call = nn.remat(_call_unet, static_argnums=(4,))   # (unet, sample, t, context, train)
+    out = call(unet, sample_BxCxHxW, timesteps_B, context_BxLxD.astype(self.dtype), train)
+    return jnp.transpose(out, (0, 2, 3, 1)).astype(jnp.float32)
+
+
+def build_module(comp: SDComponents, num_prompts: int, *, dtype=jnp.float32,
+                 remat: bool = False) -> SDUNet:
+  """The `SDUNet` of `comp`'s UNet with a table of `num_prompts` + 1 prompts."""
+  return SDUNet(unet_config=unet_config_of(comp.unet), num_prompts=int(num_prompts),
+                text_len=int(comp.tokenizer.model_max_length),
+                text_dim=int(comp.text_encoder.config.hidden_size),
+                num_train_timesteps=int(comp.schedule["num_train_timesteps"]),
+                dtype=dtype, remat=remat)
+
+
+def model_params(comp: SDComponents, embeddings: np.ndarray) -> dict:
+  """SDUNet params: the loaded UNet params and the (num_prompts + 1, L, D) prompt table."""
+  embeddings = np.asarray(embeddings, np.float32)
+  if embeddings.ndim != 3:
+    raise ValueError(f"expected a (num_prompts + 1, L, D) table, got shape {embeddings.shape}")
+  return {"unet": flax.core.unfreeze(comp.unet_params),
+          "prompts": {"embeddings": jnp.asarray(embeddings)}}
+
+
+# --------------------------------------------------------------------------- trainable parts
+
+TRAINABLE = ("all", "cross_attn", "cross_attn_kv", "non_cross_attn")
+
+
+def _key_names(path) -> Tuple[str, ...]:
+  return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _is_trainable(names: Tuple[str, ...], which: str) -> bool:
+  if names and names[0] == "prompts":
+    return False
+  in_attn2 = "attn2" in names
+  if which == "all":
+    return True
+  if which == "cross_attn":
+    return in_attn2
+  if which == "non_cross_attn":
+    return not in_attn2
+  # cross_attn_kv: attn2's key / value projections.
+  return any(names[i] == "attn2" and names[i + 1] in ("to_k", "to_v")
+             for i in range(len(names) - 1))
+
+
+def trainable_mask(params, which: str):
+  """A tree of Python bools shaped like `params` (SDUNet params): True = trains.
+
+  "cross_attn": every UNet leaf under an `attn2` module (the transformer
+  blocks' cross-attention; CORE, ESD-x); "cross_attn_kv": only attn2's to_k
+  and to_v (Concept Ablation); "non_cross_attn": every UNet leaf outside attn2
+  (ESD-u, EraseDiff); "all": every UNet leaf.  The prompt table ("prompts")
+  is never trainable.
+  """
+  check_choice("config.sd.trainable", which, TRAINABLE)
+  return jax.tree_util.tree_map_with_path(
+      lambda path, _: _is_trainable(_key_names(path), which), params)
