@@ -94,11 +94,12 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   train/unlearn/attack fields: data (a stream: "all", "retain", "test_retain" or a
   synthesize stage), init ("scratch" | a stage name | a directory written by
   unlearn_jax), steps, method/variant (unlearn), mask (a mask stage), eval_every
-  (attack: evaluate AR every k steps).  mask: method ("salun" | "sfron"), init.
+  (attack: evaluate AR every k steps), lr and batch_size (0: config.training's).
+  mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
-           models=(), mask="", eval_every=0, num=0,
+           models=(), mask="", eval_every=0, num=0, batch_size=0,
            lr=ml_collections.FieldReference(None, field_type=float))
   d.update(kw)
   return ml_collections.ConfigDict(d)
@@ -284,3 +285,85 @@ def parse_arg(arg, allowed: dict) -> dict:
       raise ValueError(f"unknown config argument {key!r}: expected {', '.join(sorted(allowed))}")
     out[key] = True if not _ else type(allowed[key])(value)
   return out
+
+
+def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
+  """Stable Diffusion (v1.5 fine-tuned on UnlearnCanvas, diffusers layout with Flax weights)
+  on UnlearnCanvas (`sd_experiment`): 512x512 images 1-3 of each style/object folder,
+  prompts "A {object} image in {style} style.", cross-attention trained, DDIM 100 steps
+  with SD guidance scale 9.0 (w = 8 in eps = (1 + w) eps_c - w eps_null), constant Adam.
+
+  `cpu`: a tiny random-initialized model and a synthetic 4-style x 3-object tree built
+  in the workdir (`model_dir="tiny"`, `data_dir="synthetic"`): end-to-end runs of the
+  pipeline, not of the paper's numbers.
+  """
+  from unlearn_jax import sd_experiment
+  c = sd_experiment.config_defaults(ddpm_base())
+  c.experiment = "unlearncanvas"
+  c.sde = ml_collections.ConfigDict(dict(name="ddpm", N=1000, beta_start=0.00085, beta_end=0.012,
+                                         beta_schedule="scaled_linear"))
+  c.model.update(dict(name="sd", conditional=True, output="eps", ema_rate=0.0))
+  c.training.update(dict(batch_size=4, weighting="simple", reduce="mean", cond_drop=0.0, log_every=50,
+                         ckpt_every=500, max_to_keep=1))
+  c.optim.update(dict(lr=1e-5, warmup=0, grad_clip=1.0))
+  c.classifier.update(dict(features=(64, 128, 256), dense=256, dropout=0.3, steps=5000, batch_size=64,
+                           image_size=64))
+  c.eval.update(dict(num_samples=100, fd_num_samples=200, attack_num_samples=100, sample_batch_size=8,
+                     grid_size=8))
+  c.eval.sampler = ml_collections.ConfigDict(dict(kind="ddim", n_steps=100, eta=0.0, guidance=8.0))
+  c.esd.update(dict(ddim_steps=50, guidance=2.0))
+  c.salun.beta = 1.0
+  c.sd.encode_batch_size = 8
+  if cpu:
+    c.sd.model_dir = "tiny"
+    c.data.update(dict(data_dir="synthetic", styles=("Abstractionism", "Cubism", "Monet", "Van_Gogh"),
+                       objects=("Birds", "Cats", "Dogs"), forget_styles="Van_Gogh", image_size=32))
+    c.classifier.update(dict(features=(16, 32), dense=64, dropout=0.0, steps=150, batch_size=16, image_size=32))
+    c.training.update(dict(batch_size=4, log_every=10, ckpt_every=20))
+    c.optim.lr = 1e-4
+    c.eval.update(dict(num_samples=12, fd_num_samples=12, attack_num_samples=12, sample_batch_size=12,
+                       grid_size=6))
+    c.eval.sampler.n_steps = 10
+    c.esd.ddim_steps = 4
+    c.sd.encode_batch_size = 16
+  return c
+
+
+def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batch: dict = None,
+              attack_steps: int = 0, eval_every: int = 0, synthetic: int = 0) -> tuple:
+  """Stable Diffusion chain: the style / object classifiers, per method (or "method:variant")
+  a SalUn mask stage where it takes one and the unlearning stage from "base", evaluation of
+  "base" and every unlearned model, and (attack_steps > 0) DiMRA on synthetic auxiliary data
+  the base model generates under D_r's prompts (DiMUM paper Sec. VI-B), report."""
+  lr, batch = lr or {}, batch or {}
+  stages = ml_collections.ConfigDict()
+  stages.classifier = stage("classifier")
+  order, names = ["classifier"], []
+  for entry in methods:
+    m, _, variant = entry.partition(":")
+    name = f"{m}_{variant}" if variant else m
+    kw = {}
+    if m in lr:
+      kw["lr"] = lr[m]
+    if m in batch:
+      kw["batch_size"] = batch[m]
+    if m in MASK_OF:
+      if f"{m}_mask" not in stages:
+        stages[f"{m}_mask"] = stage("mask", method=MASK_OF[m], init="base")
+        order.append(f"{m}_mask")
+      kw["mask"] = f"{m}_mask"
+    stages[name] = stage("unlearn", method=m, variant=variant, init="base", steps=steps.get(m, default_steps),
+                         **kw)
+    order.append(name)
+    names.append(name)
+  stages.evaluate = stage("evaluate", models=("base",) + tuple(names))
+  order.append("evaluate")
+  if attack_steps:
+    stages.synthetic = stage("synthesize", init="base", num=synthetic)
+    order.append("synthetic")
+    for m in names:
+      stages[f"attack_{m}"] = stage("attack", init=m, data="synthetic", steps=attack_steps, eval_every=eval_every)
+      order.append(f"attack_{m}")
+  stages.report = stage("report")
+  order.append("report")
+  return stages, tuple(order)

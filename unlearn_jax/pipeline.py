@@ -48,6 +48,7 @@ from unlearn_jax import report as report_lib
 from unlearn_jax import sampling
 from unlearn_jax import score as score_lib
 from unlearn_jax import sde as sde_lib
+from unlearn_jax import sd_experiment as sd_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax import training
 from unlearn_jax.errors import UserError, check_choice, check_range
@@ -63,6 +64,8 @@ MODEL_KINDS = ("train", "unlearn", "attack")
 #: data streams every experiment has; synthesize stages add their own (by stage name).
 STREAMS = ("all", "retain", "forget", "alternative", "test_retain")
 CONDITIONAL_KINDS = ("synthesize", "attack")
+#: mask kinds computed over the trainable leaves only (a Stable Diffusion subset).
+SUBSET_MASKS = ("salun", "sfron")
 
 
 @dataclasses.dataclass
@@ -86,6 +89,12 @@ class Experiment:
   #: compiled samplers / NLL functions, keyed by shape: params are arguments, so
   #: every model of the experiment reuses one compilation.
   compiled: Dict[Any, Callable] = dataclasses.field(default_factory=dict)
+  #: Stable Diffusion experiments (`sd_experiment.SDContext`); None otherwise.
+  sd: Any = None
+  #: which parameters train (a bool tree, `training.StepSpec.trainable`); None: all.
+  trainable: Any = None
+  #: anchor_fn(config) -> (num_classes, K) CORE anchors in place of `core.anchor_candidates`.
+  anchor_fn: Optional[Callable] = None
 
   @property
   def is_image(self) -> bool:
@@ -118,6 +127,8 @@ def stage_seed(config, name: str) -> int:
 # Validation + construction (no writes).
 # ----------------------------------------------------------------------------
 def _check_source(config, field: str, value: str, seen, kinds=MODEL_KINDS) -> None:
+  if sd_lib.is_sd(config) and value == sd_lib.BASE:
+    return
   """`value` names an earlier stage of one of `kinds`, or a stage directory on disk."""
   if value in seen and config.stages[value].kind in kinds:
     return
@@ -148,6 +159,8 @@ def _validate_stages(config) -> None:
       synth = tuple(n for n in seen if config.stages[n].kind == "synthesize")
       check_choice(f"{field}.data", st.data, STREAMS + synth)
       check_range(f"{field}.steps", st.steps, 0, 10 ** 9)
+      if st.get("batch_size", 0):
+        training.check_batch_size(st.batch_size, f"{field}.batch_size")
       if st.kind == "attack" and st.init == "scratch":
         raise UserError(f"{field}.init", st.init, "an attack starts from an unlearned model: name its stage")
       if st.init != "scratch":
@@ -182,6 +195,8 @@ def _validate_stages(config) -> None:
       check_range(f"{field}.num", st.num, 0, 10 ** 9)
     if st.kind == "evaluate":
       for m in st.models:
+        if sd_lib.is_sd(config) and m == sd_lib.BASE:
+          continue
         if m not in seen or config.stages[m].kind not in MODEL_KINDS:
           raise UserError(f"{field}.models", m, "expected train/unlearn/attack stages that run earlier")
     seen.append(name)
@@ -198,9 +213,18 @@ def _validate_stages(config) -> None:
   check_choice("config.eval.nll.offset", config.eval.nll.offset, ("score_sde", "density"))
 
 
-def build_experiment(config) -> Experiment:
-  """Loads data and builds the model; raises UserError on any bad input.  Writes nothing."""
+def build_experiment(config, workdir: Optional[str] = None) -> Experiment:
+  """Loads data and builds the model; raises UserError on any bad input.  Writes nothing
+  (a Stable Diffusion experiment reads its latent cache from `workdir` if there is one)."""
   _validate_stages(config)
+  if sd_lib.is_sd(config):
+    exp = sd_lib.build(config, workdir, experiment_cls=Experiment)
+  else:
+    exp = _build_class_experiment(config)
+  return _check_stage_sources(exp)
+
+
+def _build_class_experiment(config) -> Experiment:
   process = sde_lib.get_sde(config.sde.name, **config.sde.to_dict())
   discrete = isinstance(process, sde_lib.DDPMSchedule)
   check_choice("config.eval.sampler.kind", config.eval.sampler.kind,
@@ -242,9 +266,17 @@ def build_experiment(config) -> Experiment:
                    forget_labels=forget_labels, alt=alt, conditional=conditional,
                    process=process, module=module,
                    model_cfg=model_cfg, example_shape=train.example_shape, classifier=classifier)
+  return exp
+
+
+def _check_stage_sources(exp: Experiment) -> Experiment:
+  config = exp.config
   for name in config.stage_order:
     st = config.stages[name]
-    if st.kind in MODEL_KINDS + ("mask", "synthesize") and st.init not in ("scratch",) \
+    if exp.trainable is not None and st.kind == "mask" and st.method not in SUBSET_MASKS:
+      raise UserError(f"config.stages.{name}.method", st.method, "is not available when only some parameters "
+                      "train (config.sd.trainable); expected one of " + ", ".join(SUBSET_MASKS))
+    if st.kind in MODEL_KINDS + ("mask", "synthesize") and st.init not in ("scratch", sd_lib.BASE) \
        and st.init not in config.stages:
       _check_meta(exp, f"config.stages.{name}.init", st.init)
     if st.kind == "unlearn":   # every method option is checked here, before anything is written
@@ -252,6 +284,9 @@ def build_experiment(config) -> Experiment:
         raise UserError(f"config.stages.{name}.variant", st.variant, f"method {st.method!r} has no variants; "
                         "methods with variants: " + ", ".join(methods_lib.VARIANTS))
       _, _, options = _objectives(exp, st)
+      if exp.sd is not None and st.init == "scratch":
+        raise UserError(f"config.stages.{name}.init", st.init, "a Stable Diffusion experiment starts from "
+                        f"{sd_lib.BASE!r} (the model directory) or an earlier stage")
       if (options.frozen or options.reset) and st.init == "scratch":
         raise UserError(f"config.stages.{name}.init", st.init, f"method {st.method!r} starts from a pretrained "
                         "model (its frozen targets / weights to reset): name an earlier stage or a stage directory")
@@ -293,11 +328,20 @@ def _objectives(exp: Experiment, st) -> Tuple[Dict[str, training.Objective], Any
     name = "retain" if st.kind == "train" else "attack"
     return {name: training.Objective(st.data, denoise, cond_drop=drop)}, None, methods_lib.Options()
   return methods_lib.build(st.method, st.variant, cfg, alt=exp.alt, steps=st.steps,
-                           forget=exp.forget_labels, num_classes=exp.train.num_classes)
+                           forget=exp.forget_labels, num_classes=exp.train.num_classes,
+                           anchor_fn=exp.anchor_fn)
 
 
 def _source_dir(exp: Experiment, workdir: str, init: str) -> str:
   return os.path.join(workdir, init) if init in exp.config.stages else init
+
+
+def source_params(exp: Experiment, workdir: str, init: str):
+  """The (EMA) parameters a stage starts from: an earlier stage, a stage directory, or
+  (Stable Diffusion) "base", the model directory's weights."""
+  if exp.sd is not None and init == sd_lib.BASE:
+    return exp.sd.base_params
+  return load_params(exp, _source_dir(exp, workdir, init))
 
 
 def init_state(exp: Experiment, name: str, st, tx, workdir: str, reset_mask=None) -> ts.TrainState:
@@ -311,7 +355,7 @@ def init_state(exp: Experiment, name: str, st, tx, workdir: str, reset_mask=None
   if st.init == "scratch":
     params = fresh()
   else:
-    params = load_params(exp, _source_dir(exp, workdir, st.init))
+    params = source_params(exp, workdir, st.init)
     if reset_mask is not None:
       params = shs_lib.reset(params, fresh(), reset_mask)
   return ts.create(params, tx)
@@ -334,7 +378,7 @@ def step_spec(exp: Experiment, objectives, alternate: bool = False) -> training.
                            objectives=objectives, weighting=cfg.training.weighting,
                            ema_rate=cfg.model.ema_rate, centered=cfg.data.centered,
                            random_flip=cfg.data.random_flip, conditional=exp.conditional,
-                           null_label=exp.null_label, alternate=alternate)
+                           null_label=exp.null_label, alternate=alternate, trainable=exp.trainable)
 
 
 def with_mask(method, options: methods_lib.Options, consts: dict):
@@ -363,7 +407,7 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
     else:
       consts["mask"] = mask
   if options.frozen:
-    consts["frozen"] = load_params(exp, _source_dir(exp, workdir, st.init))
+    consts["frozen"] = source_params(exp, workdir, st.init)
   tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
                                b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts))
   os.makedirs(stage_dir, exist_ok=True)
@@ -372,7 +416,7 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
   state = init_state(exp, name, st, tx, workdir, reset_mask)
   seed = stage_seed(cfg, name)
   streams = {o.stream: exp.stream(o.stream, workdir) for o in objectives.values()}
-  batch = cfg.training.batch_size
+  batch = st.get("batch_size", 0) or cfg.training.batch_size
 
   def get_batches(step):
     return {k: data_lib.batch_at_step(ds, step, batch, seed + i,
@@ -428,22 +472,32 @@ def run_mask_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None)
   cfg = exp.config
   t0 = time.time()
   stage_dir = os.path.join(workdir, name)
-  params = load_params(exp, _source_dir(exp, workdir, st.init))
+  params = source_params(exp, workdir, st.init)
   denoise = functools.partial(losses.denoising_loss, reduce=cfg.training.reduce)
   objective = training.Objective("forget", denoise)
   spec = step_spec(exp, {"forget": objective})
   seed = stage_seed(cfg, name)
 
+  trainable = exp.trainable
+
   @jax.jit
   def grad_fn(p, batch, key):
     keys = training.example_keys(key, batch["x"].shape[0], None)
-    return jax.grad(training.objective_loss)(p, batch, keys, key, spec, objective)
+    if trainable is None:
+      return jax.grad(training.objective_loss)(p, batch, keys, key, spec, objective)
+    sub = lambda q: training.objective_loss(training.merge_trainable(q, p, trainable), batch, keys, key, spec,
+                                            objective)
+    return jax.grad(sub)(training.split_trainable(p, trainable))
+
+  params_all = params
 
   def grads(ds, **kw):
     batches = _pass_batches(ds, cfg.training.batch_size, st.steps, seed)
     keyed = [(b, jax.random.fold_in(jax.random.key(seed), i)) for i, b in enumerate(batches)]
-    return saliency.accumulate(lambda p, bk: grad_fn(p, *bk), params, keyed, **kw)
+    return saliency.accumulate(lambda p, bk: grad_fn(p, *bk), params_all, keyed, **kw)
 
+  if trainable is not None:            # masks over the trainable leaves only (zeros elsewhere)
+    params = training.split_trainable(params, trainable)
   dtype, info = np.uint8, {}
   if st.method == "salun":
     scores = jax.tree_util.tree_map(jnp.abs, grads(exp.streams["forget"]))
@@ -460,6 +514,8 @@ def run_mask_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None)
     mask, dtype = fisher_information(exp, params, spec, objective, seed), np.float32
     leaves = jax.tree_util.tree_leaves(mask)
     info = {"fisher_mean": float(sum(np.sum(l) for l in leaves) / sum(np.size(l) for l in leaves))}
+  if trainable is not None:
+    mask = training.fill_frozen(mask, params_all, trainable)
   os.makedirs(stage_dir, exist_ok=True)
   saliency.save_mask(os.path.join(stage_dir, MASK_FILE), mask, dtype)
   if dtype == np.uint8:
@@ -501,7 +557,7 @@ def run_synthesize_stage(exp: Experiment, name: str, st, workdir: str, step_hook
   t0 = time.time()
   stage_dir = os.path.join(workdir, name)
   os.makedirs(stage_dir, exist_ok=True)
-  params = load_params(exp, _source_dir(exp, workdir, st.init))
+  params = source_params(exp, workdir, st.init)
   retain = exp.streams["retain"]
   n = st.num or len(retain)
   labels = np.resize(retain.labels, n)
@@ -512,7 +568,10 @@ def run_synthesize_stage(exp: Experiment, name: str, st, workdir: str, step_hook
     if not os.path.exists(path):
       x = generate(exp, params, len(labels[start:start + chunk]),
                    jax.random.fold_in(jax.random.key(stage_seed(cfg, name)), i), labels=labels[start:start + chunk])
-      img = np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
+      if exp.is_image:
+        img = np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
+      else:                                   # toy points, Stable Diffusion latents
+        img = np.asarray(x, np.float32)
       np.save(path + ".tmp.npy", img)
       os.replace(path + ".tmp.npy", path)
     parts.append(np.load(path))
@@ -536,6 +595,8 @@ def load_synthetic(exp: Experiment, stage_dir: str) -> data_lib.Dataset:
 def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array) -> dict:
   """AR (share of forget-conditioned samples classified as a forgotten class) and
   AR_CL (share classified as the alternative class of their condition)."""
+  if exp.sd is not None:
+    return sd_lib.forget_rates(exp, params, clf_params, n, rng)
   labels = np.resize(np.asarray(exp.forget_labels, np.int32), n)
   x = generate(exp, params, n, rng, labels=labels)
   pred = evaluation.predict(exp.classifier.apply, clf_params, x)
@@ -565,7 +626,7 @@ def run_attack_stage(exp: Experiment, name: str, st, workdir: str, step_hook=Non
     checkpoints.write_json(curve_path, curve)
     logging.info("[%s] step %d AR_DiMRA %.3f AR_CL %.3f", name, step, r["ar"], r["ar_cl"])
 
-  record(0, load_params(exp, _source_dir(exp, workdir, st.init)))
+  record(0, source_params(exp, workdir, st.init))
   run_model_stage(exp, name, st, workdir, step_hook=step_hook, eval_hook=record,
                   eval_every=st.eval_every)
   steps = sorted(int(k) for k in curve)
@@ -577,32 +638,59 @@ def run_attack_stage(exp: Experiment, name: str, st, workdir: str, step_hook=Non
 # ----------------------------------------------------------------------------
 # The evaluation classifier.
 # ----------------------------------------------------------------------------
-def run_classifier_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
+def train_classifier(exp: Experiment, stage_dir: str, module, train: data_lib.Dataset, test: data_lib.Dataset,
+                     seed: int, name: str, step_hook=None) -> float:
+  """Trains (or resumes) an evaluation classifier into `stage_dir`; its test accuracy."""
   cfg = exp.config
-  if exp.classifier is None:
-    return
-  stage_dir = os.path.join(workdir, name)
   tx = training.make_optimizer(cfg.classifier.lr, grad_clip=0.0)
-  params = models.init_params(exp.classifier, jax.random.key(stage_seed(cfg, name)), exp.example_shape)
+  params = models.init_params(module, jax.random.key(seed), train.example_shape)
   state = ts.create(params, tx)
-  seed = stage_seed(cfg, name)
-  get_batches = lambda step: {"all": data_lib.batch_at_step(exp.train, step, cfg.classifier.batch_size, seed)}
+  get_batches = lambda step: {"all": data_lib.batch_at_step(train, step, cfg.classifier.batch_size, seed)}
   loop = training.LoopConfig(num_steps=cfg.classifier.steps, batch_size=cfg.classifier.batch_size, seed=seed,
                              log_every=min(cfg.training.log_every, cfg.classifier.steps),
                              ckpt_every=cfg.training.ckpt_every)
-  t0 = time.time()
   final = training.train_loop(stage_dir, state, functools.partial(
-      evaluation.classifier_step, apply_fn=exp.classifier.apply, tx=tx), loop, get_batches,
+      evaluation.classifier_step, apply_fn=module.apply, tx=tx), loop, get_batches,
       step_hook=step_hook, stage_name=name)
-  test_x = data_lib.to_float(exp.test.images)
-  acc = float(np.mean(evaluation.predict(exp.classifier.apply, final.params, test_x) == exp.test.labels))
+  acc = float(np.mean(evaluation.predict(module.apply, final.params, data_lib.to_float(test.images))
+                      == test.labels))
   logging.info("[%s] test accuracy %.4f", name, acc)
+  return acc
+
+
+def run_classifier_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
+  """The evaluation classifier (Stable Diffusion: a style and an object classifier on the
+  data set's images, in <stage>/style and <stage>/object; none if config.eval.classifier_dir)."""
+  cfg = exp.config
+  stage_dir = os.path.join(workdir, name)
+  t0 = time.time()
+  if exp.sd is not None:
+    info = {}
+    if cfg.eval.classifier_dir:
+      sd_lib.classifier_params(exp, workdir, name)          # checks it loads
+      info["loaded_from"] = cfg.eval.classifier_dir
+    else:
+      for i, which in enumerate(("style", "object")):
+        train, test = sd_lib.classifier_datasets(exp, which)
+        info[f"{which}_test_accuracy"] = train_classifier(
+            exp, os.path.join(stage_dir, which), exp.sd.classifiers[which], train, test,
+            stage_seed(cfg, name) + i, f"{name}/{which}", step_hook)
+    os.makedirs(stage_dir, exist_ok=True)
+    checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
+                           {**info, "steps": cfg.classifier.steps, "wall_time_s": time.time() - t0})
+    return
+  if exp.classifier is None:
+    return
+  acc = train_classifier(exp, stage_dir, exp.classifier, exp.train, exp.test, stage_seed(cfg, name), name,
+                         step_hook)
   checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
                          {"test_accuracy": acc, "steps": cfg.classifier.steps, "wall_time_s": time.time() - t0})
 
 
 def classifier_params(exp: Experiment, workdir: str):
   name = next(n for n in exp.config.stage_order if exp.config.stages[n].kind == "classifier")
+  if exp.sd is not None:
+    return sd_lib.classifier_params(exp, workdir, name)
   return load_params(exp, os.path.join(workdir, name), ema=False)
 
 
@@ -802,13 +890,19 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, rng: jax.Arr
 def run_evaluate_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
   out_dir = os.path.join(workdir, name)
   os.makedirs(out_dir, exist_ok=True)
-  clf = classifier_params(exp, workdir) if exp.is_image else None
+  clf = classifier_params(exp, workdir) if (exp.is_image or exp.sd is not None) else None
   for model in st.models:
     path = os.path.join(out_dir, f"{model}.json")
     if os.path.exists(path):
       continue
     rng = jax.random.key(stage_seed(exp.config, name))
-    if exp.conditional:
+    if exp.sd is not None:
+      res = sd_lib.evaluate(exp, source_params(exp, workdir, model), clf, rng,
+                            os.path.join(out_dir, f"{model}_samples.png"))
+      res["samples_png"] = os.path.relpath(os.path.join(out_dir, f"{model}_samples.png"), workdir)
+      logging.info("[%s] %s: UA %.3f IRA %.3f CRA %.3f AR_MU(top-3) %.3f FD %.3f", name, model, res["ua"],
+                   res["ira"], res["cra"], res["ar_mu"], res["frechet_distance"])
+    elif exp.conditional:
       res = evaluate_conditional(exp, workdir, model, rng, clf, out_dir)
       logging.info("[%s] %s: AR_MU %.3f AR_CL %.3f FD %.3f", name, model, res["ar_mu"], res["ar_cl"],
                    res["frechet_distance"])
@@ -830,8 +924,12 @@ RUNNERS = {"classifier": run_classifier_stage, "train": run_model_stage, "unlear
 
 def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Experiment:
   """Validates, then runs every stage of `config.stage_order` not yet done."""
-  exp = build_experiment(config)          # raises UserError before anything is written
+  if sd_lib.is_sd(config):
+    config = sd_lib.resolve_inputs(config, workdir)   # "tiny" / "synthetic" -> <workdir>/inputs/
+  exp = build_experiment(config, workdir)  # raises UserError before anything is written
   os.makedirs(workdir, exist_ok=True)
+  if exp.sd is not None:
+    exp.sd.save_cache()
   cfg_path = os.path.join(workdir, "config.json")
   if not os.path.exists(cfg_path):
     checkpoints.write_json(cfg_path, json.loads(config.to_json_best_effort()))

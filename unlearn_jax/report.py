@@ -41,7 +41,7 @@ PRETTY = {"standard": "Standard", "unseen": "Unseen", "sgu_orthogonal": "SGU-Ort
           "sgu_obtuse": "SGU-Obtuse", "pretrained": "Pretrained", "ga": "Gradient ascent",
           "salun": "SalUn", "dimum": "DiMUM", "sfron": "SFR-on (Sfront)", "finetune": "Fine-tune",
           "erasediff": "EraseDiff", "core": "CORE", "esd": "ESD", "ca": "Concept Ablation",
-          "sa": "Selective Amnesia", "shs": "Scissorhands", "neggrad": "NegGrad"}
+          "sa": "Selective Amnesia", "shs": "Scissorhands", "neggrad": "NegGrad", "base": "Base (pre-trained)"}
 #: logged metrics a report keeps per unlearning stage (EraseDiff's Fig. 2 diagnostics and the losses).
 LOGGED = ("loss/forget", "loss/retain", "method/lambda_t", "method/cos_update_retain",
           "method/cos_update_forget", "method/cos_retain_forget")
@@ -98,7 +98,7 @@ def collect(exp, workdir: str) -> dict:
     if "wall_time_s" in done:
       results["wall_time_s"][name] = done["wall_time_s"]
     if st.kind == "classifier" and done:
-      results["classifier"] = {"test_accuracy": done["test_accuracy"]}
+      results["classifier"] = {k: v for k, v in done.items() if "accuracy" in k or k == "loaded_from"}
     if st.kind == "mask" and done:
       results["masks"][name] = {k: done[k] for k in ("method", "kept_fraction", "fisher_mean") if k in done}
     if st.kind == "attack":
@@ -118,13 +118,24 @@ def collect(exp, workdir: str) -> dict:
           entry["train_wall_time_s"] = td.get("wall_time_s")
           if td.get("steps"):
             entry["seconds_per_step"] = td["wall_time_s"] / td["steps"]
-        mst = cfg.stages[model]
-        entry["method"] = mst.method if mst.kind == "unlearn" else mst.kind
-        entry["unlearn_steps"] = int(mst.steps) if mst.kind == "unlearn" else 0
+        mst = cfg.stages.get(model)                  # None: a Stable Diffusion "base" model
+        entry["method"] = "base" if mst is None else (mst.method if mst.kind == "unlearn" else mst.kind)
+        entry["unlearn_steps"] = int(mst.steps) if mst is not None and mst.kind == "unlearn" else 0
         log = training_log(os.path.join(workdir, model))
-        if mst.kind == "unlearn" and any(k.startswith("method/") for k in log.get("summary", {})):
+        if entry["method"] not in ("base",) and mst.kind == "unlearn" and \
+           any(k.startswith("method/") for k in log.get("summary", {})):
           entry["training_log"] = log
         results["models"][model] = entry
+  if getattr(exp, "sd", None) is not None:
+    from unlearn_jax import sd_experiment
+    ctx = exp.sd
+    results.update(forget_styles=list(ctx.forget_styles), alt_style=ctx.data.styles[ctx.alt_style_id],
+                   styles=list(ctx.data.styles), objects=list(ctx.data.objects),
+                   model_dir=exp.model_cfg.model_dir, trainable=exp.model_cfg.trainable)
+    results["forget_class_names"] = [f"{len(exp.forget_labels)} prompts of " + ", ".join(ctx.forget_styles)]
+    results["forget_classes"] = results["forget_classes"][:0]
+    results.pop("alternative_classes", None)
+    sd_experiment.add_sfid(results)
   return results
 
 
@@ -231,6 +242,24 @@ def conditional_markdown(results: dict, workdir: str) -> list:
   return lines
 
 
+def concept_markdown(results: dict) -> list:
+  """UnlearnCanvas metrics shaped like the CORE paper's Table 1 (UA / IRA / CRA / SFID, in %)."""
+  models, attacks = results["models"], results.get("attacks", {})
+  lines = ["## Style unlearning (CORE paper, Table 1 shape; %)", "",
+           "UA: forget-style prompts whose images are not classified as that style; IRA: retained-style "
+           "prompts classified as their style; CRA: images classified as their prompt's object; SFID: "
+           "min(100 FD_base / FD, 100) with FD on the style classifier's features (not Inception). "
+           "AR_MU: forget-style prompts whose style is in the classifier's top 3 (DiMUM paper Sec. VI-B).", "",
+           "| Method | UA | IRA | CRA | SFID | Total | AR_MU (top-3) | AR_CL | max AR_DiMRA |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for n, m in models.items():
+    cells = [100 * m.get(k, float("nan")) for k in ("ua", "ira", "cra")] + [m.get("sfid", float("nan"))]
+    worst = [a["max_ar_dimra"] for a in attacks.values() if a["model"] == n]
+    lines.append(f"| {_pretty(n)} | " + " | ".join(f"{v:.1f}" for v in cells) + f" | {sum(cells):.1f} | "
+                 f"{m['ar_mu']:.3f} | {m['ar_cl']:.3f} | {max(worst) if worst else float('nan'):.3f} |")
+  return lines + [""]
+
+
 def markdown(results: dict, workdir: str = ".") -> str:
   """report.md: the SGU paper's Table 1 (toy) / Table 2 (images) shape, or for
   class-conditional experiments the DiMUM paper's Tables I-III and curves; plus sample grids."""
@@ -239,10 +268,16 @@ def markdown(results: dict, workdir: str = ".") -> str:
   lines = [f"# {results['experiment'].upper()} on {results['dataset']}", "",
            f"- data: `{results['data_source']}`",
            f"- forgotten: {', '.join(results['forget_class_names'])} (labels {results['forget_classes']})"]
-  if results.get("classifier"):
-    lines.append(f"- evaluation classifier test accuracy: {results['classifier']['test_accuracy']:.4f}")
+  for k, v in (results.get("classifier") or {}).items():
+    lines.append(f"- evaluation classifier {k.replace('_', ' ')}: " + (f"{v:.4f}" if isinstance(v, float) else v))
+  if "forget_styles" in results:
+    lines.append(f"- Stable Diffusion `{results['model_dir']}`, trainable: {results['trainable']}; "
+                 f"alternative style: {results['alt_style']}")
+    lines.append("")
+    lines += concept_markdown(results)
   if "attacks" in results:
-    lines.append(f"- alternative classes: {results['alternative_classes']}")
+    if "alternative_classes" in results:
+      lines.append(f"- alternative classes: {results['alternative_classes']}")
     for k, v in results.get("masks", {}).items():
       if "kept_fraction" not in v:
         what = f"mean Fisher {v.get('fisher_mean', float('nan')):.3g}"

@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import optax
@@ -80,11 +80,13 @@ VARIANTS = {"sgu": "the forget loss (orthogonal | obtuse)", "erasediff": "config
 
 
 def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps: int,
-          forget: Sequence[int] = (), num_classes: int = 0
+          forget: Sequence[int] = (), num_classes: int = 0, anchor_fn: Optional[Callable] = None
           ) -> Tuple[Dict[str, training.Objective], Optional[optax.GradientTransformation], Options]:
   """(objectives, transform, options) of `method` under `config` (see the module table).
 
   A non-empty `variant` overrides, for this stage, the option named in `VARIANTS`.
+  `anchor_fn(config) -> (num_classes, K)` replaces `core.anchor_candidates` for CORE's
+  anchors (UnlearnCanvas: a forget prompt's anchors are the same object in other styles).
   """
   check_choice("config.stages.<unlearn>.method", method, METHODS)
   if variant and method in ("erasediff", "core", "ca"):
@@ -124,7 +126,7 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
             sfron_lib.sfron(max(steps // 2, 1), config.sfron.alpha_max),
             Options(mask="sfron", alternate=True))
   if method in ("core", "erasediff"):
-    return _core_or_erasediff(method, config, denoise, alt, forget, num_classes)
+    return _core_or_erasediff(method, config, denoise, alt, forget, num_classes, anchor_fn)
   if method == "esd":
     e = config.esd
     if e.base >= num_classes or e.base in tuple(forget):
@@ -157,13 +159,16 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
           Options(mask="shs", reset=True))
 
 
-def _core_or_erasediff(method, config, denoise, alt, forget, num_classes):
+def _core_or_erasediff(method, config, denoise, alt, forget, num_classes, anchor_fn=None):
   """CORE (Eq. 2-4) and EraseDiff (Algorithm 1), which share CORE's frozen-target losses
   when `config.erasediff.target == "core"`."""
   c = config.core
   check_range("config.core.alpha", c.alpha, 0.0, 1e6)
-  candidates = lambda: core_lib.anchor_candidates(num_classes, forget, c.scheme, group_size=c.group_size,
-                                                  k=c.k, base=c.base, seed=config.seed)
+  if anchor_fn is not None:
+    candidates = lambda: anchor_fn(config)
+  else:
+    candidates = lambda: core_lib.anchor_candidates(num_classes, forget, c.scheme, group_size=c.group_size,
+                                                    k=c.k, base=c.base, seed=config.seed)
   core_forget = lambda **kw: training.Objective("forget", denoise, target=core_lib.anchor_target(candidates()),
                                                 **kw)
   core_retain = training.Objective("retain", denoise, target=core_lib.frozen_target)

@@ -1,0 +1,44 @@
+r"""DiMUM and the fine-tuning baselines on UnlearnCanvas, each attacked by DiMRA (DiMUM paper
+Sec. VI-B, Table IV, Figs. 9-11): unlearn the Van Gogh style (alternative: Abstractionism)
+from SD v1.5 fine-tuned on UnlearnCanvas, then fine-tune every unlearned model on synthetic
+auxiliary data the base model generates under D_r's prompts (as many images as D_r).
+AR_MU / AR_DiMRA count an image as Van Gogh when the style classifier's top 3 contain it;
+AR_CL is the share classified as Abstractionism.
+
+  python -m unlearn_jax.main --config=configs/dimum_unlearncanvas.py:model_dir=/data/sd15_canvas,data_dir=/data/UnlearnCanvas --workdir=workdir/dimum_canvas
+  python -m unlearn_jax.main --config=configs/dimum_unlearncanvas.py:cpu --workdir=workdir/dimum_canvas_cpu
+
+Arguments: cpu, model_dir, data_dir, steps=<unlearning steps, 1000>, attack=<attack steps,
+10000>, every=<AR every k attack steps, 400>, methods=<dimum-salun-erasediff-esd-ca>,
+trainable=<all | cross_attn | ...>.
+
+The paper's prompts are "An image of {object} in {style} style." (template "dimum"); the
+UNet trains whole (trainable=all), Adam 1e-5, batch 4; AR on 100 images.
+"""
+from unlearn_jax import config_lib
+
+METHODS = ("dimum", "salun", "erasediff", "esd", "ca")
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, {"cpu": True, "model_dir": "", "data_dir": "", "steps": 0, "attack": 0,
+                                 "every": 0, "methods": "", "trainable": ""})
+  cpu = bool(a.get("cpu"))
+  c = config_lib.unlearncanvas_base(cpu=cpu)
+  c.experiment = "dimum_unlearncanvas"
+  if a.get("model_dir"):
+    c.sd.model_dir = a["model_dir"]
+  if a.get("data_dir"):
+    c.data.data_dir = a["data_dir"]
+  c.data.update(dict(forget_styles="Van_Gogh", alt_style="Abstractionism", template="dimum"))
+  c.sd.trainable = a.get("trainable") or "all"
+  c.unlearn.alternative = "map"
+  c.eval.attack_num_samples = 12 if cpu else 100
+  steps, attack, every = (10, 10, 5) if cpu else (1000, 10000, 400)
+  steps = a.get("steps") or steps
+  attack = a.get("attack") or attack
+  every = a.get("every") or every
+  methods = tuple(a["methods"].split("-")) if a.get("methods") else METHODS
+  c.stages, c.stage_order = config_lib.sd_stages(methods, steps={}, default_steps=steps, attack_steps=attack,
+                                                 eval_every=every, synthetic=48 if cpu else 0)
+  return c

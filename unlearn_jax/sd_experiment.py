@@ -1,0 +1,407 @@
+"""Text-to-image unlearning on Stable Diffusion with UnlearnCanvas (`config.data.name =
+"unlearncanvas"`): the experiment the pipeline's stages run on.
+
+The Stable Diffusion stack enters the class-conditional engine unchanged:
+  * the data are VAE latents (NHWC, already multiplied by the VAE's scaling factor),
+    encoded once and cached in `<workdir>/sd_cache/`;
+  * a condition ("class") is a prompt id: prompt p = "A {object} image in {style} style."
+    for every (style, object) pair of the loaded data; the CLIP text encoder's hidden
+    states of every prompt (+ the empty prompt, the null condition of classifier-free
+    guidance) are encoded once and stored as a frozen table inside the model's
+    parameters (`models.stable_diffusion.SDUNet`);
+  * forgetting a style forgets all its prompts; CORE's anchors, DiMUM's / SalUn's
+    alternatives are the same object's prompt in another style (`canvas`);
+  * which parameters train (`config.sd.trainable`: cross-attention only for CORE / ESD-x,
+    everything but cross-attention for ESD-u / EraseDiff's nudity setting, cross-attention
+    k/v for CA, or all) is a static mask: gradients are taken w.r.t. those leaves only
+    (`training.StepSpec.trainable`);
+  * the stage init "base" is the model directory's UNet (the pre-trained model theta*);
+  * evaluation decodes generated latents with the VAE and classifies style and object
+    with two classifiers (trained by the `classifier` stage on the data set's images, or
+    loaded from `config.eval.classifier_dir`): UA / IRA / CRA (UnlearnCanvas), AR_MU /
+    AR_DiMRA with top-3 matching and AR_CL (DiMUM paper Sec. VI-B), a Fréchet distance on
+    the style classifier's features, and SFID against the base model (CORE App. B Eq. 7).
+
+`config.sd.model_dir = "tiny"` and `config.data.data_dir = "synthetic"` (the `cpu`
+variants, tests) build a tiny random-initialized model in diffusers layout and a tiny
+synthetic UnlearnCanvas tree inside the workdir, and run everything on them.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from unlearn_jax import canvas
+from unlearn_jax import checkpoints
+from unlearn_jax import concept_metrics
+from unlearn_jax import data as data_lib
+from unlearn_jax import metrics
+from unlearn_jax import models
+from unlearn_jax import sde as sde_lib
+from unlearn_jax.errors import UserError, check_choice, check_range
+from unlearn_jax.models import stable_diffusion as sd
+from unlearn_jax.unlearning import dimum as dimum_lib
+
+DATA_NAME = "unlearncanvas"
+#: the stage init naming the model directory's own weights (the pre-trained theta*).
+BASE = "base"
+TINY = "tiny"
+SYNTHETIC = "synthetic"
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+CACHE_DIR = "sd_cache"
+
+
+def is_sd(config) -> bool:
+  return config.data.name == DATA_NAME
+
+
+@dataclasses.dataclass(frozen=True)
+class SDModelConfig:
+  """What a checkpoint of this experiment's model records (`pipeline._meta`)."""
+  model_dir: str
+  num_prompts: int
+  latent_shape: Tuple[int, ...]
+  trainable: str
+  dtype: str
+  remat: bool
+
+
+@dataclasses.dataclass
+class SDContext:
+  """The Stable Diffusion parts of an experiment (see the module docstring)."""
+  comp: Any                      # models.stable_diffusion.SDComponents
+  data: Any                      # canvas.CanvasData (pixels at config.data.image_size)
+  forget_styles: Tuple[str, ...]
+  forget_style_ids: Tuple[int, ...]
+  alt_style_id: int
+  table: np.ndarray              # (P + 1, L, D) prompt embeddings, last row = ""
+  base_params: Any
+  classifiers: Dict[str, Any]    # "style" / "object" -> models.Classifier
+  clf_size: int
+  cache_path: Optional[str] = None
+  cache_arrays: Optional[Dict[str, np.ndarray]] = None
+  compiled: Dict[str, Callable] = dataclasses.field(default_factory=dict)
+
+  def save_cache(self) -> None:
+    """Writes the encoded latents / prompt table (after validation; never overwrites)."""
+    if self.cache_path and self.cache_arrays is not None and not os.path.exists(self.cache_path):
+      os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
+      tmp = self.cache_path + ".tmp.npz"
+      np.savez(tmp, **self.cache_arrays)
+      os.replace(tmp, self.cache_path)
+    self.cache_arrays = None
+
+
+# ----------------------------------------------------------------------------
+# Inputs: placeholders for the tiny model / synthetic data, validation, encoding.
+# ----------------------------------------------------------------------------
+def _styles_objects(config) -> Tuple[Optional[tuple], Optional[tuple]]:
+  styles = tuple(config.data.styles) or None
+  objects = tuple(config.data.objects) or None
+  return styles, objects
+
+
+def resolve_inputs(config, workdir: str):
+  """`config` with "tiny" / "synthetic" replaced by directories built in `<workdir>/inputs/`
+  (written once; a rerun reuses them)."""
+  sdc = config.sd
+  if sdc.model_dir != TINY and config.data.data_dir != SYNTHETIC:
+    return config
+  canvas.resolve_styles(config.data.forget_styles)          # fail before writing anything
+  c = config.copy_and_resolve_references()
+  c.unlock()
+  inputs = os.path.join(workdir, "inputs")
+  if sdc.model_dir == TINY:
+    path = os.path.join(inputs, "tiny_sd")
+    if not os.path.exists(os.path.join(path, "model_index.json")):
+      sd.write_tiny(path, seed=config.seed, image_size=config.data.image_size, **dict(sdc.tiny))
+    c.sd.model_dir = path
+  if config.data.data_dir == SYNTHETIC:
+    path = os.path.join(inputs, "canvas")
+    styles, objects = _styles_objects(config)
+    if not os.path.isdir(path):
+      canvas.write_fake_tree(path + ".tmp", styles or canvas.STYLES[:4], objects or canvas.OBJECTS[:3],
+                             n_images=max(config.data.image_indices), size=config.data.image_size,
+                             seed=config.seed)
+      os.replace(path + ".tmp", path)
+    c.data.data_dir = path
+  c.lock()
+  return c
+
+
+def _cache_key(config, comp) -> str:
+  key = {"model_dir": os.path.abspath(config.sd.model_dir), "data_dir": os.path.abspath(config.data.data_dir),
+         "image_size": int(config.data.image_size), "styles": list(config.data.styles),
+         "objects": list(config.data.objects), "indices": list(config.data.image_indices),
+         "template": config.data.template, "scaling": float(comp.scaling_factor)}
+  return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _encode(config, comp, data, workdir: Optional[str]):
+  """(latents, table, cache path, arrays to write): from the cache when it exists."""
+  path = None
+  if workdir:
+    path = os.path.join(workdir, CACHE_DIR, _cache_key(config, comp) + ".npz")
+    if os.path.exists(path):
+      with np.load(path) as f:
+        return f["latents"], f["table"], path, None
+  t0 = time.time()
+  latents = sd.encode_images(comp, data_lib.to_float(data.images), batch_size=config.sd.encode_batch_size)
+  table = sd.prompt_table(comp, list(data.prompts))
+  logging.info("encoded %d images and %d prompts in %.1f s", len(latents), len(table), time.time() - t0)
+  return latents, table, path, {"latents": latents, "table": table}
+
+
+def _plain(tree):
+  """Nested plain dicts (the structure a restored checkpoint has)."""
+  if hasattr(tree, "items"):
+    return {k: _plain(v) for k, v in tree.items()}
+  return jnp.asarray(tree)
+
+
+def build(config, workdir: Optional[str] = None, *, experiment_cls=None, **common):
+  """The experiment's data, model and evaluation parts (no writes; see `SDContext.save_cache`)."""
+  dcfg, sdc = config.data, config.sd
+  check_choice("config.sd.dtype", sdc.dtype, tuple(DTYPES))
+  check_choice("config.sd.trainable", sdc.trainable, sd.TRAINABLE)
+  check_range("config.sd.encode_batch_size", sdc.encode_batch_size, 1, 1 << 16)
+  check_choice("config.data.template", dcfg.template, tuple(canvas.TEMPLATES))
+  forget_styles = canvas.resolve_styles(dcfg.forget_styles)
+  styles, objects = _styles_objects(config)
+  for field, names, allowed in (("config.data.styles", styles, canvas.ALL_STYLES),
+                                ("config.data.objects", objects, canvas.OBJECTS)):
+    bad = [n for n in names or () if n not in allowed]
+    if bad:
+      raise UserError(field, bad[0], "expected names from " + ", ".join(allowed))
+  if styles is not None:
+    missing = [s for s in forget_styles if s not in styles]
+    if missing:
+      raise UserError("config.data.forget_styles", missing[0], f"not among config.data.styles {styles}")
+  comp = sd.load(sdc.model_dir)
+  if dcfg.image_size % comp.vae_factor:
+    raise UserError("config.data.image_size", dcfg.image_size,
+                    f"expected a multiple of the VAE's down-sampling factor {comp.vae_factor}")
+  data = canvas.load(dcfg.data_dir, image_size=dcfg.image_size, styles=styles, objects=objects,
+                     image_indices=tuple(dcfg.image_indices), template=dcfg.template)
+  forget_ids = tuple(data.styles.index(s) for s in forget_styles if s in data.styles)
+  if len(forget_ids) != len(forget_styles):
+    raise UserError("config.data.forget_styles", forget_styles,
+                    f"the data at {dcfg.data_dir} has no images of some of them")
+  if dcfg.alt_style not in data.styles or dcfg.alt_style in forget_styles:
+    raise UserError("config.data.alt_style", dcfg.alt_style,
+                    "expected a retained style of the data: " + ", ".join(
+                        s for s in data.styles if s not in forget_styles))
+  alt_style_id = data.styles.index(dcfg.alt_style)
+  latents, table, cache_path, arrays = _encode(config, comp, data, workdir)
+
+  num_prompts = len(data.prompts)
+  train = data_lib.Dataset(name=DATA_NAME, images=np.asarray(latents, np.float32),
+                           labels=np.asarray(data.prompt_ids, np.int32), num_classes=num_prompts,
+                           class_names=tuple(data.prompts),
+                           source=f"{data.source}; latents of {sdc.model_dir}", is_image=False)
+  forget_prompts = np.flatnonzero(np.isin(data.prompt_style, forget_ids)).astype(np.int32)
+  forget_mask = np.isin(train.labels, forget_prompts)
+  streams = {"all": train, "retain": data_lib.subset(train, ~forget_mask),
+             "forget": data_lib.subset(train, forget_mask)}
+  alt = np.asarray(canvas.alternative_prompts(data, forget_styles, dcfg.alt_style), np.int32)
+  streams["alternative"] = dimum_lib.memorization_set(streams["forget"], streams["retain"], alt, "map",
+                                                      seed=config.seed)
+  streams["test_retain"] = streams["retain"]
+
+  dtype = DTYPES[sdc.dtype]
+  module = sd.build_module(comp, num_prompts, dtype=dtype, remat=bool(sdc.remat))
+  base_params = _plain(sd.model_params(comp, table))
+  trainable = sd.trainable_mask(base_params, sdc.trainable)
+  latent_shape = tuple(int(v) for v in train.example_shape)
+  model_cfg = SDModelConfig(model_dir=os.path.abspath(sdc.model_dir), num_prompts=num_prompts,
+                            latent_shape=latent_shape, trainable=sdc.trainable, dtype=sdc.dtype,
+                            remat=bool(sdc.remat))
+  sch = comp.schedule
+  process = sde_lib.DDPMSchedule(N=int(sch["num_train_timesteps"]), beta_start=float(sch["beta_start"]),
+                                 beta_end=float(sch["beta_end"]), beta_schedule=sch["beta_schedule"])
+  clf_size = int(config.classifier.image_size)
+  classifiers = {
+      "style": models.build_classifier(config.classifier, (clf_size, clf_size, 3), len(data.styles))[0],
+      "object": models.build_classifier(config.classifier, (clf_size, clf_size, 3), len(data.objects))[0]}
+  ctx = SDContext(comp=comp, data=data, forget_styles=forget_styles, forget_style_ids=forget_ids,
+                  alt_style_id=alt_style_id, table=np.asarray(table), base_params=base_params,
+                  classifiers=classifiers, clf_size=clf_size, cache_path=cache_path, cache_arrays=arrays)
+
+  def anchor_fn(cfg):
+    style_map = canvas.anchor_styles(forget_styles, [s for s in data.styles if s not in forget_styles],
+                                     cfg.core.scheme, base=cfg.data.alt_style if cfg.core.base < 0 else
+                                     data.styles[cfg.core.base], seed=cfg.seed, k=cfg.core.k)
+    return canvas.anchor_prompt_table(data, style_map)
+
+  return experiment_cls(
+      config=config, train=train, test=train, streams=streams,
+      test_forget=streams["forget"], test_retain=streams["retain"],
+      forget_labels=tuple(int(p) for p in forget_prompts), alt=alt, conditional=True, process=process,
+      module=module, model_cfg=model_cfg, example_shape=latent_shape, classifier=None,
+      sd=ctx, trainable=trainable, anchor_fn=anchor_fn, **common)
+
+
+# ----------------------------------------------------------------------------
+# Decoding and classifying generated latents.
+# ----------------------------------------------------------------------------
+def decode(ctx: SDContext, latents: np.ndarray, batch_size: int = 16) -> np.ndarray:
+  """Generated latents -> [0, 1] NHWC images (the VAE decoder, jitted once per batch shape)."""
+  if "decode" not in ctx.compiled:
+    comp = ctx.comp
+    ctx.compiled["decode"] = jax.jit(lambda p, z: sd.decode_latents(comp.vae, p, z, comp.scaling_factor))
+  f = ctx.compiled["decode"]
+  out = [np.asarray(f(ctx.comp.vae_params, jnp.asarray(latents[i:i + batch_size])))
+         for i in range(0, len(latents), batch_size)]
+  return np.concatenate(out) if out else np.zeros((0,) + (ctx.data.images.shape[1:]), np.float32)
+
+
+def _resize(ctx: SDContext, x01: np.ndarray) -> np.ndarray:
+  s = ctx.clf_size
+  if x01.shape[1:3] == (s, s):
+    return np.asarray(x01, np.float32)
+  return np.asarray(jax.image.resize(jnp.asarray(x01, jnp.float32), (len(x01), s, s, x01.shape[-1]),
+                                     "linear", antialias=True))
+
+
+def classify(ctx: SDContext, which: str, params, x01: np.ndarray, batch_size: int = 256):
+  """(logits (N, K), penultimate features (N, F)) of the `which` classifier on [0, 1] images."""
+  key = f"classify_{which}"
+  if key not in ctx.compiled:
+    module = ctx.classifiers[which]
+    ctx.compiled[key] = jax.jit(lambda p, x: (module.apply({"params": p}, x),
+                                              module.apply({"params": p}, x, method="features")))
+  f = ctx.compiled[key]
+  x = _resize(ctx, x01)
+  outs = [f(params, jnp.asarray(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
+  if not outs:
+    return np.zeros((0, ctx.classifiers[which].config.num_classes)), np.zeros((0, 0))
+  return (np.concatenate([np.asarray(o[0]) for o in outs]), np.concatenate([np.asarray(o[1]) for o in outs]))
+
+
+def classifier_datasets(exp, which: str):
+  """(train, test) pixel data sets labelled by style or object: every 5th image is held out."""
+  ctx = exp.sd
+  data = ctx.data
+  labels = np.asarray(data.style_ids if which == "style" else data.object_ids, np.int32)
+  names = data.styles if which == "style" else data.objects
+  images = (np.round(_resize(ctx, data_lib.to_float(data.images)) * 255).astype(np.uint8)
+            if data.images.shape[1] != ctx.clf_size else data.images)
+  test = np.arange(len(labels)) % 5 == 4
+  make = lambda m: data_lib.Dataset(name=f"{DATA_NAME}_{which}", images=images[m], labels=labels[m],
+                                    num_classes=len(names), class_names=tuple(names), source=data.source,
+                                    is_image=True)
+  return make(~test), make(test if test.any() else ~test)
+
+
+def classifier_params(exp, workdir: str, stage: str) -> Dict[str, Any]:
+  """{"style": params, "object": params} from `config.eval.classifier_dir` or the stage."""
+  from unlearn_jax import pipeline
+  root = exp.config.eval.classifier_dir or os.path.join(workdir, stage)
+  out = {}
+  for which in ("style", "object"):
+    path = os.path.join(root, which)
+    if not os.path.isdir(path):
+      raise UserError("config.eval.classifier_dir", root,
+                      f"expected a directory with style/ and object/ classifier checkpoints (no {path})")
+    out[which] = pipeline.load_params(exp, path, ema=False)
+  return out
+
+
+# ----------------------------------------------------------------------------
+# Metrics of a model.
+# ----------------------------------------------------------------------------
+def _prompt_labels(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
+  """n prompt ids cycling through `ids` in a seeded order."""
+  order = np.random.default_rng(seed).permutation(np.asarray(ids, np.int32))
+  return np.resize(order, n).astype(np.int32)
+
+
+def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = False) -> dict:
+  """AR (the forgotten style in the style classifier's top 3, DiMUM paper Sec. VI-B) and
+  AR_CL (top-1 = the alternative style) of n samples under the forget prompts."""
+  from unlearn_jax import pipeline
+  ctx = exp.sd
+  labels = _prompt_labels(np.asarray(exp.forget_labels), n, exp.config.seed)
+  x = decode(ctx, pipeline.generate(exp, params, n, rng, labels=labels))
+  logits, _ = classify(ctx, "style", clf["style"], x)
+  style_true = ctx.data.prompt_style[labels]
+  out = {"ar": concept_metrics.topk_match_rate(logits, style_true, k=3),
+         "ar_top1": concept_metrics.topk_match_rate(logits, style_true, k=1),
+         "ar_cl": concept_metrics.ar_cl(logits, np.full(len(labels), ctx.alt_style_id)),
+         "class_histogram": np.bincount(np.argmax(logits, -1), minlength=len(ctx.data.styles)).tolist()}
+  if keep_samples:
+    out.update(samples=x, labels=labels, style_logits=logits)
+  return out
+
+
+def evaluate(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
+  """UA / IRA / CRA, AR_MU (top-3), AR_CL and the Fréchet distance of one model."""
+  from unlearn_jax import pipeline
+  from unlearn_jax import report as report_lib
+  cfg, ctx = exp.config, exp.sd
+  t0 = time.time()
+  fr = forget_rates(exp, params, clf, cfg.eval.num_samples, jax.random.fold_in(rng, 0), keep_samples=True)
+  retained = np.asarray(exp.retained_classes, np.int32)
+  n = cfg.eval.fd_num_samples
+  r_labels = _prompt_labels(retained, n, cfg.seed + 1)
+  x_r = decode(ctx, pipeline.generate(exp, params, n, jax.random.fold_in(rng, 1), labels=r_labels))
+  labels = np.concatenate([fr["labels"], r_labels])
+  x = np.concatenate([fr["samples"], x_r])
+  s_logits = np.concatenate([fr["style_logits"], classify(ctx, "style", clf["style"], x_r)[0]])
+  o_logits, _ = classify(ctx, "object", clf["object"], x)
+  style_true, object_true = ctx.data.prompt_style[labels], ctx.data.prompt_object[labels]
+  result = concept_metrics.ua_ira_cra(np.argmax(s_logits, -1), np.argmax(o_logits, -1), style_true,
+                                      object_true, ctx.forget_style_ids)
+  _, feats = classify(ctx, "style", clf["style"], x_r)
+  real = ctx.data.images[np.isin(ctx.data.style_ids, ctx.forget_style_ids, invert=True)]
+  real = real[np.random.default_rng(cfg.seed).permutation(len(real))[:n]]
+  _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(real))
+  grid_n = min(cfg.eval.grid_size, len(fr["samples"]), len(x_r))
+  report_lib.save_samples(out_png, np.concatenate([fr["samples"][:grid_n], x_r[:grid_n]]), True,
+                          cols=max(grid_n, 1))
+  result = {k.lower(): float(v) for k, v in result.items()}
+  result.update({
+      "ar_mu": fr["ar"], "ar_mu_top1": fr["ar_top1"], "ar_cl": fr["ar_cl"],
+      "num_samples": int(cfg.eval.num_samples), "fd_num_samples": int(n),
+      "forget_class_histogram": fr["class_histogram"],
+      "frechet_distance": metrics.frechet_distance_from_features(feats, ref),
+      "frechet_features": "style classifier (penultimate layer), generated retained-style vs real images",
+      "retain_accuracy": result.get("ira", float("nan")),
+      "forget_styles": list(ctx.forget_styles), "alt_style": ctx.data.styles[ctx.alt_style_id],
+      "wall_time_s": time.time() - t0})
+  return result
+
+
+def add_sfid(results: dict, base: str = BASE) -> None:
+  """SFID_M = min(100 FD_0 / FD_M, 100) against the base model (CORE App. B Eq. 7; FD on the
+  style classifier's features here, not Inception)."""
+  models_ = results.get("models", {})
+  if base not in models_:
+    return
+  fd0 = models_[base].get("frechet_distance")
+  for entry in models_.values():
+    if fd0 is not None and entry.get("frechet_distance") is not None:
+      entry["sfid"] = concept_metrics.sfid(fd0, entry["frechet_distance"])
+
+
+def config_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `sd` section and the data / eval fields an UnlearnCanvas experiment adds to `config_lib.base()`."""
+  c.sd = ml_collections.ConfigDict(dict(
+      model_dir="", trainable="cross_attn", dtype="float32", remat=False, encode_batch_size=8,
+      tiny=ml_collections.ConfigDict(dict(block_out_channels=(32, 64), cross_attention_dim=32))))
+  c.data.update(dict(name=DATA_NAME, data_dir="", styles=(), objects=(), image_indices=(1, 2, 3),
+                     forget_styles="Forget06", alt_style="Abstractionism", template="unlearncanvas",
+                     image_size=512, num_channels=3, centered=False, random_flip=False))
+  c.eval.classifier_dir = ""
+  c.classifier.image_size = 64
+  return c
