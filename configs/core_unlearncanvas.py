@@ -54,8 +54,11 @@ def get_config(arg=None):
   steps["esd"] = max(int(1000 * scale), 1)
   lr = {"core": 1e-5, "esd": 1e-5, "salun": 1e-5, "erasediff": 5e-5, "ca": 1.6e-5}
   batch = {"esd": 1}
+  pretrain = 0
+  if cpu:     # the tiny random model is first fine-tuned on the synthetic tree, then unlearned
+    steps, lr, batch, pretrain = {m: 40 for m in METHODS}, {}, {}, 100
+  c.stages, c.stage_order = config_lib.sd_stages(methods, steps=steps, default_steps=40, lr=lr, batch=batch,
+                                                 pretrain_steps=pretrain)
   if cpu:
-    steps = {m: 20 for m in METHODS}
-    lr = {}
-  c.stages, c.stage_order = config_lib.sd_stages(methods, steps=steps, default_steps=20, lr=lr, batch=batch)
+    c.stages.pretrained.lr = 1e-3
   return c

@@ -34,11 +34,14 @@ def get_config(arg=None):
   c.sd.trainable = a.get("trainable") or "all"
   c.unlearn.alternative = "map"
   c.eval.attack_num_samples = 12 if cpu else 100
-  steps, attack, every = (10, 10, 5) if cpu else (1000, 10000, 400)
+  steps, attack, every = (40, 40, 20) if cpu else (1000, 10000, 400)
   steps = a.get("steps") or steps
   attack = a.get("attack") or attack
   every = a.get("every") or every
   methods = tuple(a["methods"].split("-")) if a.get("methods") else METHODS
   c.stages, c.stage_order = config_lib.sd_stages(methods, steps={}, default_steps=steps, attack_steps=attack,
-                                                 eval_every=every, synthetic=48 if cpu else 0)
+                                                 eval_every=every, synthetic=48 if cpu else 0,
+                                                 pretrain_steps=100 if cpu else 0)
+  if cpu:     # the tiny random model is first fine-tuned on the synthetic tree, then unlearned
+    c.stages.pretrained.lr = 1e-3
   return c

@@ -94,12 +94,14 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   train/unlearn/attack fields: data (a stream: "all", "retain", "test_retain" or a
   synthesize stage), init ("scratch" | a stage name | a directory written by
   unlearn_jax), steps, method/variant (unlearn), mask (a mask stage), eval_every
-  (attack: evaluate AR every k steps), lr and batch_size (0: config.training's).
+  (attack: evaluate AR every k steps), lr and batch_size (0: config.training's),
+  trainable (Stable Diffusion: "" = config.sd.trainable for unlearn / attack stages,
+  "all" for train stages).
   mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
-           models=(), mask="", eval_every=0, num=0, batch_size=0,
+           models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="",
            lr=ml_collections.FieldReference(None, field_type=float))
   d.update(kw)
   return ml_collections.ConfigDict(d)
@@ -330,15 +332,22 @@ def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
 
 
 def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batch: dict = None,
-              attack_steps: int = 0, eval_every: int = 0, synthetic: int = 0) -> tuple:
-  """Stable Diffusion chain: the style / object classifiers, per method (or "method:variant")
-  a SalUn mask stage where it takes one and the unlearning stage from "base", evaluation of
-  "base" and every unlearned model, and (attack_steps > 0) DiMRA on synthetic auxiliary data
-  the base model generates under D_r's prompts (DiMUM paper Sec. VI-B), report."""
+              attack_steps: int = 0, eval_every: int = 0, synthetic: int = 0, pretrain_steps: int = 0) -> tuple:
+  """Stable Diffusion chain: the style / object classifiers, (pretrain_steps > 0) fine-tuning
+  of the whole UNet on all the data first (what UnlearnCanvas's authors did to SD v1.5; the
+  `cpu` variants do it to their random tiny model), per method (or "method:variant") a SalUn
+  mask stage where it takes one and the unlearning stage, evaluation of the starting model
+  and every unlearned one, and (attack_steps > 0) DiMRA on synthetic auxiliary data the
+  starting model generates under D_r's prompts (DiMUM paper Sec. VI-B), report."""
   lr, batch = lr or {}, batch or {}
   stages = ml_collections.ConfigDict()
   stages.classifier = stage("classifier")
   order, names = ["classifier"], []
+  init = "base"
+  if pretrain_steps:
+    stages.pretrained = stage("train", data="all", init="base", steps=pretrain_steps, trainable="all")
+    order.append("pretrained")
+    init = "pretrained"
   for entry in methods:
     m, _, variant = entry.partition(":")
     name = f"{m}_{variant}" if variant else m
@@ -349,17 +358,17 @@ def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batc
       kw["batch_size"] = batch[m]
     if m in MASK_OF:
       if f"{m}_mask" not in stages:
-        stages[f"{m}_mask"] = stage("mask", method=MASK_OF[m], init="base")
+        stages[f"{m}_mask"] = stage("mask", method=MASK_OF[m], init=init)
         order.append(f"{m}_mask")
       kw["mask"] = f"{m}_mask"
-    stages[name] = stage("unlearn", method=m, variant=variant, init="base", steps=steps.get(m, default_steps),
+    stages[name] = stage("unlearn", method=m, variant=variant, init=init, steps=steps.get(m, default_steps),
                          **kw)
     order.append(name)
     names.append(name)
-  stages.evaluate = stage("evaluate", models=("base",) + tuple(names))
+  stages.evaluate = stage("evaluate", models=(init,) + tuple(names))
   order.append("evaluate")
   if attack_steps:
-    stages.synthetic = stage("synthesize", init="base", num=synthetic)
+    stages.synthetic = stage("synthesize", init=init, num=synthetic)
     order.append("synthetic")
     for m in names:
       stages[f"attack_{m}"] = stage("attack", init=m, data="synthetic", steps=attack_steps, eval_every=eval_every)

@@ -91,8 +91,6 @@ class Experiment:
   compiled: Dict[Any, Callable] = dataclasses.field(default_factory=dict)
   #: Stable Diffusion experiments (`sd_experiment.SDContext`); None otherwise.
   sd: Any = None
-  #: which parameters train (a bool tree, `training.StepSpec.trainable`); None: all.
-  trainable: Any = None
   #: anchor_fn(config) -> (num_classes, K) CORE anchors in place of `core.anchor_candidates`.
   anchor_fn: Optional[Callable] = None
 
@@ -273,7 +271,9 @@ def _check_stage_sources(exp: Experiment) -> Experiment:
   config = exp.config
   for name in config.stage_order:
     st = config.stages[name]
-    if exp.trainable is not None and st.kind == "mask" and st.method not in SUBSET_MASKS:
+    if exp.sd is not None and st.get("trainable", ""):
+      check_choice(f"config.stages.{name}.trainable", st.trainable, sd_lib.sd.TRAINABLE)
+    if exp.sd is not None and st.kind == "mask" and st.method not in SUBSET_MASKS:
       raise UserError(f"config.stages.{name}.method", st.method, "is not available when only some parameters "
                       "train (config.sd.trainable); expected one of " + ", ".join(SUBSET_MASKS))
     if st.kind in MODEL_KINDS + ("mask", "synthesize") and st.init not in ("scratch", sd_lib.BASE) \
@@ -372,13 +372,22 @@ def load_params(exp: Experiment, stage_dir: str, ema: bool = True):
   return jax.tree_util.tree_map(jnp.asarray, raw["ema_params" if ema else "params"])
 
 
-def step_spec(exp: Experiment, objectives, alternate: bool = False) -> training.StepSpec:
+def stage_trainable(exp: Experiment, st=None):
+  """The trainable-leaf mask of a stage (Stable Diffusion only; None: every leaf trains)."""
+  if exp.sd is None:
+    return None
+  which = (st.get("trainable", "") if st is not None else "") or \
+      ("all" if st is not None and st.kind == "train" else exp.config.sd.trainable)
+  return sd_lib.trainable_mask(exp, which)
+
+
+def step_spec(exp: Experiment, objectives, alternate: bool = False, trainable=None) -> training.StepSpec:
   cfg = exp.config
   return training.StepSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
                            objectives=objectives, weighting=cfg.training.weighting,
                            ema_rate=cfg.model.ema_rate, centered=cfg.data.centered,
                            random_flip=cfg.data.random_flip, conditional=exp.conditional,
-                           null_label=exp.null_label, alternate=alternate, trainable=exp.trainable)
+                           null_label=exp.null_label, alternate=alternate, trainable=trainable)
 
 
 def with_mask(method, options: methods_lib.Options, consts: dict):
@@ -396,7 +405,7 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
   stage_dir = os.path.join(workdir, name)
   objectives, method, options = _objectives(exp, st)
   lr = st.lr if st.lr is not None else cfg.optim.lr
-  spec = step_spec(exp, objectives, options.alternate)
+  spec = step_spec(exp, objectives, options.alternate, stage_trainable(exp, st))
   consts, reset_mask = {}, None
   if st.kind == "unlearn" and st.mask:
     mask = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE))
@@ -475,10 +484,9 @@ def run_mask_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None)
   params = source_params(exp, workdir, st.init)
   denoise = functools.partial(losses.denoising_loss, reduce=cfg.training.reduce)
   objective = training.Objective("forget", denoise)
-  spec = step_spec(exp, {"forget": objective})
+  trainable = stage_trainable(exp)
+  spec = step_spec(exp, {"forget": objective}, trainable=trainable)
   seed = stage_seed(cfg, name)
-
-  trainable = exp.trainable
 
   @jax.jit
   def grad_fn(p, batch, key):

@@ -135,7 +135,10 @@ def collect(exp, workdir: str) -> dict:
     results["forget_class_names"] = [f"{len(exp.forget_labels)} prompts of " + ", ".join(ctx.forget_styles)]
     results["forget_classes"] = results["forget_classes"][:0]
     results.pop("alternative_classes", None)
-    sd_experiment.add_sfid(results)
+    first = [cfg.stages[n].models[0] for n in cfg.stage_order
+             if cfg.stages[n].kind == "evaluate" and cfg.stages[n].models]
+    if first:
+      sd_experiment.add_sfid(results, first[0])
   return results
 
 

@@ -221,7 +221,6 @@ def build(config, workdir: Optional[str] = None, *, experiment_cls=None, **commo
   dtype = DTYPES[sdc.dtype]
   module = sd.build_module(comp, num_prompts, dtype=dtype, remat=bool(sdc.remat))
   base_params = _plain(sd.model_params(comp, table))
-  trainable = sd.trainable_mask(base_params, sdc.trainable)
   latent_shape = tuple(int(v) for v in train.example_shape)
   model_cfg = SDModelConfig(model_dir=os.path.abspath(sdc.model_dir), num_prompts=num_prompts,
                             latent_shape=latent_shape, trainable=sdc.trainable, dtype=sdc.dtype,
@@ -248,12 +247,20 @@ def build(config, workdir: Optional[str] = None, *, experiment_cls=None, **commo
       test_forget=streams["forget"], test_retain=streams["retain"],
       forget_labels=tuple(int(p) for p in forget_prompts), alt=alt, conditional=True, process=process,
       module=module, model_cfg=model_cfg, example_shape=latent_shape, classifier=None,
-      sd=ctx, trainable=trainable, anchor_fn=anchor_fn, **common)
+      sd=ctx, anchor_fn=anchor_fn, **common)
 
 
 # ----------------------------------------------------------------------------
 # Decoding and classifying generated latents.
 # ----------------------------------------------------------------------------
+def trainable_mask(exp, which: str):
+  """The bool tree of the leaves that train under `which` (`models.stable_diffusion.TRAINABLE`)."""
+  key = f"trainable_{which}"
+  if key not in exp.sd.compiled:
+    exp.sd.compiled[key] = sd.trainable_mask(exp.sd.base_params, which)
+  return exp.sd.compiled[key]
+
+
 def decode(ctx: SDContext, latents: np.ndarray, batch_size: int = 16) -> np.ndarray:
   """Generated latents -> [0, 1] NHWC images (the VAE decoder, jitted once per batch shape)."""
   if "decode" not in ctx.compiled:
@@ -382,12 +389,13 @@ def evaluate(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
   return result
 
 
-def add_sfid(results: dict, base: str = BASE) -> None:
-  """SFID_M = min(100 FD_0 / FD_M, 100) against the base model (CORE App. B Eq. 7; FD on the
-  style classifier's features here, not Inception)."""
+def add_sfid(results: dict, base: str) -> None:
+  """SFID_M = min(100 FD_0 / FD_M, 100) against `base`, the model the methods start from
+  (CORE App. B Eq. 7; FD on the style classifier's features here, not Inception)."""
   models_ = results.get("models", {})
   if base not in models_:
     return
+  results["sfid_reference"] = base
   fd0 = models_[base].get("frechet_distance")
   for entry in models_.values():
     if fd0 is not None and entry.get("frechet_distance") is not None:
@@ -398,7 +406,7 @@ def config_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `sd` section and the data / eval fields an UnlearnCanvas experiment adds to `config_lib.base()`."""
   c.sd = ml_collections.ConfigDict(dict(
       model_dir="", trainable="cross_attn", dtype="float32", remat=False, encode_batch_size=8,
-      tiny=ml_collections.ConfigDict(dict(block_out_channels=(32, 64), cross_attention_dim=32))))
+      tiny=ml_collections.ConfigDict(dict(block_out_channels=(32,), cross_attention_dim=32))))
   c.data.update(dict(name=DATA_NAME, data_dir="", styles=(), objects=(), image_indices=(1, 2, 3),
                      forget_styles="Forget06", alt_style="Abstractionism", template="unlearncanvas",
                      image_size=512, num_channels=3, centered=False, random_flip=False))

@@ -334,6 +334,21 @@ def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Arra
   return new_state, metrics
 
 
+def replicate(tree):
+  """One copy of `tree` per local device, laid out as the pmapped step's own outputs are
+  (a mesh over the local devices named `AXIS`).  `flax.jax_utils.replicate` names its mesh
+  axis otherwise, and the step's second call then compiled it a second time (jax 0.10)."""
+  devices = jax.local_devices()
+  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
+                                        jax.sharding.PartitionSpec(AXIS))
+
+  def rep(x):
+    x = np.asarray(x)
+    return jax.device_put(np.broadcast_to(x[None], (len(devices),) + x.shape), sharding)
+
+  return jax.tree_util.tree_map(rep, tree)
+
+
 def shard(batch, n_dev: int):
   """Reshapes the leading (global) axis to (n_dev, B / n_dev, ...)."""
   return jax.tree_util.tree_map(lambda a: a.reshape((n_dev, a.shape[0] // n_dev) + a.shape[1:]), batch)
@@ -414,9 +429,9 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   check_batch_size(loop.batch_size)
   p_step = jax.pmap(functools.partial(step_fn, axis_name=AXIS),
                     axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
-  rconsts = flax.jax_utils.replicate(dict(consts or {}))
+  rconsts = replicate(dict(consts or {}))
   rng = jax.random.key(loop.seed)
-  rstate = flax.jax_utils.replicate(state)
+  rstate = replicate(state)
   last_good = start
   t0 = time.time()
   step = start

@@ -1,0 +1,165 @@
+"""Stable Diffusion experiments end to end on a tiny random model in diffusers layout and a
+synthetic UnlearnCanvas tree, both written by the pipeline into the workdir and read back
+through the real loading code (nothing is downloaded)."""
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from unlearn_jax import config_lib, pipeline, sd_experiment, training
+from unlearn_jax.errors import UserError
+from unlearn_jax.models import stable_diffusion as sd
+
+
+def tiny_config(methods=("core", "dimum"), attack=2):
+  c = config_lib.unlearncanvas_base(cpu=True)
+  c.data.forget_styles = "Van_Gogh"
+  c.sd.trainable = "cross_attn"
+  c.stages, c.stage_order = config_lib.sd_stages(methods, steps={}, default_steps=3, attack_steps=attack,
+                                                 eval_every=2, synthetic=8, pretrain_steps=2)
+  c.classifier.steps = 2
+  c.training.update(dict(batch_size=2, log_every=1, ckpt_every=2))
+  c.eval.update(dict(num_samples=4, fd_num_samples=4, attack_num_samples=4, sample_batch_size=4, grid_size=2))
+  c.eval.sampler.n_steps = 2
+  return c
+
+
+def leaves(tree):
+  return {jax.tree_util.keystr(p): np.asarray(v) for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  workdir = str(tmp_path_factory.mktemp("sd"))
+  exp = pipeline.run(tiny_config(), workdir)
+  return exp, workdir
+
+
+def test_inputs_are_written_once_and_loaded_through_the_real_code(run):
+  exp, workdir = run
+  model_dir = os.path.join(workdir, "inputs", "tiny_sd")
+  for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json"):
+    assert os.path.exists(os.path.join(model_dir, part))
+  assert exp.sd.comp.model_dir == model_dir
+  assert exp.sd.data.source.startswith("unlearncanvas")
+  # 4 styles x 3 objects x images 1-3; latents are the VAE's (16x16x4 for 32 px, factor 2).
+  assert len(exp.train) == 36 and exp.example_shape == (16, 16, 4)
+  assert exp.train.num_classes == 12 and exp.null_label == 12
+  assert exp.sd.table.shape[0] == 13
+  # The forget prompts are Van Gogh's; DiMUM's D_u' pairs them with Abstractionism images.
+  styles = exp.sd.data.styles
+  assert {styles[exp.sd.data.prompt_style[p]] for p in exp.forget_labels} == {"Van_Gogh"}
+  alt = exp.streams["alternative"]
+  np.testing.assert_array_equal(np.sort(alt.labels), np.sort(exp.streams["forget"].labels))
+  cache = os.listdir(os.path.join(workdir, sd_experiment.CACHE_DIR))
+  assert len(cache) == 1
+  rebuilt = pipeline.build_experiment(exp.config, workdir)          # reads the cache
+  np.testing.assert_array_equal(rebuilt.train.images, exp.train.images)
+
+
+def test_cross_attention_stage_changes_only_cross_attention(run):
+  exp, workdir = run
+  start = leaves(pipeline.load_params(exp, os.path.join(workdir, "pretrained")))
+  after = leaves(pipeline.load_params(exp, os.path.join(workdir, "core")))
+  changed = {k for k in start if not np.array_equal(start[k], after[k])}
+  assert changed, "CORE did not move any parameter"
+  assert all("attn2" in k for k in changed), sorted(changed)[:5]
+  assert not any("prompts" in k for k in changed)
+  # The pretraining stage trains every UNet leaf (trainable "all"), never the prompt table.
+  base = leaves(exp.sd.base_params)
+  moved = {k for k in base if not np.array_equal(base[k], start[k])}
+  assert any("attn2" not in k for k in moved) and not any("prompts" in k for k in moved)
+
+
+def test_checkpoint_restores_the_trained_parameters(run):
+  exp, workdir = run
+  restored = leaves(pipeline.load_params(exp, os.path.join(workdir, "dimum"), ema=False))
+  ema = leaves(pipeline.load_params(exp, os.path.join(workdir, "dimum")))
+  assert restored.keys() == ema.keys()
+  for k in restored:                       # ema_rate 0: the EMA is the parameters
+    np.testing.assert_array_equal(restored[k], ema[k])
+  meta = json.load(open(os.path.join(workdir, "dimum", "meta.json")))
+  assert meta["model_name"] == "sd" and meta["model"]["trainable"] == "cross_attn"
+
+
+def test_samples_decode_to_images(run):
+  exp, workdir = run
+  params = pipeline.source_params(exp, workdir, "core")
+  labels = np.asarray(exp.forget_labels[:2], np.int32)
+  z = pipeline.generate(exp, params, 2, jax.random.key(0), labels=labels)
+  assert z.shape == (2, 16, 16, 4) and np.all(np.isfinite(z))
+  x = sd_experiment.decode(exp.sd, z)
+  assert x.shape == (2, 32, 32, 3) and x.min() >= 0.0 and x.max() <= 1.0
+
+
+def test_results_report_and_attacks(run):
+  exp, workdir = run
+  res = json.load(open(os.path.join(workdir, "results.json")))
+  assert sorted(res["models"]) == ["core", "dimum", "pretrained"]
+  assert res["sfid_reference"] == "pretrained"
+  for m in res["models"].values():
+    for k in ("ua", "ira", "cra", "ar_mu", "ar_cl"):
+      assert 0.0 <= m[k] <= 1.0, (k, m[k])
+    assert m["frechet_distance"] >= 0 and 0 <= m["sfid"] <= 100
+  assert res["models"]["pretrained"]["sfid"] == pytest.approx(100.0)
+  assert sorted(res["attacks"]) == ["attack_core", "attack_dimum"]
+  assert res["attacks"]["attack_core"]["steps"] == [0, 2]
+  synth = np.load(os.path.join(workdir, "synthetic", "data.npz"))
+  assert synth["images"].dtype == np.float32 and synth["images"].shape == (8, 16, 16, 4)   # latents
+  report = open(os.path.join(workdir, "report.md")).read()
+  assert "UA | IRA | CRA | SFID" in report and "CORE" in report
+  assert res["forget_styles"] == ["Van_Gogh"] and res["alt_style"] == "Abstractionism"
+
+
+def test_rerun_skips_finished_stages(run):
+  exp, workdir = run
+  before = os.path.getmtime(os.path.join(workdir, "core", "DONE.json"))
+  pipeline.run(exp.config, workdir)
+  assert os.path.getmtime(os.path.join(workdir, "core", "DONE.json")) == before
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("data.forget_styles", "Not_A_Style", "config.data.forget_styles"),
+    ("data.forget_styles", "Bricks", "config.data.forget_styles"),      # not among the loaded styles
+    ("data.alt_style", "Van_Gogh", "config.data.alt_style"),
+    ("sd.trainable", "attn", "config.sd.trainable"),
+    ("sd.dtype", "float8", "config.sd.dtype"),
+    ("data.image_size", 33, "config.data.image_size"),
+])
+def test_user_errors_leave_the_workdir_unchanged(run, tmp_path, field, value, match):
+  exp, workdir = run
+  c = exp.config.copy_and_resolve_references()             # resolved model_dir / data_dir
+  section, key = field.split(".")
+  c[section][key] = value
+  before = sorted(os.listdir(workdir))
+  with pytest.raises(UserError, match=match):
+    pipeline.run(c, workdir)
+  assert sorted(os.listdir(workdir)) == before
+
+
+def test_missing_model_dir_and_scratch_init_are_user_errors(run, tmp_path):
+  exp, workdir = run
+  c = exp.config.copy_and_resolve_references()
+  c.sd.model_dir = str(tmp_path / "nowhere")
+  with pytest.raises(UserError, match="config.sd.model_dir"):
+    pipeline.run(c, str(tmp_path / "w"))
+  assert not os.path.exists(tmp_path / "w")
+  c = exp.config.copy_and_resolve_references()
+  c.stages.core.init = "scratch"
+  with pytest.raises(UserError, match="config.stages.core.init"):
+    pipeline.build_experiment(c)
+
+
+def test_trainable_masks_of_the_stages(run):
+  exp, _ = run
+  kv = sd_experiment.trainable_mask(exp, "cross_attn_kv")
+  names = [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(kv) if m]
+  assert names and all("attn2" in n and ("to_k" in n or "to_v" in n) for n in names)
+  train_st = exp.config.stages.pretrained
+  mask = pipeline.stage_trainable(exp, train_st)
+  assert sum(jax.tree_util.tree_leaves(mask)) > sum(jax.tree_util.tree_leaves(
+      pipeline.stage_trainable(exp, exp.config.stages.core)))
+  assert training.split_trainable(exp.sd.base_params, mask)["prompts"]["embeddings"] is None
+  assert sd.TRAINABLE == ("all", "cross_attn", "cross_attn_kv", "non_cross_attn")
