@@ -42,9 +42,9 @@ table order); with `--isolate` every method runs in its own subprocess and
 the peak is its own (timings are then not interleaved across methods).  The
 last line is one JSON object.
 
-The train state holds params, their EMA copy and Adam's two moments for every
-leaf (the pipeline's `train_state.create`), the prompt table included, so the
-state is about 4x the parameter bytes whatever subset trains.
+The train state holds params and their EMA copy for every leaf and Adam's two
+moments for the trainable leaves only (`training.make_optimizer(trainable=)`, as
+the pipeline builds it): 2x the parameter bytes plus 2x the trainable bytes.
 
 Compile cost: lower_s (tracing + lowering) and compile_s (XLA) are reported per
 method.  On a slow CPU the seven steps take ~15 minutes to build even at the
@@ -276,7 +276,7 @@ class Runner:
       consts["frozen"] = setup.frozen()
     o = config.optim
     self.tx = training.make_optimizer(o.lr, warmup=o.warmup, grad_clip=o.grad_clip, b1=o.b1, eps=o.eps,
-                                      method=method_tx)
+                                      method=method_tx, trainable=trainable)
     module = setup.module
     apply = lambda v, x, t, l=None, train=False, rngs=None: module.apply(v, x, t, l, train=train, rngs=rngs)
     spec = training.StepSpec(apply_fn=apply, process=setup.process, output_type="eps", objectives=objectives,

@@ -500,3 +500,14 @@ def test_erasediff_inner_loop_moves_only_the_trainable_leaves():
   np.testing.assert_allclose(value, expected, rtol=1e-5)
   np.testing.assert_allclose(grads["w"], expected_grad, rtol=1e-5)
   np.testing.assert_array_equal(grads["b"], np.zeros_like(PARAMS["b"]))
+
+
+def test_optimizer_keeps_adam_moments_for_the_trainable_leaves_only():
+  objective = training.Objective("forget", DENOISE)
+  masked = _one_step({"forget": objective}, training.make_optimizer(0.1, grad_clip=0.0, trainable=TRAIN_W),
+                     TRAIN_W)
+  full = _one_step({"forget": objective}, training.make_optimizer(0.1, grad_clip=0.0), TRAIN_W)
+  np.testing.assert_allclose(masked.params["w"], full.params["w"], rtol=1e-6)
+  np.testing.assert_array_equal(masked.params["b"], PARAMS["b"])
+  moments = lambda s: sum(np.size(x) == 5 for x in jax.tree_util.tree_leaves(s.opt_state))
+  assert moments(full) == 4 and moments(masked) == 2       # mu and nu of w only

@@ -418,7 +418,8 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
   if options.frozen:
     consts["frozen"] = source_params(exp, workdir, st.init)
   tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
-                               b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts))
+                               b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
+                               trainable=spec.trainable)
   os.makedirs(stage_dir, exist_ok=True)
   if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
     checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name))

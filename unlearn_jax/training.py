@@ -145,14 +145,19 @@ class StepSpec:
 
 
 def make_optimizer(lr: float, warmup: int = 0, grad_clip: float = 1.0, b1: float = 0.9,
-                   eps: float = 1e-8, method: Optional[optax.GradientTransformation] = None
-                   ) -> optax.GradientTransformationExtraArgs:
-  """optax.chain(method, clip_by_global_norm, adam with linear warmup) (score_sde's optimizer)."""
+                   eps: float = 1e-8, method: Optional[optax.GradientTransformation] = None,
+                   trainable: Any = None) -> optax.GradientTransformationExtraArgs:
+  """optax.chain(method, clip_by_global_norm, adam with linear warmup) (score_sde's optimizer).
+
+  `trainable` (a bool tree, `StepSpec.trainable`): Adam keeps moments for those leaves
+  only (`optax.masked`); the frozen leaves' gradients are zeros and pass through as such.
+  """
   schedule = (optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr)
   parts = [] if method is None else [method]
   if grad_clip and grad_clip > 0:
     parts.append(optax.clip_by_global_norm(grad_clip))
-  parts.append(optax.adam(schedule, b1=b1, eps=eps))
+  adam = optax.adam(schedule, b1=b1, eps=eps)
+  parts.append(adam if trainable is None else optax.masked(adam, trainable))
   return optax.chain(*parts)
 
 
