@@ -30,12 +30,7 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, {"cpu": True, "model_dir": "", "data_dir": "", "forget": "", "methods": "",
                                  "scheme": "", "epochs": 1.0})
   cpu = bool(a.get("cpu"))
-  c = config_lib.unlearncanvas_base(cpu=cpu)
-  c.experiment = "core_unlearncanvas"
-  if a.get("model_dir"):
-    c.sd.model_dir = a["model_dir"]
-  if a.get("data_dir"):
-    c.data.data_dir = a["data_dir"]
+  c = config_lib.unlearncanvas_config(a, "core_unlearncanvas")
   forget = a.get("forget") or ("Van_Gogh" if cpu else "Forget06")
   c.data.forget_styles = forget.replace("-", ",")        # a set name or comma-separated styles
   c.sd.trainable = "cross_attn"

@@ -24,12 +24,7 @@ def get_config(arg=None):
   a = config_lib.parse_arg(arg, {"cpu": True, "model_dir": "", "data_dir": "", "steps": 0, "attack": 0,
                                  "every": 0, "methods": "", "trainable": ""})
   cpu = bool(a.get("cpu"))
-  c = config_lib.unlearncanvas_base(cpu=cpu)
-  c.experiment = "dimum_unlearncanvas"
-  if a.get("model_dir"):
-    c.sd.model_dir = a["model_dir"]
-  if a.get("data_dir"):
-    c.data.data_dir = a["data_dir"]
+  c = config_lib.unlearncanvas_config(a, "dimum_unlearncanvas")
   c.data.update(dict(forget_styles="Van_Gogh", alt_style="Abstractionism", template="dimum"))
   c.sd.trainable = a.get("trainable") or "all"
   c.unlearn.alternative = "map"

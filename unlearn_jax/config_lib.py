@@ -331,6 +331,17 @@ def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
   return c
 
 
+def unlearncanvas_config(args: dict, experiment: str) -> ml_collections.ConfigDict:
+  """`unlearncanvas_base` for a config file's parsed arguments (cpu, model_dir, data_dir)."""
+  c = unlearncanvas_base(cpu=bool(args.get("cpu")))
+  c.experiment = experiment
+  if args.get("model_dir"):
+    c.sd.model_dir = args["model_dir"]
+  if args.get("data_dir"):
+    c.data.data_dir = args["data_dir"]
+  return c
+
+
 def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batch: dict = None,
               attack_steps: int = 0, eval_every: int = 0, synthetic: int = 0, pretrain_steps: int = 0) -> tuple:
   """Stable Diffusion chain: the style / object classifiers, (pretrain_steps > 0) fine-tuning

@@ -285,8 +285,10 @@ def classify(ctx: SDContext, which: str, params, x01: np.ndarray, batch_size: in
   key = f"classify_{which}"
   if key not in ctx.compiled:
     module = ctx.classifiers[which]
-    ctx.compiled[key] = jax.jit(lambda p, x: (module.apply({"params": p}, x),
-                                              module.apply({"params": p}, x, method="features")))
+    def logits_and_features(p, x):
+      feats = module.apply({"params": p}, x, method="features")
+      return module.apply({"params": p}, feats, method=lambda m, f: m.head(f)), feats
+    ctx.compiled[key] = jax.jit(logits_and_features)
   f = ctx.compiled[key]
   x = _resize(ctx, x01)
   outs = [f(params, jnp.asarray(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
@@ -364,12 +366,12 @@ def evaluate(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
   x_r = decode(ctx, pipeline.generate(exp, params, n, jax.random.fold_in(rng, 1), labels=r_labels))
   labels = np.concatenate([fr["labels"], r_labels])
   x = np.concatenate([fr["samples"], x_r])
-  s_logits = np.concatenate([fr["style_logits"], classify(ctx, "style", clf["style"], x_r)[0]])
+  r_logits, feats = classify(ctx, "style", clf["style"], x_r)
+  s_logits = np.concatenate([fr["style_logits"], r_logits])
   o_logits, _ = classify(ctx, "object", clf["object"], x)
   style_true, object_true = ctx.data.prompt_style[labels], ctx.data.prompt_object[labels]
   result = concept_metrics.ua_ira_cra(np.argmax(s_logits, -1), np.argmax(o_logits, -1), style_true,
                                       object_true, ctx.forget_style_ids)
-  _, feats = classify(ctx, "style", clf["style"], x_r)
   real = ctx.data.images[np.isin(ctx.data.style_ids, ctx.forget_style_ids, invert=True)]
   real = real[np.random.default_rng(cfg.seed).permutation(len(real))[:n]]
   _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(real))
