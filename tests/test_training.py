@@ -16,6 +16,7 @@ import pytest
 from unlearn_jax import checkpoints, losses, training
 from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
+from unlearn_jax.errors import UserError
 from unlearn_jax.unlearning import erasediff, sgu
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,3 +166,33 @@ def test_sigkill_mid_stage_then_rerun_matches_uninterrupted(tmp_path):
     mngr.close()
   for a, b in zip(jax.tree_util.tree_leaves(raw[0]), jax.tree_util.tree_leaves(raw[1])):
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ----------------------------------------------------------------------------- schedules and windows
+
+
+def test_lr_schedule_constant_and_cosine():
+  assert training.lr_schedule(1e-3, 0, "constant", 100) == 1e-3
+  warm = training.lr_schedule(1e-3, 10, "constant", 100)
+  np.testing.assert_allclose([warm(0), warm(5), warm(10), warm(99)], [0.0, 5e-4, 1e-3, 1e-3], rtol=1e-6)
+  cos = training.lr_schedule(1e-3, 0, "cosine", 100)
+  np.testing.assert_allclose([cos(0), cos(50), cos(100)], [1e-3, 5e-4, 0.0], atol=1e-9)
+  wcos = training.lr_schedule(1e-3, 10, "cosine", 110)   # warmup, then cosine over 100 steps
+  np.testing.assert_allclose([wcos(0), wcos(10), wcos(60), wcos(110)], [0.0, 1e-3, 5e-4, 0.0], atol=1e-9)
+  with pytest.raises(UserError, match="config.optim.decay"):
+    training.lr_schedule(1e-3, 0, "linear", 100)
+
+
+def test_max_std_zeroes_the_weight_above_the_window():
+  state, spec, _ = _setup(False)
+  keys = training.example_keys(jax.random.key(1), 64, None)
+  x = jnp.asarray(np.random.default_rng(0).normal(size=(64, 2)), jnp.float32)
+  batch = {"x": x}
+  full = training.Objective("forget", losses.obtuse_loss)
+  window = training.Objective("forget", losses.obtuse_loss, max_std=1.0)
+  noised, _, _, w_full = training.objective_inputs(state.params, batch, keys, spec, full)
+  _, _, _, w_win = training.objective_inputs(state.params, batch, keys, spec, window)
+  inside = np.asarray(noised.std).reshape(-1) <= 1.0
+  assert 0 < inside.sum() < 64
+  np.testing.assert_array_equal(np.asarray(w_win)[inside], np.asarray(w_full)[inside])
+  np.testing.assert_array_equal(np.asarray(w_win)[~inside], 0.0)

@@ -38,7 +38,9 @@ def base() -> ml_collections.ConfigDict:
       name="ncsnpp", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
       hidden=128, num_layers=3, output="eps", ema_rate=0.999, conditional=False))
 
-  c.optim = ml_collections.ConfigDict(dict(lr=2e-4, warmup=5000, grad_clip=1.0, b1=0.9, eps=1e-8))
+  # decay: "constant" after warmup (score_sde) or "cosine" to 0 at the end of each stage.
+  c.optim = ml_collections.ConfigDict(dict(lr=2e-4, warmup=5000, grad_clip=1.0, b1=0.9, eps=1e-8,
+                                           decay="constant"))
 
   c.training = ml_collections.ConfigDict(dict(
       batch_size=128, weighting="sigma", reduce="sum", log_every=100, ckpt_every=1000,
@@ -47,7 +49,7 @@ def base() -> ml_collections.ConfigDict:
   # SGU Eq. 11: alpha * L_retain + (1 - alpha) * L_forget.
   # std_power p: lambda(t) of Eq. 9/10 such that the eps-unit weight is std(t)^-p
   # (p = 0: lambda = std^2 for obtuse, the DSM weighting of the retain loss).
-  c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0))
+  c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0, max_std=0.0))
   # DiMUM / SalUn / gradient ascent / SFR-on (DiMUM paper Eq. 5, 6, 11; REFERENCE.md).
   c.unlearn = ml_collections.ConfigDict(dict(alternative="next"))
   c.dimum = ml_collections.ConfigDict(dict(beta=1.0))

@@ -199,6 +199,8 @@ def _validate_stages(config) -> None:
           raise UserError(f"{field}.models", m, "expected train/unlearn/attack stages that run earlier")
     seen.append(name)
   check_range("config.sgu.alpha", config.sgu.alpha, 0.0, 1.0)
+  check_range("config.sgu.max_std", config.sgu.max_std, 0.0, float("inf"))
+  check_choice("config.optim.decay", config.optim.decay, training.DECAYS)
   check_range("config.salun.fraction", config.salun.fraction, 0.0, 1.0)
   check_range("config.training.cond_drop", config.training.cond_drop, 0.0, 1.0)
   if config.training.batch_size < 1:
@@ -419,7 +421,7 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
     consts["frozen"] = source_params(exp, workdir, st.init)
   tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
                                b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
-                               trainable=spec.trainable)
+                               trainable=spec.trainable, decay=cfg.optim.decay, total_steps=st.steps)
   os.makedirs(stage_dir, exist_ok=True)
   if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
     checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name))

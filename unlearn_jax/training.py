@@ -46,7 +46,7 @@ from unlearn_jax import data as data_lib
 from unlearn_jax import losses
 from unlearn_jax import score as score_lib
 from unlearn_jax import train_state as ts
-from unlearn_jax.errors import UserError
+from unlearn_jax.errors import UserError, check_choice
 
 AXIS = "batch"
 
@@ -96,6 +96,8 @@ class Objective:
     loss: per-example loss `loss(eps_pred, target, weight) -> (B,)` in eps units.
     std_power: the weight is further multiplied by std(t)^(-std_power): 0 keeps the
       stage's weighting; p > 0 shifts the objective towards small t (see `sgu`).
+    max_std: > 0 zeroes the weight of examples whose noise std(t) exceeds it (an
+      objective confined to small t); 0 keeps every t.
     target: `target(TargetInputs) -> (B, ...)`, the regression target in place of
       the noise (wrapped in stop_gradient); None: the noise.
     cond_drop: probability of replacing an example's condition by the null class
@@ -112,6 +114,7 @@ class Objective:
   stream: str
   loss: Callable[..., jax.Array]
   std_power: float = 0.0
+  max_std: float = 0.0
   target: Optional[Callable[[TargetInputs], jax.Array]] = None
   cond_drop: float = 0.0
   reduce: Optional[Callable[[jax.Array], jax.Array]] = None
@@ -144,15 +147,30 @@ class StepSpec:
   trainable: Any = None
 
 
+DECAYS = ("constant", "cosine")
+
+
+def lr_schedule(lr: float, warmup: int = 0, decay: str = "constant", total_steps: int = 0):
+  """Linear warmup to `lr` over `warmup` steps, then constant (score_sde) or a cosine
+  decay to 0 at `total_steps` (a stage's length)."""
+  check_choice("config.optim.decay", decay, DECAYS)
+  if decay == "constant":
+    return optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr
+  return optax.warmup_cosine_decay_schedule(0.0 if warmup > 0 else lr, lr, warmup,
+                                            max(total_steps, warmup + 1), end_value=0.0)
+
+
 def make_optimizer(lr: float, warmup: int = 0, grad_clip: float = 1.0, b1: float = 0.9,
                    eps: float = 1e-8, method: Optional[optax.GradientTransformation] = None,
-                   trainable: Any = None) -> optax.GradientTransformationExtraArgs:
+                   trainable: Any = None, decay: str = "constant",
+                   total_steps: int = 0) -> optax.GradientTransformationExtraArgs:
   """optax.chain(method, clip_by_global_norm, adam with linear warmup) (score_sde's optimizer).
 
+  `decay="cosine"` decays the rate to 0 at `total_steps` (`lr_schedule`).
   `trainable` (a bool tree, `StepSpec.trainable`): Adam keeps moments for those leaves
   only (`optax.masked`); the frozen leaves' gradients are zeros and pass through as such.
   """
-  schedule = (optax.linear_schedule(0.0, lr, warmup) if warmup > 0 else lr)
+  schedule = lr_schedule(lr, warmup, decay, total_steps)
   parts = [] if method is None else [method]
   if grad_clip and grad_clip > 0:
     parts.append(optax.clip_by_global_norm(grad_clip))
@@ -213,6 +231,8 @@ def objective_inputs(params, batch: Mapping[str, jax.Array], keys: jax.Array, sp
   weight = noised.weight
   if objective.std_power:
     weight = weight * noised.std ** (-objective.std_power)
+  if objective.max_std:
+    weight = jnp.where(noised.std <= objective.max_std, weight, 0.0)
   return noised, labels, target, weight
 
 

@@ -104,7 +104,8 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
     check_choice("config.stages.<unlearn>.variant", variant, tuple(sgu_lib.FORGET_LOSSES))
     return ({"retain": retain,
              "forget": training.Objective("forget", sgu_lib.FORGET_LOSSES[variant],
-                                          std_power=config.sgu.std_power)},
+                                          std_power=config.sgu.std_power,
+                                          max_std=config.sgu.max_std)},
             sgu_lib.sgu(config.sgu.alpha), Options())
   if method == "ga":
     check_range("config.ga.beta", config.ga.beta, 0.0, 1e6)
