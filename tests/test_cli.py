@@ -32,6 +32,8 @@ CASES = [
     ("sgu_mnist.py:cpu", ["--config.data.image_size=30"], "config.data.image_size=(30, 30, 1)"),
     ("sgu_mnist.py:cpu", ["--config.data.num_channels=3"], "config.data.num_channels=3"),
     ("sgu_toy.py", ["--config.training.batch_size=0"], "config.training.batch_size=0"),
+    ("sgu_toy.py", ["--config.stages.sgu_obtuse.decay=linear"], "config.stages.sgu_obtuse.decay='linear'"),
+    ("sgu_toy.py", ["--config.sgu.max_std=-1.0"], "config.sgu.max_std=-1.0"),
 ]
 
 

@@ -5,9 +5,10 @@ Schema (every field is read by exactly one module; see the README):
   data.*                    `unlearn_jax.data.load_dataset` + the forget split
   sde.*                     `unlearn_jax.sde.get_sde`
   model.*                   `unlearn_jax.models.build_model` (+ output, ema_rate)
-  optim.*                   Adam with warmup and clipping (`training.make_optimizer`)
+  optim.*                   Adam with warmup, clipping and an optional cosine decay
+                            (`training.make_optimizer`)
   training.*                batch size, weighting, logging/checkpoint cadence
-  sgu.*                     SGU's alpha (Eq. 11)
+  sgu.*                     SGU's alpha (Eq. 11) and lambda(t) of Eq. 9/10 (std_power, max_std)
   unlearn.alternative       the alternative of each forgotten class (DiMUM's D_u', SalUn's c', AR_CL)
   dimum.* ga.* salun.* sfron.* erasediff.* core.* esd.* ca.* sa.* shs.*
                             the other methods' coefficients (`unlearning.methods`)
@@ -48,7 +49,8 @@ def base() -> ml_collections.ConfigDict:
 
   # SGU Eq. 11: alpha * L_retain + (1 - alpha) * L_forget.
   # std_power p: lambda(t) of Eq. 9/10 such that the eps-unit weight is std(t)^-p
-  # (p = 0: lambda = std^2 for obtuse, the DSM weighting of the retain loss).
+  # (p = 0: lambda = std^2 for obtuse, the DSM weighting of the retain loss);
+  # max_std > 0: lambda(t) = 0 where std(t) > max_std (the forget loss acts at small t only).
   c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0, max_std=0.0))
   # DiMUM / SalUn / gradient ascent / SFR-on (DiMUM paper Eq. 5, 6, 11; REFERENCE.md).
   c.unlearn = ml_collections.ConfigDict(dict(alternative="next"))
@@ -97,13 +99,14 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   synthesize stage), init ("scratch" | a stage name | a directory written by
   unlearn_jax), steps, method/variant (unlearn), mask (a mask stage), eval_every
   (attack: evaluate AR every k steps), lr and batch_size (0: config.training's),
+  decay ("": config.optim.decay; "constant" | "cosine"),
   trainable (Stable Diffusion: "" = config.sd.trainable for unlearn / attack stages,
   "all" for train stages).
   mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
-           models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="",
+           models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="", decay="",
            lr=ml_collections.FieldReference(None, field_type=float))
   d.update(kw)
   return ml_collections.ConfigDict(d)

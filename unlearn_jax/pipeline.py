@@ -201,6 +201,9 @@ def _validate_stages(config) -> None:
   check_range("config.sgu.alpha", config.sgu.alpha, 0.0, 1.0)
   check_range("config.sgu.max_std", config.sgu.max_std, 0.0, float("inf"))
   check_choice("config.optim.decay", config.optim.decay, training.DECAYS)
+  for name in config.stage_order:
+    if config.stages[name].get("decay"):
+      check_choice(f"config.stages.{name}.decay", config.stages[name].decay, training.DECAYS)
   check_range("config.salun.fraction", config.salun.fraction, 0.0, 1.0)
   check_range("config.training.cond_drop", config.training.cond_drop, 0.0, 1.0)
   if config.training.batch_size < 1:
@@ -374,6 +377,11 @@ def load_params(exp: Experiment, stage_dir: str, ema: bool = True):
   return jax.tree_util.tree_map(jnp.asarray, raw["ema_params" if ema else "params"])
 
 
+def stage_decay(cfg, st) -> str:
+  """The learning-rate decay of a train/unlearn/attack stage (its own, else config.optim's)."""
+  return st.get("decay") or cfg.optim.decay
+
+
 def stage_trainable(exp: Experiment, st=None):
   """The trainable-leaf mask of a stage (Stable Diffusion only; None: every leaf trains)."""
   if exp.sd is None:
@@ -421,7 +429,7 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
     consts["frozen"] = source_params(exp, workdir, st.init)
   tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
                                b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
-                               trainable=spec.trainable, decay=cfg.optim.decay, total_steps=st.steps)
+                               trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps)
   os.makedirs(stage_dir, exist_ok=True)
   if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
     checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name))
