@@ -24,8 +24,9 @@ not trivial.  The last line printed is one JSON object: a row per batch size
 solver at its own best batch size).
 
 What it showed on the 2-core CPU (2026-11-23, `--batch 1,4,32 --dataset_size 32
---repeats 2`): ratio 7.8 at batch 1 and 5.5 at batch 4 (|delta| <= 0.0096), 1.7
-at batch 32 (|delta| 0.0101), best throughput against best throughput 1.7.
+--repeats 2`, two runs): ratio 7.8 / 5.6 at batch 1 and 5.5 / 4.7 at batch 4
+(|delta| <= 0.0097), 1.7 / 1.8 at batch 32 (|delta| 0.0101), best throughput
+against best throughput 1.7 / 1.8.
 The jitted loop removes scipy's per-evaluation host overhead (~0.3 ms: Python
 RK45 arithmetic plus a dispatch); once a batch's right-hand side costs more
 than that, both solvers spend their time in the same XLA kernels and the ratio
