@@ -405,7 +405,7 @@ def test_save_and_load_mask_round_trip(tmp_path):
 def method_config():
   c = config_lib.base()
   c.training.reduce = "mean"
-  c.sgu = ml_collections.ConfigDict(dict(alpha=0.5, std_power=0.0))
+  c.sgu.update(dict(alpha=0.5, std_power=0.0))
   c.ga = ml_collections.ConfigDict(dict(beta=0.5))
   c.dimum = ml_collections.ConfigDict(dict(beta=2.0))
   c.salun = ml_collections.ConfigDict(dict(beta=0.1, fraction=0.5))
