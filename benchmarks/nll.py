@@ -65,7 +65,7 @@ MAX_ABS_DELTA_BPD = 0.01
 # images; unet_mnist_cpu is a small NCSN++-style UNet.
 MODELS = {
     "mlp_toy": ({"name": "mlp", "hidden": 128, "num_layers": 3}, "flat", 1000),
-    "unet_mnist_cpu": ({"name": "ncsnpp", "ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1,
+    "unet_mnist_cpu": ({"name": "ddpm_unet", "ch": 8, "ch_mult": (1, 2), "num_res_blocks": 1,
                         "init_scale": 1.0}, "image", 60),
 }
 SDES = {"vp": sde_lib.VPSDE, "ve": sde_lib.VESDE}

@@ -30,9 +30,9 @@ from unlearn_jax.unlearning import sgu  # noqa: E402
 
 SIZES = {
     # configs/sgu_mnist.py:cpu
-    "cpu": dict(name="ncsnpp", ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=()),
+    "cpu": dict(name="ddpm_unet", ch=16, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=()),
     # configs/sgu_mnist.py (paper scale)
-    "full": dict(name="ncsnpp", ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,)),
+    "full": dict(name="ddpm_unet", ch=64, ch_mult=(1, 2, 2), num_res_blocks=2, attn_resolutions=(7,)),
 }
 
 

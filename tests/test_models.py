@@ -17,7 +17,7 @@ from unlearn_jax.errors import UserError
 from unlearn_jax.models import layers
 from unlearn_jax.models.classifier import Classifier, ClassifierConfig
 from unlearn_jax.models.mlp import MLP, MLPConfig
-from unlearn_jax.models.ncsnpp import UNet, UNetConfig
+from unlearn_jax.models.ddpm_unet import UNet, UNetConfig
 
 K = 3  # classes of the tiny conditional models
 TINY = dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, groups=4)
@@ -80,6 +80,19 @@ def test_sinusoidal_embedding_closed_form():
   np.testing.assert_allclose(emb[0], np.r_[np.zeros(4), np.ones(4)], atol=1e-7)
   np.testing.assert_allclose(emb[1], np.r_[np.sin(3 * w), np.cos(3 * w)], rtol=1e-6)
   assert layers.sinusoidal_embedding(t, 7).shape == (2, 7)
+
+
+def test_num_groups_default_is_ddpms_rule():
+  # score_sde / DDPM: GroupNorm(num_groups=min(C // 4, 32)).
+  for c, g in ((16, 4), (32, 8), (64, 16), (128, 32), (256, 32), (512, 32), (12, 3), (4, 1)):
+    assert layers.num_groups(c) == g, c
+  assert UNetConfig(image_size=8, channels=1).groups == layers.DDPM_GROUPS
+
+
+def test_ncsnpp_is_an_alias_of_the_ddpm_unet():
+  a = models.build_model(ml_collections.ConfigDict(dict(name="ncsnpp", ch=8)), (8, 8, 1), 0)
+  b = models.build_model(ml_collections.ConfigDict(dict(name="ddpm_unet", ch=8)), (8, 8, 1), 0)
+  assert a[1] == b[1] and type(a[0]) is type(b[0]) is UNet
 
 
 def test_num_groups_divides_channels():
@@ -260,7 +273,7 @@ def test_classifier_features_feed_logits_and_dropout():
 # ---------------------------------------------------------------- builders
 
 def test_build_model_maps_fields_and_ignores_unknown_keys():
-  cfg = ml_collections.ConfigDict(dict(name="ncsnpp", ch=16, ch_mult=[1, 2], num_res_blocks=2,
+  cfg = ml_collections.ConfigDict(dict(name="ddpm_unet", ch=16, ch_mult=[1, 2], num_res_blocks=2,
                                        attn_resolutions=[14], output="eps", ema_rate=0.999))
   module, typed = models.build_model(cfg, (28, 28, 1), 10)
   assert isinstance(module, UNet) and typed == UNetConfig(
@@ -281,10 +294,10 @@ def test_build_model_user_errors():
     models.build_model(ml_collections.ConfigDict(dict(name="resnet")), (28, 28, 1), 0)
   assert err.value.field == "config.model.name" and err.value.value == "resnet"
   with pytest.raises(UserError) as err:
-    models.build_model(ml_collections.ConfigDict(dict(name="ncsnpp", dropout=1.5)), (8, 8, 1), 0)
+    models.build_model(ml_collections.ConfigDict(dict(name="ddpm_unet", dropout=1.5)), (8, 8, 1), 0)
   assert err.value.field == "config.model.dropout"
   with pytest.raises(UserError) as err:  # 28 is not divisible by 2^3
-    models.build_model(ml_collections.ConfigDict(dict(name="ncsnpp", ch_mult=(1, 2, 2, 2))),
+    models.build_model(ml_collections.ConfigDict(dict(name="ddpm_unet", ch_mult=(1, 2, 2, 2))),
                        (28, 28, 1), 0)
   assert err.value.field == "config.data.image_size" and "divisible by 8" in str(err.value)
   with pytest.raises(UserError):
@@ -292,7 +305,7 @@ def test_build_model_user_errors():
 
 
 def test_check_image_shape():
-  typed = models.build_model(ml_collections.ConfigDict(dict(name="ncsnpp")), (28, 28, 1), 10)[1]
+  typed = models.build_model(ml_collections.ConfigDict(dict(name="ddpm_unet")), (28, 28, 1), 10)[1]
   models.check_image_shape(typed, (28, 28, 1))
   with pytest.raises(UserError) as err:
     models.check_image_shape(typed, (32, 32, 3))

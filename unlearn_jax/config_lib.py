@@ -36,7 +36,7 @@ def base() -> ml_collections.ConfigDict:
       name="vesde", sigma_min=0.01, sigma_max=50.0, beta_min=0.1, beta_max=20.0, N=1000, eps=1e-5))
 
   c.model = ml_collections.ConfigDict(dict(
-      name="ncsnpp", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
+      name="ddpm_unet", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,
       hidden=128, num_layers=3, output="eps", ema_rate=0.999, conditional=False))
 
   # decay: "constant" after warmup (score_sde) or "cosine" to 0 at the end of each stage.

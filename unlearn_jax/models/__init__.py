@@ -4,8 +4,8 @@
     params = init_params(module, rng, image_shape, conditional=num_classes > 0)
     out = module.apply({"params": params}, x, time, labels, train=False)
 
-`config.model.name` picks the factory ("ncsnpp": `ncsnpp.UNet` for NHWC
-images, "mlp": `mlp.MLP` for (D,) data); the config's other keys that name a
+`config.model.name` picks the factory ("ddpm_unet": `ddpm_unet.UNet` for NHWC
+images, with "ncsnpp" its old alias; "mlp": `mlp.MLP` for (D,) data); the config's other keys that name a
 field of the typed config are copied onto it (lists become tuples), and keys
 that do not (e.g. "output", "ema_rate", "name") are left to their owners.
 The data decides the image size, the channel count / dimension and the number
@@ -24,7 +24,7 @@ import jax.numpy as jnp
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.models.classifier import Classifier, ClassifierConfig
 from unlearn_jax.models.mlp import MLP, MLPConfig
-from unlearn_jax.models.ncsnpp import UNet, UNetConfig, downsample_factor
+from unlearn_jax.models.ddpm_unet import UNet, UNetConfig, downsample_factor
 
 __all__ = [
     "Classifier", "ClassifierConfig", "MLP", "MLPConfig", "UNet", "UNetConfig",
@@ -45,9 +45,11 @@ def _fields_from(cfg, cls, prefix: str) -> dict:
     if isinstance(value, (list, tuple)):
       value = tuple(value)
     out[key] = value
-  for key in ("ch", "hidden", "num_layers", "dense", "groups", "embed_dim_mult"):
+  for key in ("ch", "hidden", "num_layers", "dense", "embed_dim_mult"):
     if key in out:
       check_range(f"{prefix}.{key}", out[key], 1, 1 << 20)
+  if "groups" in out:                     # 0: DDPM's min(C // 4, 32)
+    check_range(f"{prefix}.groups", out["groups"], 0, 1 << 20)
   if "num_res_blocks" in out:
     check_range(f"{prefix}.num_res_blocks", out["num_res_blocks"], 1, 64)
   if "dropout" in out:
@@ -65,8 +67,8 @@ def _conditional_classes(model_cfg, num_classes: int) -> int:
 
 def _build_unet(model_cfg, image_shape: tuple, num_classes: int):
   if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
-    raise UserError("config.model.name", "ncsnpp",
-                    f"ncsnpp takes square HxWxC images; the data has shape {tuple(image_shape)}")
+    raise UserError("config.model.name", model_cfg.get("name"),
+                    f"ddpm_unet takes square HxWxC images; the data has shape {tuple(image_shape)}")
   cfg = UNetConfig(image_size=int(image_shape[0]), channels=int(image_shape[2]),
                    num_classes=_conditional_classes(model_cfg, num_classes),
                    **_fields_from(model_cfg, UNetConfig, "config.model"))
@@ -84,7 +86,8 @@ def _build_mlp(model_cfg, image_shape: tuple, num_classes: int):
   return MLP(cfg), cfg
 
 
-_MODEL_FACTORIES: Dict[str, Callable] = {"ncsnpp": _build_unet, "mlp": _build_mlp}
+#: "ncsnpp" is the DDPM UNet's name before release 0.1 (it never was NCSN++).
+_MODEL_FACTORIES: Dict[str, Callable] = {"ddpm_unet": _build_unet, "ncsnpp": _build_unet, "mlp": _build_mlp}
 MODEL_NAMES = tuple(_MODEL_FACTORIES)
 
 

@@ -1,4 +1,10 @@
-"""A small NCSN++/DDPM++-style UNet (Song et al. 2021, Appendix H; Ho et al. 2020, Appendix B).
+"""Ho et al.'s DDPM UNet with DDPM++'s skip rescaling (Ho et al. 2020, Appendix B; Song et al. 2021, Appendix H).
+
+This is score_sde's `ddpm` / DDPM++ architecture, not NCSN++: there is no Gaussian
+Fourier embedding of log sigma (VE models see t / T through the sinusoidal embedding
+instead of conditioning on log sigma), no BigGAN residual blocks and no FIR
+up/down-sampling.  Until release 0.1 the config name was "ncsnpp"; it is still
+accepted as an alias of "ddpm_unet".
 
     out = UNet(x, tau, y),   x (B, H, W, C),  tau in [0, 1] (B,),  y in {0..K} (B,)
 
@@ -27,7 +33,7 @@ divisible by 2^(len(ch_mult) - 1) (28 -> 14 -> 7 with ch_mult (1, 2, 2)).
 Entries of `attn_resolutions` that are none of the levels' resolutions are
 ignored (e.g. 16 on 28x28 images).
 
-Measured parameter counts (groups=8, embed_dim_mult=4; K=10 adds (K+1) * 4 ch):
+Measured parameter counts (embed_dim_mult=4; the group count does not change them; K=10 adds (K+1) * 4 ch):
 
 | ch  | ch_mult      | res blocks | attn | image   | K  | params     | use                 |
 | --- | ------------ | ---------- | ---- | ------- | -- | ---------- | ------------------- |
@@ -68,8 +74,9 @@ class UNetConfig:
   dropout: float = 0.0
   #: K > 0 makes the model class-conditional with null class K.
   num_classes: int = 0
-  #: GroupNorm groups, reduced to a divisor of each channel count.
-  groups: int = 8
+  #: GroupNorm groups; 0 = DDPM's min(C // 4, 32) per layer.  Reduced to a divisor
+  #: of each channel count.
+  groups: int = layers.DDPM_GROUPS
   #: width of the time(+class) embedding is ch * embed_dim_mult.
   embed_dim_mult: int = 4
   #: down-sample with a strided 3x3 conv (True) or 2x2 average pooling (False);

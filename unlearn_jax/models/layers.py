@@ -18,8 +18,9 @@ over the H*W positions with the same 1/sqrt(2) residual rescaling.
 Initialisation follows DDPM: variance scaling (fan_avg, uniform) with scale 1,
 and scale ~0 (1e-10) for the last conv of each residual branch and the
 attention output, so every residual block starts as the (rescaled) identity.
-GroupNorm's group count is reduced to the largest divisor of the channel count
-not above the requested one, so any width works.
+GroupNorm's group count is DDPM's (score_sde `ddpm.py`, Ho et al.'s code):
+min(C // 4, 32) for C channels, unless a count is requested; either is then reduced
+to the largest divisor of C not above it, so any width works.
 """
 from __future__ import annotations
 
@@ -38,15 +39,22 @@ def default_init(scale: float = 1.0):
   return nn.initializers.variance_scaling(max(scale, 1e-10), "fan_avg", "uniform")
 
 
-def num_groups(channels: int, groups: int) -> int:
-  """Largest divisor of `channels` that is <= `groups` (at least 1)."""
+#: `groups` value meaning DDPM's rule min(C // 4, 32).
+DDPM_GROUPS = 0
+
+
+def num_groups(channels: int, groups: int = DDPM_GROUPS) -> int:
+  """Largest divisor of `channels` that is <= `groups` (at least 1); groups <= 0:
+  DDPM's min(channels // 4, 32)."""
+  if groups <= 0:
+    groups = min(channels // 4, 32)
   g = max(1, min(groups, channels))
   while channels % g:
     g -= 1
   return g
 
 
-def group_norm(channels: int, groups: int, name=None) -> nn.GroupNorm:
+def group_norm(channels: int, groups: int = DDPM_GROUPS, name=None) -> nn.GroupNorm:
   return nn.GroupNorm(num_groups=num_groups(channels, groups), name=name)
 
 
@@ -90,7 +98,7 @@ class ResnetBlock(nn.Module):
   Input x (B, H, W, C_in), emb (B, E) -> (B, H, W, out_ch).
   """
   out_ch: int
-  groups: int = 8
+  groups: int = DDPM_GROUPS
   dropout: float = 0.0
 
   @nn.compact
@@ -110,7 +118,7 @@ class ResnetBlock(nn.Module):
 
 class AttnBlock(nn.Module):
   """Single-head self-attention over H*W positions, residual scaled by 1/sqrt(2)."""
-  groups: int = 8
+  groups: int = DDPM_GROUPS
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
