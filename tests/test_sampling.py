@@ -96,6 +96,38 @@ def test_pc_bad_config_raises_user_error(field, kwargs):
   assert info.value.field == field
 
 
+def _smld_chain_std(sde, s0, eps):
+  """Closed-form std of score_sde's native VE reverse diffusion (denoised) for data
+  N(0, s0^2) and the exact score -x / v(t_k), v = s0^2 + std(t_k)^2: on the grid
+  linspace(T, eps, N) step k is level N-1-k (eps < T/(N-1)), so
+  x <- (1 - G_k^2 / v_k) x + G_k z with G_k^2 = sigma_i^2 - sigma_{i-1}^2 (sigma_{-1} = 0),
+  and the last step returns the mean."""
+  n = sde.N
+  t = np.linspace(sde.T, eps, n)
+  levels = np.arange(n - 1, -1, -1)
+  sig = np.exp(np.linspace(np.log(sde.sigma_min), np.log(sde.sigma_max), n))
+  g2 = sig[levels] ** 2 - np.where(levels > 0, sig[np.maximum(levels - 1, 0)], 0.0) ** 2
+  a = 1.0 - g2 / (s0 ** 2 + sde.sigma(t) ** 2)
+  var = sde.sigma_max ** 2
+  for k in range(n):
+    var = a[k] ** 2 * var + (g2[k] if k < n - 1 else 0.0)
+  return float(np.sqrt(var))
+
+
+def test_native_ve_reverse_diffusion_takes_the_final_denoising_step():
+  # Data at sigma_min scale, N(0, 0.01^2): the last step (level 0, G = sigma_0 = 0.01)
+  # halves the variance (Tweedie), std ~0.0073 as score_sde; a sampler whose last step
+  # used level 1 (G^2 = sigma_1^2 - sigma_0^2 ~ 2e-6) would return ~0.0142.
+  sde, s0 = sde_lib.VESDE(), 0.01
+  expected = _smld_chain_std(sde, s0, 1e-3)
+  assert 0.0070 < expected < 0.0075
+  score = gaussian_score(sde_coeffs(sde), mu=np.zeros(2, np.float32), cov=s0 ** 2 * np.eye(2))
+  run = jax.jit(lambda rng: sampling.pc_sample(rng, sde, score, (B, 2), corrector="none", eps=1e-3))
+  x = np.asarray(run(jax.random.PRNGKey(5)))
+  np.testing.assert_allclose(x.std(), expected, rtol=0.03)
+  np.testing.assert_allclose(x.mean(0), 0.0, atol=5 * expected / np.sqrt(B))
+
+
 # ----------------------------------------------------------------------------- ODE
 
 

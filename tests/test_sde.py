@@ -123,3 +123,24 @@ def test_get_sde_unknown_name():
   with pytest.raises(UserError, match="config.sde.name"):
     sde_lib.get_sde("foo")
   assert sde_lib.get_sde("vesde", sigma_max=3.0, beta_min=1.0) == sde_lib.VESDE(sigma_max=3.0)
+
+
+@pytest.mark.parametrize("sde", [sde_lib.VESDE(), sde_lib.VPSDE()], ids=["ve", "vp"])
+@pytest.mark.parametrize("eps", [1e-5, 1e-3, 1e-2])
+def test_sampler_grid_levels_are_score_sde_truncation(sde, eps):
+  # score_sde: timestep = (t * (N - 1) / T).astype(int32) on linspace(T, eps, N), float32.
+  from unlearn_jax import sampling
+  levels = np.asarray(sde.timestep(sampling.time_grid(sde.T, eps, sde.N)))
+  grid = np.linspace(sde.T, eps, sde.N, dtype=np.float32)
+  np.testing.assert_array_equal(levels, (grid * np.float32(sde.N - 1) / np.float32(sde.T)).astype(np.int32))
+  assert levels[0] == sde.N - 1
+  if eps < sde.T / (sde.N - 1):   # every level once, in order, the last step at level 0
+    np.testing.assert_array_equal(levels, np.arange(sde.N - 1, -1, -1))
+  else:                           # eps = 1e-2: the last step at floor(eps (N - 1)) = 9, as score_sde's
+    assert levels[-1] == int(eps * (sde.N - 1)) == 9
+
+
+def test_timestep_truncates_within_a_level():
+  sde = sde_lib.VESDE(N=11)     # levels at t = i / 10
+  t = jnp.array([0.0, 0.049, 0.051, 0.0999, 0.1, 0.95, 1.0])
+  np.testing.assert_array_equal(sde.timestep(t), [0, 0, 0, 0, 1, 9, 10])

@@ -14,7 +14,9 @@ corrector at t_k then the predictor from t_k to t_{k+1} (t_n = 0):
   * reverse_diffusion (App. E): with the forward discretization
     x_{k} = x_{k+1} + f + G z (time runs down the grid), x <- x - f + G^2 s + G z.
     When n == sde.N this is `sde.reverse(score_fn).discretize` exactly as score_sde
-    (VE: SMLD's G = sqrt(sigma_i^2 - sigma_{i-1}^2); VP: DDPM's betas).  Those
+    (VE: SMLD's G = sqrt(sigma_i^2 - sigma_{i-1}^2); VP: DDPM's betas), at level
+    i = floor(t_k (N-1)/T) (`sde.timestep`, truncated as score_sde: level N-1-k at
+    step k for eps < T/(N-1), level 0, G = sigma_0, at the last step).  Those
     discretizations index the SDE's own N noise levels, so on any other grid
     (n != N, e.g. a coarse CPU grid, or `reconstruct` starting at t_start) we use the
     exact forward Gaussian kernel between grid points instead:
@@ -210,6 +212,12 @@ def _pc_loop(rng, sde, score_fn, x, timesteps, *, predictor: str, corrector: str
   return x_mean if denoise else x
 
 
+def time_grid(t_start: float, eps: float, n_steps: int) -> jax.Array:
+  """The PC time grid linspace(t_start, eps, n_steps) (float32, score_sde's); with
+  n_steps == sde.N the native predictors index level `sde.timestep(t)` of it."""
+  return jnp.linspace(t_start, eps, n_steps)
+
+
 def _resolve_n_steps(n_steps, default: int) -> int:
   n_steps = default if n_steps is None else n_steps
   if not isinstance(n_steps, (int, np.integer)) or n_steps < 1:
@@ -241,7 +249,7 @@ def pc_sample(rng, sde, score_fn: ScoreFn, shape, *, predictor: str = "reverse_d
   n_steps = _resolve_n_steps(n_steps, sde.N)
   rng_prior, rng_loop = jax.random.split(rng)
   x = sde.prior_sampling(rng_prior, shape)
-  timesteps = jnp.linspace(sde.T, eps, n_steps)
+  timesteps = time_grid(sde.T, eps, n_steps)
   return _pc_loop(rng_loop, sde, score_fn, x, timesteps, predictor=predictor,
                   corrector=corrector, native=n_steps == sde.N, snr=snr,
                   n_corrector_steps=n_corrector_steps, denoise=denoise)
@@ -417,7 +425,7 @@ def inpaint(rng, sde, score_fn: ScoreFn, x_known: jax.Array, mask: jax.Array, *,
   rng_prior, rng_proj, rng_loop = jax.random.split(rng, 3)
   x = sde.prior_sampling(rng_prior, x_known.shape)
   x, _ = project(rng_proj, x, x, jnp.full((x.shape[0],), sde.T))
-  timesteps = jnp.linspace(sde.T, eps, n_steps)
+  timesteps = time_grid(sde.T, eps, n_steps)
   return _pc_loop(rng_loop, sde, score_fn, x, timesteps, predictor=predictor,
                   corrector=corrector, native=n_steps == sde.N, snr=snr,
                   n_corrector_steps=n_corrector_steps, denoise=denoise, project=project)
@@ -441,7 +449,7 @@ def reconstruct(rng, sde, score_fn: ScoreFn, x0: jax.Array, t_start: float = 0.0
   t_vec = jnp.full((x0.shape[0],), t_start)
   mean, std = sde.marginal_prob(x0, t_vec)
   x = mean + _bmul(std, jax.random.normal(rng_noise, x0.shape, x0.dtype))
-  timesteps = jnp.linspace(t_start, eps, n_steps)
+  timesteps = time_grid(t_start, eps, n_steps)
   return _pc_loop(rng_loop, sde, score_fn, x, timesteps, predictor=predictor,
                   corrector=corrector, native=False, snr=snr,
                   n_corrector_steps=n_corrector_steps, denoise=denoise)

@@ -62,8 +62,16 @@ class SDE:
     return drift * dt, diffusion * jnp.sqrt(dt)
 
   def timestep(self, t):
-    """Index of the discrete noise level for continuous t in [0, T]."""
-    return jnp.round(t * (self.N - 1) / self.T).astype(jnp.int32)
+    """Index i = floor(t (N - 1) / T) of the discrete noise level for t in [0, T].
+
+    Truncation, in float32, as score_sde's `discretize` and samplers
+    (`(t * (N - 1) / T).astype(int32)`): on the sampler grid linspace(T, eps, N) with
+    eps < T / (N - 1) step k gets level N - 1 - k, so every level is used once and
+    the last step (t = eps) is level 0, whose SMLD G = sigma_0 (the final denoising
+    step).  Rounding would give level N - k for every k with k eps >= 1/2 (half the
+    steps at eps = 1e-3) and never reach level 0.
+    """
+    return (t * (self.N - 1) / self.T).astype(jnp.int32)
 
   def reverse(self, score_fn: ScoreFn, probability_flow: bool = False) -> "ReverseSDE":
     return ReverseSDE(self, score_fn, probability_flow)
