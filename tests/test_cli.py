@@ -34,6 +34,8 @@ CASES = [
     ("sgu_toy.py", ["--config.training.batch_size=0"], "config.training.batch_size=0"),
     ("sgu_toy.py", ["--config.stages.sgu_obtuse.decay=linear"], "config.stages.sgu_obtuse.decay='linear'"),
     ("sgu_toy.py", ["--config.sgu.max_std=-1.0"], "config.sgu.max_std=-1.0"),
+    ("sgu_toy.py", ["--config.training.weighting=vlb"], "config.training.weighting='vlb'"),
+    ("sgu_toy.py", ["--config.sgu.orthogonal_form=dot"], "config.sgu.orthogonal_form='dot'"),
 ]
 
 

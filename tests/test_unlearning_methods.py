@@ -441,7 +441,8 @@ def test_build_objectives_and_options(method):
   assert retain.target is None and retain.reduce is None and retain.cond_drop == 0.0
   assert retain.loss.func is losses.denoising_loss and retain.loss.keywords == {"reduce": "mean"}
   if method == "sgu":
-    assert objectives["forget"].loss is losses.obtuse_loss
+    forget_loss = objectives["forget"].loss   # the retain loss's reduction (config.training.reduce)
+    assert forget_loss.func is losses.obtuse_loss and forget_loss.keywords == {"reduce": "mean"}
   if method == "salun":
     assert objectives["forget"].target is not None
   if method == "sfron":

@@ -51,7 +51,7 @@ def base() -> ml_collections.ConfigDict:
   # std_power p: lambda(t) of Eq. 9/10 such that the eps-unit weight is std(t)^-p
   # (p = 0: lambda = std^2 for obtuse, the DSM weighting of the retain loss);
   # max_std > 0: lambda(t) = 0 where std(t) > max_std (the forget loss acts at small t only).
-  c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0, max_std=0.0))
+  c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0, max_std=0.0, orthogonal_form="elementwise"))
   # DiMUM / SalUn / gradient ascent / SFR-on (DiMUM paper Eq. 5, 6, 11; REFERENCE.md).
   c.unlearn = ml_collections.ConfigDict(dict(alternative="next"))
   c.dimum = ml_collections.ConfigDict(dict(beta=1.0))

@@ -212,7 +212,7 @@ def _validate_stages(config) -> None:
   if any(config.stages[n].kind == "classifier" for n in order):
     training.check_batch_size(config.classifier.batch_size, "config.classifier.batch_size")
   check_choice("config.model.output", config.model.output, score_lib.OUTPUT_TYPES)
-  check_choice("config.training.weighting", config.training.weighting, losses.WEIGHTINGS)
+  losses.check_weighting(config.sde.name, config.training.weighting)   # vlb: DDPM only; likelihood: SDEs
   check_choice("config.eval.nll.offset", config.eval.nll.offset, ("score_sde", "density"))
 
 

@@ -102,10 +102,12 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
     return {"retain": retain}, None, Options()
   if method == "sgu":
     check_choice("config.stages.<unlearn>.variant", variant, tuple(sgu_lib.FORGET_LOSSES))
+    s = config.sgu
+    forget_loss = sgu_lib.forget_loss(variant, config.training.reduce, s.orthogonal_form)
     return ({"retain": retain,
-             "forget": training.Objective("forget", sgu_lib.FORGET_LOSSES[variant],
-                                          std_power=config.sgu.std_power,
-                                          max_std=config.sgu.max_std)},
+             "forget": training.Objective("forget", forget_loss, max_std=s.max_std,
+                                          std_power=sgu_lib.forget_std_power(
+                                              variant, config.training.weighting, s.std_power))},
             sgu_lib.sgu(config.sgu.alpha), Options())
   if method == "ga":
     check_range("config.ga.beta", config.ga.beta, 0.0, 1e6)

@@ -12,7 +12,11 @@ DDPM: Eq. 12) and L_USGM(f) is one of the unlearning losses on D_f:
   * obtuse     (Eq. 10; DDPM Eq. 14): lambda(t) < s_theta(x_t^f, t), grad log p_0t(x_t^f | x_0^f) >
 
 The per-example losses are `unlearn_jax.losses.orthogonal_loss` / `obtuse_loss`
-(in eps units).  Because the two objectives are computed on different batches,
+(in eps units), built by `forget_loss` with the retain loss's reduction over
+dimensions (`config.training.reduce`; "mean" = sum / D for every term, so alpha
+weighs like with like) and Eq. 9's reading (`config.sgu.orthogonal_form`).  Under
+`weighting="likelihood"` (lambda = g^2) the orthogonal weight is g^2 / std^4 in eps
+units (`forget_std_power` adds the std^-2 to `config.sgu.std_power`).  Because the two objectives are computed on different batches,
 the gradients of each are taken separately and combined here, as an optax
 gradient transformation:
 
@@ -23,12 +27,13 @@ gradient transformation:
 """
 from __future__ import annotations
 
-from typing import NamedTuple
+import functools
+from typing import Callable, NamedTuple
 
 import jax
 import optax
 
-from unlearn_jax.errors import check_range
+from unlearn_jax.errors import check_choice, check_range
 from unlearn_jax import losses
 
 #: the forget objective of each SGU variant (per example, eps units).
@@ -36,6 +41,24 @@ FORGET_LOSSES = {
     "orthogonal": losses.orthogonal_loss,
     "obtuse": losses.obtuse_loss,
 }
+
+
+def forget_loss(variant: str, reduce: str = "sum", orthogonal_form: str = "elementwise") -> Callable:
+  """The per-example forget loss of `variant` with the retain loss's reduction over
+  dimensions (`config.training.reduce`: one reduction for both terms of Eq. 11, so
+  alpha weighs like with like) and, for "orthogonal", `config.sgu.orthogonal_form`."""
+  check_choice("config.stages.<unlearn>.variant", variant, tuple(FORGET_LOSSES))
+  check_choice("config.training.reduce", reduce, losses.REDUCTIONS)
+  check_choice("config.sgu.orthogonal_form", orthogonal_form, losses.ORTHOGONAL_FORMS)
+  kwargs = dict(reduce=reduce, form=orthogonal_form) if variant == "orthogonal" else dict(reduce=reduce)
+  return functools.partial(FORGET_LOSSES[variant], **kwargs)
+
+
+def forget_std_power(variant: str, weighting: str, std_power: float = 0.0) -> float:
+  """`training.Objective.std_power` of the forget objective: the user's `config.sgu.std_power`
+  plus the std^-2 that Eq. 9 under lambda = g^2 has beyond the DSM weight
+  (`losses.weight_std_power`)."""
+  return std_power + losses.weight_std_power(variant, weighting)
 
 
 class SGUState(NamedTuple):
