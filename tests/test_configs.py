@@ -3,9 +3,11 @@ import importlib.util
 import json
 import os
 
+import numpy as np
 import pytest
 
-from unlearn_jax import pipeline
+from unlearn_jax import checkpoints, pipeline
+from unlearn_jax import report as report_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
@@ -68,7 +70,51 @@ def test_config_cpu_variant_one_step(name, tmp_path):
     assert os.path.exists(tmp_path / m["samples_png"])
   attacks = [n for n in c.stage_order if c.stages[n].kind == "attack"]
   assert sorted(res.get("attacks", {})) == sorted(attacks)
-  assert (tmp_path / "report.md").read_text().count("|") > 10
+  report = (tmp_path / "report.md").read_text()
+  assert report.count("|") > 10
+  check_results_against_sources(res, report, c, tmp_path)
+
+
+def _row(report: str, model: str) -> list:
+  """The cells of the first report table row of `model` (its pretty name)."""
+  name = report_lib.PRETTY.get(model, model)
+  for line in report.splitlines():
+    if line.startswith(f"| {name} |"):
+      return [x.strip() for x in line.strip("|").split("|")][1:]
+  raise AssertionError(f"no report row for {name}")
+
+
+def check_results_against_sources(res: dict, report: str, c, workdir) -> None:
+  """results.json equals what it summarises (histograms, curves) and report.md's cells equal it."""
+  for name, m in res["models"].items():
+    if "class_histogram" in m:                     # unconditional: UR from the histogram
+      hist = np.asarray(m["class_histogram"])
+      assert hist.sum() == m["num_samples"] == c.eval.num_samples
+      assert m["unlearning_ratio"] == pytest.approx(hist[list(c.data.forget_classes)].sum() / hist.sum())
+      if "confident_share" in m:
+        assert 0.0 <= m["confident_share"] <= 1.0 and 0.0 <= m["retain_histogram_tv"] <= 1.0
+        assert m["recognised"] == (m["confident_share"] >= c.eval.min_confident_share)
+      cells = _row(report, name)
+      flag = " (!)" if m.get("recognised") is False else ""
+      if "nll" in m and c.data.name != "toy_gmm":
+        assert cells[:4] == [f"{100 * m['unlearning_ratio']:.2f}{flag}", f"{m['nll']['retain']:.3f}",
+                             f"{m['nll']['forget']:.3f}",
+                             f"{m['nll']['forget'] - m['nll']['retain']:+.3f}"]
+        assert cells[4] == f"{100 * m['confident_share']:.1f}"
+    elif "forget_class_histogram" in m and c.model.name != "sd":  # class-conditional: AR_MU
+      hist = np.asarray(m["forget_class_histogram"])
+      assert hist.sum() == c.eval.num_samples * len(c.data.forget_classes)
+      cells = _row(report, name)
+      flag = " (!)" if m.get("recognised") is False else ""
+      assert cells[1:4] == [f"{m['frechet_distance']:.3f}", f"{m['ar_mu']:.3f}{flag}", f"{m['ar_cl']:.3f}"]
+  for name, a in res.get("attacks", {}).items():
+    curve = checkpoints.read_json(os.path.join(workdir, name, "curve.json"))
+    steps = sorted(int(k) for k in curve)
+    ar = [curve[str(k)]["ar"] for k in steps]
+    assert a["steps"] == steps and a["ar_dimra"] == ar
+    assert a["max_ar_dimra"] == max(ar) and a["max_ar_dimra_step"] == steps[int(np.argmax(ar))]
+    assert a["final_ar_dimra"] == ar[-1]
+    assert a["min_ar_cl"] == min(curve[str(k)]["ar_cl"] for k in steps)
 
 
 def test_paper_scale_configs_build():

@@ -4,6 +4,12 @@
   the evaluation classifier assigns to a forgotten class (the paper uses
   N = 10,000).  For the 2-D toy mixture the "classifier" is the nearest
   mixture component (`data.nearest_component`).
+* Sample quality beside every rate (`sample_quality`): the share of samples the
+  classifier assigns to a class with probability >= 0.9, and the total-variation
+  distance of the samples' class histogram from the data's (over all classes, and
+  over the retained classes only, renormalised).  A rate computed on samples the
+  classifier does not recognise measures nothing; `recognised` says whether the
+  confident share reaches `config.eval.min_confident_share`.
 * NLL: bits/dim of test data of the retained and the forgotten classes under
   the probability-flow ODE (`likelihood.get_likelihood_fn`), image data
   uniformly dequantized, with score_sde's offset convention.
@@ -55,6 +61,47 @@ def predict(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) 
   f = jax.jit(lambda p, x: jnp.argmax(apply_fn({"params": p}, x), -1))
   out = [np.asarray(f(params, x01[i:i + batch_size])) for i in range(0, len(x01), batch_size)]
   return np.concatenate(out) if out else np.zeros((0,), np.int32)
+
+
+def classify(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500):
+  """(predicted class (N,), its softmax probability (N,)) for images in [0, 1] (batched, jitted)."""
+  def f(p, x):
+    prob = jax.nn.softmax(apply_fn({"params": p}, x), -1)
+    return jnp.argmax(prob, -1), jnp.max(prob, -1)
+  f = jax.jit(f)
+  out = [tuple(map(np.asarray, f(params, x01[i:i + batch_size]))) for i in range(0, len(x01), batch_size)]
+  if not out:
+    return np.zeros((0,), np.int32), np.zeros((0,), np.float32)
+  return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+
+
+def histogram_tv(counts, reference_counts, classes: Optional[Sequence[int]] = None) -> float:
+  """Total-variation distance 0.5 sum_c |p_c - q_c| between two class histograms, each
+  normalised (over `classes` only when given); 0 = same shares, 1 = disjoint."""
+  p = np.asarray(counts, np.float64)
+  q = np.asarray(reference_counts, np.float64)
+  if classes is not None:
+    idx = np.asarray(classes, np.int64)
+    p, q = p[idx], q[idx]
+  if p.sum() <= 0 or q.sum() <= 0:
+    return 1.0
+  return float(0.5 * np.abs(p / p.sum() - q / q.sum()).sum())
+
+
+def sample_quality(pred: np.ndarray, confidence: np.ndarray, data_labels: np.ndarray, num_classes: int,
+                   retained_classes: Sequence[int], *, threshold: float = 0.9,
+                   min_confident_share: float = 0.5) -> dict:
+  """Whether the classifier recognises the samples its rates are computed on (see the module doc).
+
+  `data_labels`: the labels of the data the model was trained to generate before unlearning (D).
+  """
+  counts = np.bincount(np.asarray(pred, np.int64), minlength=num_classes)
+  ref = np.bincount(np.asarray(data_labels, np.int64), minlength=num_classes)
+  share = float(np.mean(np.asarray(confidence) >= threshold)) if len(confidence) else 0.0
+  return {"confident_share": share, "confidence_threshold": float(threshold),
+          "histogram_tv": histogram_tv(counts, ref),
+          "retain_histogram_tv": histogram_tv(counts, ref, retained_classes),
+          "recognised": bool(share >= min_confident_share)}
 
 
 def embed(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) -> np.ndarray:

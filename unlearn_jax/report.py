@@ -7,6 +7,8 @@ results.json schema (documented in the README):
     "classifier": {"test_accuracy": 0.98} | null,
     "models": {
       "<stage>": {"unlearning_ratio": float, "num_samples": int, "class_histogram": [...],
+                  "confident_share": float, "confidence_threshold": float, "histogram_tv": float,
+                  "retain_histogram_tv": float, "recognised": bool,      (image data)
                   "nll": {"retain": float, "forget": float, "unit": "bits/dim",
                           "offset": float, "convention": "score_sde" | "density",
                           "num_examples": int},
@@ -17,6 +19,7 @@ results.json schema (documented in the README):
   }
 Class-conditional experiments (DiMUM / DiMRA) have instead, per model,
   {"ar_mu": float, "ar_cl": float, "frechet_distance": float, "retain_accuracy": float,
+   "confident_share": float, "confidence_threshold": float, "recognised": bool,
    "num_samples": int, "fd_num_samples": int, "forget_class_histogram": [...],
    "samples_png": ..., "method": "dimum", "unlearn_steps": int, "seconds_per_step": float}
 and per attack stage "attacks": {"<stage>": {"model": "<unlearn stage>", "data": "<stream>",
@@ -179,13 +182,19 @@ def conditional_markdown(results: dict, workdir: str) -> list:
            "FD: Fréchet distance between retain-class samples and D_r on the evaluation classifier's "
            "features (not Inception FID). AR_MU: share of forget-conditioned samples classified as "
            "the forgotten class; AR_CL: as the alternative class.", "",
-           "| Method | unlearning steps | FD | AR_MU | AR_CL | retain-class accuracy | s/step |",
-           "|---|---|---|---|---|---|---|"]
+           "| Method | unlearning steps | FD | AR_MU | AR_CL | retain-class accuracy | confident (%) | s/step |",
+           "|---|---|---|---|---|---|---|---|"]
   for n, m in models.items():
     sps = m.get("seconds_per_step")
+    conf = m.get("confident_share")
     lines.append(f"| {_pretty(n)} | {m.get('unlearn_steps', 0)} | {m['frechet_distance']:.3f} | "
-                 f"{m['ar_mu']:.3f} | {m['ar_cl']:.3f} | {m['retain_accuracy']:.3f} | "
-                 f"{'' if sps is None else f'{sps:.3f}'} |")
+                 f"{m['ar_mu']:.3f}{_flag(m)} | {m['ar_cl']:.3f} | {m['retain_accuracy']:.3f} | "
+                 f"{'–' if conf is None else f'{100 * conf:.1f}'} | {'' if sps is None else f'{sps:.3f}'} |")
+  bad = [_pretty(n) for n, m in models.items() if m.get("recognised") is False]
+  if bad:
+    lines += ["", f"**(!) Not a result:** the classifier recognises too few retain-class samples of "
+              f"{', '.join(bad)} (confident share below `config.eval.min_confident_share`): their AR "
+              "measures a broken model, not forgetting."]
   if attacks:
     lines += ["", "## Comparison: unlearning and robustness to DiMRA", "",
               "| Method | AR_MU | FD | max AR_DiMRA | s/step |", "|---|---|---|---|---|"]
@@ -309,13 +318,40 @@ def markdown(results: dict, workdir: str = ".") -> str:
     lines.append("| unlearning ratio | " + " | ".join(
         f"{100 * models[n]['unlearning_ratio']:.2f}%" for n in names) + " |")
   else:
+    thr = next((m.get("confidence_threshold") for m in models.values()), None)
     lines += ["## Unlearning ratio and NLL (SGU paper, Table 2 shape)", "",
-              "| Method | UR (%) | NLL D_g | NLL D_f | D_f - D_g |", "|---|---|---|---|---|"]
+              "| Method | UR (%) | NLL D_g | NLL D_f | D_f - D_g | confident (%) | TV(hist, D) | TV(retained) |",
+              "|---|---|---|---|---|---|---|---|"]
     for n in names:
       m = models[n]
-      lines.append(f"| {PRETTY.get(n, n)} | {100 * m['unlearning_ratio']:.2f} | {m['nll']['retain']:.3f} | "
-                   f"{m['nll']['forget']:.3f} | {m['nll']['forget'] - m['nll']['retain']:+.3f} |")
+      lines.append(f"| {PRETTY.get(n, n)} | {100 * m['unlearning_ratio']:.2f}{_flag(m)} | "
+                   f"{m['nll']['retain']:.3f} | {m['nll']['forget']:.3f} | "
+                   f"{m['nll']['forget'] - m['nll']['retain']:+.3f} | {_quality_cells(m)} |")
+    lines += ["", f"confident: share of samples the classifier assigns a class with probability >= {thr}; "
+              "TV: total-variation distance of the samples' class histogram from the training data's "
+              "(over all classes; over the retained classes, renormalised)."]
+    lines += _unrecognised_note(models, names)
   return _tail(lines, results, names)
+
+
+def _flag(m: dict) -> str:
+  """' (!)' after a rate computed on samples the classifier does not recognise."""
+  return " (!)" if m.get("recognised") is False else ""
+
+
+def _quality_cells(m: dict) -> str:
+  if "confident_share" not in m:
+    return "– | – | –"
+  return f"{100 * m['confident_share']:.1f} | {m['histogram_tv']:.3f} | {m['retain_histogram_tv']:.3f}"
+
+
+def _unrecognised_note(models: dict, names) -> list:
+  bad = [PRETTY.get(n, n) for n in names if models[n].get("recognised") is False]
+  if not bad:
+    return []
+  return ["", f"**(!) Not a result:** the classifier recognises too few samples of {', '.join(bad)} "
+          "(confident share below `config.eval.min_confident_share`): their rates measure a broken "
+          "model, not forgetting."]
 
 
 def _tail(lines: list, results: dict, names) -> str:
