@@ -10,18 +10,27 @@ Resume order: if DONE.json exists the stage is skipped; otherwise the latest
 step under checkpoints/ is restored and training continues from it; otherwise
 the stage starts from its `init` (random, another stage's final state, or a path).
 Only states whose parameters are all finite are ever saved.
+
+A checkpoint that does not restore (a file truncated or lost on disk): resuming falls
+back to the latest one that does, with a warning, and moves the unreadable ones to
+`<stage>/corrupt_checkpoints/` (`restore_latest`); with none left, or when a finished
+stage's final weights are read (`load_raw`), a `UserError` names the checkpoint.
 """
 from __future__ import annotations
 
 import json
+import logging
 import os
-from typing import Any, Optional
+from typing import Any, Optional, Tuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from unlearn_jax.errors import UserError
+
 CKPT_DIR = "checkpoints"
+CORRUPT_DIR = "corrupt_checkpoints"
 META = "meta.json"
 DONE = "DONE.json"
 
@@ -56,6 +65,71 @@ def restore_raw(mngr: ocp.CheckpointManager, step: Optional[int] = None) -> Any:
   """Restores a checkpoint as saved (nested dicts), without a target structure."""
   step = mngr.latest_step() if step is None else step
   return mngr.restore(step, args=ocp.args.StandardRestore())
+
+
+def _steps(stage_dir: str) -> list:
+  path = os.path.join(stage_dir, CKPT_DIR)
+  return sorted((int(d) for d in os.listdir(path) if d.isdigit()), reverse=True) if os.path.isdir(path) else []
+
+
+def _reason(e: BaseException) -> str:
+  """The first line of a restore error's root cause (orbax / TensorStore messages run to hundreds)."""
+  while (e.__cause__ or e.__context__) is not None:
+    e = e.__cause__ or e.__context__
+  line = next((l.strip() for l in str(e).splitlines() if l.strip()), type(e).__name__)
+  return f"{type(e).__name__}: {line[:200]}"
+
+
+def _try_restore(stage_dir: str, step: int, like: Any, max_to_keep: int) -> Any:
+  # A fresh manager per attempt: a failed restore can leave a manager's event loop closed.
+  mngr = manager(stage_dir, max_to_keep)
+  try:
+    return restore_raw(mngr, step) if like is None else restore(mngr, like, step)
+  finally:
+    mngr.close()
+
+
+def unreadable(stage_dir: str, step: int, e: BaseException) -> UserError:
+  path = os.path.join(stage_dir, CKPT_DIR, str(step))
+  return UserError("checkpoint", path, f"does not restore ({_reason(e)}): expected a complete orbax checkpoint; "
+                   f"delete {path} (and {os.path.join(stage_dir, DONE)}) to recompute the stage from an "
+                   "earlier checkpoint or its start")
+
+
+def restore_latest(stage_dir: str, like: Any, max_to_keep: int = 2) -> Tuple[Any, Optional[int]]:
+  """(state, step) of the latest checkpoint of `stage_dir` that restores into `like`'s
+  structure; (None, None) if there is no checkpoint.  Unreadable later checkpoints are
+  moved to <stage>/corrupt_checkpoints/ with a warning; if none restores, UserError
+  naming the latest (nothing is moved)."""
+  failed = []
+  for step in _steps(stage_dir):
+    try:
+      state = _try_restore(stage_dir, step, like, max_to_keep)
+    except Exception as e:  # noqa: BLE001 -- orbax / TensorStore raise ValueError, RuntimeError, Exception
+      failed.append((step, e))
+      continue
+    for bad, e in failed:
+      dest = os.path.join(stage_dir, CORRUPT_DIR, str(bad))
+      os.makedirs(os.path.dirname(dest), exist_ok=True)
+      os.replace(os.path.join(stage_dir, CKPT_DIR, str(bad)), dest)
+      logging.warning("checkpoint %s does not restore (%s): moved to %s; resuming from step %d",
+                      os.path.join(stage_dir, CKPT_DIR, str(bad)), _reason(e), dest, step)
+    return state, step
+  if failed:
+    raise unreadable(stage_dir, *failed[0])
+  return None, None
+
+
+def load_raw(stage_dir: str) -> Any:
+  """A finished stage's latest checkpoint as saved (nested dicts).  No fallback: an earlier
+  checkpoint is not the stage's result, so an unreadable one is a UserError naming it."""
+  steps = _steps(stage_dir)
+  if not steps:
+    raise UserError("checkpoint", os.path.join(stage_dir, CKPT_DIR), "expected a checkpoint there; none found")
+  try:
+    return _try_restore(stage_dir, steps[0], None, 2)
+  except Exception as e:  # noqa: BLE001
+    raise unreadable(stage_dir, steps[0], e) from e
 
 
 def write_json(path: str, obj: Any) -> None:

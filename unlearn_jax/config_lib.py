@@ -40,7 +40,9 @@ def base() -> ml_collections.ConfigDict:
       hidden=128, num_layers=3, output="eps", ema_rate=0.999, conditional=False))
 
   # decay: "constant" after warmup (score_sde) or "cosine" to 0 at the end of each stage.
-  c.optim = ml_collections.ConfigDict(dict(lr=2e-4, warmup=5000, grad_clip=1.0, b1=0.9, eps=1e-8,
+  # name: "adam" (score_sde's, the public unlearning codes') or "sgd" (EraseDiff Algorithm 1's
+  # plain step theta - lr * update; b1 and eps are Adam's only).
+  c.optim = ml_collections.ConfigDict(dict(name="adam", lr=2e-4, warmup=5000, grad_clip=1.0, b1=0.9, eps=1e-8,
                                            decay="constant"))
 
   c.training = ml_collections.ConfigDict(dict(
@@ -59,16 +61,23 @@ def base() -> ml_collections.ConfigDict:
   c.salun = ml_collections.ConfigDict(dict(beta=1e-3, fraction=0.5))
   c.sfron = ml_collections.ConfigDict(dict(alpha_max=10.0))
   # EraseDiff (Algorithm 1): lambda rule ("paper" | "constant" | "cosine"), a_t = eta ||grad g||^2,
-  # K inner steps at rate xi (inner_lr), how phi^K enters grad g, the forget target eps_f.
+  # K inner steps at rate xi (inner_lr), the forget target eps_f, and how phi^K enters grad g:
+  # "first_order" (default: grad L_f(theta) - grad L_f(phi^K), phi^K(theta)'s Jacobian taken as I,
+  # so K and xi change the update; K = 0 erases nothing), "unrolled" (exact, through the K steps)
+  # or "fixed" (grad L_f(theta): Algorithm 1's literal phi^K, K and xi then change only the logged g).
+  # couple_lr: the step size is eta too (the paper's theta - eta delta_t); False: the stage's lr.
   c.erasediff = ml_collections.ConfigDict(dict(
-      eta=0.1, rule="paper", lam=0.1, inner_steps=2, inner_lr=1e-3, grad_form="fixed", target="rl"))
+      eta=0.1, rule="paper", lam=0.1, inner_steps=2, inner_lr=1e-3, grad_form="first_order", target="rl",
+      couple_lr=False))
   # CORE (Eq. 2-4): alpha, the anchor scheme of Table 4 (group size, k, base class; -1 = first retained).
   c.core = ml_collections.ConfigDict(dict(alpha=1.0, scheme="one_to_one", group_size=5, k=5, base=-1))
   # ESD (CORE App. C Eq. 8): eta, p_0 (-1: the null class), partial-DDIM x_t (steps, guidance, sampler).
   c.esd = ml_collections.ConfigDict(dict(eta=1.0, base=-1, ddim_steps=50, guidance=3.0, source="current"))
   # Concept Ablation (Eq. 11-12): model- or noise-based, anchor or forget images, prior weight.
   c.ca = ml_collections.ConfigDict(dict(variant="model", images="anchor", prior_weight=1.0))
-  # Selective Amnesia: replay weight gamma, EWC lambda, the replay stream, the Fisher's sample counts.
+  # Selective Amnesia: replay weight gamma, EWC lambda, the replay stream, and the Fisher
+  # F = mean over fisher_samples generated samples of (grad of the sample's loss summed over t)^2,
+  # each square estimated without bias from fisher_t >= 2 random (t, z) draws.
   c.sa = ml_collections.ConfigDict(dict(gamma=1.0, lam=10.0, replay="retain", fisher_samples=5000,
                                         fisher_t=8))
   # Scissorhands: the kept share (1 - sparsity is reset) and the forget weight of L_r - gamma L_f.
@@ -88,7 +97,10 @@ def base() -> ml_collections.ConfigDict:
       nll=ml_collections.ConfigDict(dict(
           num_examples=1000, batch_size=100, passes=1, rtol=1e-5, atol=1e-5,
           hutchinson="rademacher", offset="score_sde")),
-      grid_size=64))
+      grid_size=64,
+      # sample quality beside every rate: the share of samples classified with probability
+      # >= confidence_threshold; below min_confident_share the report flags the rates.
+      confidence_threshold=0.9, min_confident_share=0.5))
   return c
 
 
@@ -101,13 +113,21 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   (attack: evaluate AR every k steps), lr and batch_size (0: config.training's),
   decay ("": config.optim.decay; "constant" | "cosine"),
   trainable (Stable Diffusion: "" = config.sd.trainable for unlearn / attack stages,
-  "all" for train stages).
+  "all" for train stages),
+  ema_rate (the rate r of the parameter EMA ema <- r ema + (1 - r) params, started from the
+  stage's starting weights; None: config.model.ema_rate for train stages, 0 for unlearn
+  and attack stages).  A stage's *evaluated weights* (what evaluation, the stages that
+  start from it and a DiMRA attack curve read) are its EMA if r > 0, else its parameters.
+  Unlearn/attack default to no EMA: a 0.9999 EMA started from the pretrained weights
+  would after a 300-step stage still be 0.9999^300 = 97% the pretrained model.  EraseDiff's
+  public code (REFERENCE.md) uses 0.99: set `ema_rate=0.99` on its stage to match it.
   mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
            models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="", decay="",
-           lr=ml_collections.FieldReference(None, field_type=float))
+           lr=ml_collections.FieldReference(None, field_type=float),
+           ema_rate=ml_collections.FieldReference(None, field_type=float))
   d.update(kw)
   return ml_collections.ConfigDict(d)
 

@@ -4,6 +4,7 @@ A `UserError` is a mistake in what the user asked for (an unknown name, a value
 out of range, a missing file).  `unlearn_jax.main` prints it as one line and
 exits with status 2; nothing in the workdir is written before validation.
 """
+import numbers
 
 
 class UserError(ValueError):
@@ -23,8 +24,16 @@ def check_choice(field: str, value, choices):
   return value
 
 
-def check_range(field: str, value, lo, hi):
-  """Raises `UserError` unless lo <= value <= hi."""
-  if not (lo <= value <= hi):
-    raise UserError(field, value, f"expected a number in [{lo}, {hi}]")
+def check_range(field: str, value, lo, hi, *, lo_open: bool = False, hi_open: bool = False,
+                integer: bool = False):
+  """Raises `UserError` unless lo <= value <= hi (lo < value / value < hi where open; NaN
+  and non-numbers never pass; `integer`: an int too)."""
+  kind = "an integer" if integer else "a number"
+  interval = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+  ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and \
+      (not integer or isinstance(value, numbers.Integral))
+  if ok:
+    ok = bool(lo < value if lo_open else lo <= value) and bool(value < hi if hi_open else value <= hi)
+  if not ok:
+    raise UserError(field, value, f"expected {kind} in {interval}")
   return value

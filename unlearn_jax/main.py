@@ -5,7 +5,10 @@ one.  A bad input ends with one line `error: <field>=<value> ...`, exit status
 2, and the workdir untouched.  On a TPU pod / multi-host GPU, add
 `--multihost` (calls `jax.distributed.initialize()` before anything else).
 """
+import difflib
+import importlib.util
 import os
+import re
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -13,9 +16,20 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", "configs/sgu_mnist.py:cpu", "Experiment config file (optionally `path.py:arg`).",
-    lock_config=True)
+_CONFIG_DEFAULT = "configs/sgu_mnist.py:cpu"
+
+
+def _define_config():
+  # Without --config on the command line, ml_collections parses the default and the
+  # overrides of sys.argv here, at definition: a mistake there is reported like any other.
+  try:
+    return config_flags.DEFINE_config_file(
+        "config", _CONFIG_DEFAULT, "Experiment config file (optionally `path.py:arg`).", lock_config=True)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    print(f"error: {flag_error(sys.argv, e)}", file=sys.stderr)
+    sys.exit(2)
+
+
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config name>).")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, GPU clusters).")
 
@@ -26,8 +40,83 @@ def default_workdir(config_arg: str) -> str:
   return os.path.join("workdir", base + (f"_{suffix}" if suffix else ""))
 
 
+def _config_arg(argv) -> str:
+  """The --config value of `argv` (the last one), else the flag's default."""
+  arg = _CONFIG_DEFAULT
+  for i, a in enumerate(argv[1:], 1):
+    if a == "--config" and i + 1 < len(argv):
+      arg = argv[i + 1]
+    elif a.startswith("--config="):
+      arg = a.split("=", 1)[1]
+  return arg
+
+
+def _load_config(config_arg: str):
+  """`get_config(arg)` of a config file, as ml_collections' flag loads it."""
+  path, _, arg = config_arg.partition(":")
+  if not os.path.isfile(path):
+    raise FileNotFoundError(path)
+  spec = importlib.util.spec_from_file_location("config_file", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(*([arg] if ":" in config_arg else []))
+
+
+def _last_line(e: BaseException) -> str:
+  lines = [l.strip() for l in str(e).strip().splitlines() if l.strip()]
+  return lines[-1] if lines else type(e).__name__
+
+
+def flag_error(argv, e: BaseException):
+  """The `UserError` behind a failed flag parse: a config file or argument that does not load,
+  an override naming no field of the config (with the fields there are), a value that does
+  not parse as the field's type; otherwise absl's own one-line message (as a str)."""
+  from unlearn_jax.errors import UserError
+  import ml_collections
+  config_arg = _config_arg(argv)
+  try:
+    config = _load_config(config_arg)
+  except FileNotFoundError:
+    return UserError("--config", config_arg, "expected a config file (path.py or path.py:arg); no such file")
+  except Exception as err:   # noqa: BLE001 -- a config file's own error, e.g. an unknown argument
+    return UserError("--config", config_arg, _last_line(err))
+  for a in argv[1:]:
+    m = re.match(r"^--?(?:no)?config\.([^=]+)(?:=(.*))?$", a)
+    if not m:
+      continue
+    path, value = m.group(1), m.group(2)
+    node, parts = config, path.split(".")
+    for i, part in enumerate(parts):
+      if not isinstance(node, ml_collections.ConfigDict):
+        whole = "config." + ".".join(parts[:i])
+        return UserError(f"config.{path}", value, f"{whole} is a {type(node).__name__}, not a section: "
+                         f"expected --{whole}=<value>")
+      if part not in node:
+        parent = "config" + "".join("." + p for p in parts[:i])
+        keys = sorted(node.keys())
+        close = difflib.get_close_matches(part, keys, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return UserError(f"config.{path}", value, f"expected a field of {parent}: {', '.join(keys)}{hint}")
+      node = node[part]
+    if value is not None and f"config.{path}=" in str(e):
+      kind = type(node).__name__ if node is not None else "the field's type"
+      return UserError(f"config.{path}", value, f"expected a value of type {kind} ({_last_line(e)})")
+  return _last_line(e)
+
+
+def parse_flags(argv):
+  """absl's flag parsing, with every mistake in the flags as one `error:` line and exit status 2."""
+  try:
+    return flags.FLAGS(argv)
+  except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
+    print(f"error: {flag_error(argv, e)}", file=sys.stderr)
+    sys.exit(2)
+
+
+_CONFIG = _define_config()
+
+
 def main(argv):
-  del argv
   import jax
   from unlearn_jax import pipeline
   from unlearn_jax.errors import UserError
@@ -41,7 +130,13 @@ def main(argv):
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   try:
-    pipeline.run(_CONFIG.value, workdir)
+    config = _CONFIG.value
+    config.keys()            # a config file that does not load raises on first access
+  except OSError as e:
+    print(f"error: {flag_error(sys.argv, e)}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    pipeline.run(config, workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -52,4 +147,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)

@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import json
 import logging
+import numbers
 import os
 import time
 import zlib
@@ -117,8 +118,8 @@ class Experiment:
 
 
 def stage_seed(config, name: str) -> int:
-  """A stable per-stage seed derived from the global seed and the stage name."""
-  return int(np.uint32(config.seed * 1_000_003 + zlib.crc32(name.encode())))
+  """A stable per-stage seed derived from the global seed and the stage name (mod 2^32)."""
+  return int((config.seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 32))
 
 
 # ----------------------------------------------------------------------------
@@ -156,9 +157,14 @@ def _validate_stages(config) -> None:
     if st.kind in MODEL_KINDS:
       synth = tuple(n for n in seen if config.stages[n].kind == "synthesize")
       check_choice(f"{field}.data", st.data, STREAMS + synth)
-      check_range(f"{field}.steps", st.steps, 0, 10 ** 9)
+      check_range(f"{field}.steps", st.steps, 0, 10 ** 9, integer=True)
+      check_range(f"{field}.batch_size", st.get("batch_size", 0), 0, 1 << 24, integer=True)   # 0: config.training's
       if st.get("batch_size", 0):
         training.check_batch_size(st.batch_size, f"{field}.batch_size")
+      if st.get("lr", None) is not None:
+        check_range(f"{field}.lr", st.lr, 0.0, MAX_LR, lo_open=True)
+      if st.get("ema_rate", None) is not None:
+        check_range(f"{field}.ema_rate", st.ema_rate, 0.0, 1.0, hi_open=True)
       if st.kind == "attack" and st.init == "scratch":
         raise UserError(f"{field}.init", st.init, "an attack starts from an unlearned model: name its stage")
       if st.init != "scratch":
@@ -214,6 +220,100 @@ def _validate_stages(config) -> None:
   check_choice("config.model.output", config.model.output, score_lib.OUTPUT_TYPES)
   losses.check_weighting(config.sde.name, config.training.weighting)   # vlb: DDPM only; likelihood: SDEs
   check_choice("config.eval.nll.offset", config.eval.nll.offset, ("score_sde", "density"))
+  _validate_numbers(config)
+
+
+INF = float("inf")
+MAX_LR = 1e3
+#: Every numeric field a run reads (config_lib.base(), ddpm_base(), sd_experiment.config_defaults),
+#: checked before anything is written: (path, lo, hi, kind); kind "int" is an integer in
+#: [lo, hi], "[]" a number in [lo, hi], "(]" / "[)" / "()" with open ends.  A path absent
+#: from a config is skipped; a tuple value has each entry checked.
+NUMERIC_FIELDS = (
+    ("seed", 0, 2 ** 31 - 1, "int"),
+    ("data.max_examples", 0, 10 ** 9, "int"), ("data.toy_num_samples", 1, 10 ** 9, "int"),
+    ("data.seed", 0, 2 ** 31 - 1, "int"), ("data.image_indices", 1, 10 ** 6, "int"),
+    ("sde.sigma_min", 0.0, INF, "()"), ("sde.sigma_max", 0.0, INF, "()"),
+    ("sde.beta_min", 0.0, INF, "[)"), ("sde.beta_max", 0.0, INF, "()"),
+    ("sde.beta_start", 0.0, 1.0, "()"), ("sde.beta_end", 0.0, 1.0, "()"),
+    ("sde.N", 1, 10 ** 6, "int"), ("sde.eps", 0.0, 1.0, "()"),
+    ("model.ch", 1, 1 << 16, "int"), ("model.ch_mult", 1, 1 << 10, "int"),
+    ("model.num_res_blocks", 1, 1 << 10, "int"), ("model.attn_resolutions", 1, 1 << 16, "int"),
+    ("model.dropout", 0.0, 1.0, "[)"), ("model.hidden", 1, 1 << 20, "int"),
+    ("model.num_layers", 1, 1 << 10, "int"), ("model.ema_rate", 0.0, 1.0, "[)"),
+    ("optim.lr", 0.0, MAX_LR, "(]"), ("optim.warmup", 0, 10 ** 9, "int"),
+    ("optim.grad_clip", 0.0, 1e6, "[]"), ("optim.b1", 0.0, 1.0, "[)"), ("optim.eps", 0.0, 1.0, "(]"),
+    ("training.log_every", 1, 10 ** 9, "int"), ("training.ckpt_every", 1, 10 ** 9, "int"),
+    ("training.sample_every", 0, 10 ** 9, "int"), ("training.max_to_keep", 1, 10 ** 6, "int"),
+    ("training.cond_drop", 0.0, 1.0, "[]"),
+    ("sgu.alpha", 0.0, 1.0, "[]"), ("sgu.std_power", -1e3, 1e3, "[]"), ("sgu.max_std", 0.0, INF, "[)"),
+    ("dimum.beta", 0.0, 1e6, "[]"), ("ga.beta", 0.0, 1e6, "[]"), ("salun.beta", 0.0, 1e6, "[]"),
+    ("salun.fraction", 0.0, 1.0, "[]"), ("sfron.alpha_max", 0.0, 1e6, "[]"),
+    ("erasediff.eta", 0.0, 1e6, "[]"), ("erasediff.lam", 0.0, 1e6, "[]"),
+    ("erasediff.inner_steps", 0, 10 ** 6, "int"), ("erasediff.inner_lr", 0.0, 1e6, "[]"),
+    ("core.alpha", 0.0, 1e6, "[]"), ("core.group_size", 1, 10 ** 6, "int"), ("core.k", 1, 10 ** 6, "int"),
+    ("core.base", -1, 10 ** 6, "int"),
+    ("esd.eta", 0.0, 1e6, "[]"), ("esd.base", -1, 10 ** 6, "int"), ("esd.ddim_steps", 1, 10 ** 5, "int"),
+    ("esd.guidance", 0.0, 1e3, "[]"), ("ca.prior_weight", 0.0, 1e6, "[]"),
+    ("sa.gamma", 0.0, 1e6, "[]"), ("sa.lam", 0.0, 1e12, "[]"), ("sa.fisher_samples", 1, 10 ** 7, "int"),
+    ("sa.fisher_t", 2, 10 ** 5, "int"), ("shs.sparsity", 0.0, 1.0, "[]"), ("shs.gamma", 0.0, 1e6, "[]"),
+    ("classifier.features", 1, 1 << 16, "int"), ("classifier.dense", 1, 1 << 20, "int"),
+    ("classifier.dropout", 0.0, 1.0, "[)"), ("classifier.steps", 0, 10 ** 9, "int"),
+    ("classifier.lr", 0.0, MAX_LR, "(]"), ("classifier.image_size", 1, 1 << 14, "int"),
+    ("eval.num_samples", 1, 10 ** 9, "int"), ("eval.sample_batch_size", 1, 1 << 24, "int"),
+    ("eval.fd_num_samples", 2, 10 ** 9, "int"), ("eval.attack_num_samples", 1, 10 ** 9, "int"),
+    ("eval.grid_size", 1, 10 ** 5, "int"), ("eval.confidence_threshold", 0.0, 1.0, "[]"),
+    ("eval.min_confident_share", 0.0, 1.0, "[]"),
+    ("eval.sampler.snr", 0.0, 1e3, "[]"), ("eval.sampler.n_steps", 1, 10 ** 6, "int"),
+    ("eval.sampler.eps", 0.0, 1.0, "()"), ("eval.sampler.guidance", 0.0, 1e3, "[]"),
+    ("eval.sampler.eta", 0.0, 1.0, "[]"),
+    ("eval.nll.num_examples", 1, 10 ** 9, "int"), ("eval.nll.batch_size", 1, 1 << 24, "int"),
+    ("eval.nll.passes", 1, 10 ** 4, "int"), ("eval.nll.rtol", 0.0, 1.0, "()"), ("eval.nll.atol", 0.0, 1.0, "()"),
+    ("sd.encode_batch_size", 1, 1 << 16, "int"), ("sd.tiny.block_out_channels", 1, 1 << 14, "int"),
+    ("sd.tiny.cross_attention_dim", 1, 1 << 14, "int"),
+)
+
+
+def _field(config, path: str):
+  """config.<path>, or KeyError if a section or field is absent."""
+  node = config
+  for part in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict) or part not in node:
+      raise KeyError(path)
+    node = node[part]
+  return node
+
+
+def _validate_numbers(config) -> None:
+  """Range checks of `NUMERIC_FIELDS` and the cross-field orderings, with full field names."""
+  for path, lo, hi, kind in NUMERIC_FIELDS:
+    try:
+      value = _field(config, path)
+    except KeyError:
+      continue
+    field = f"config.{path}"
+    kw = dict(integer=True) if kind == "int" else dict(lo_open=kind[0] == "(", hi_open=kind[1] == ")")
+    if isinstance(value, (tuple, list)):
+      for v in value:
+        if not (isinstance(v, numbers.Real) and not isinstance(v, bool) and
+                (kind != "int" or isinstance(v, numbers.Integral)) and lo <= v <= hi):
+          raise UserError(field, tuple(value), f"expected {'integers' if kind == 'int' else 'numbers'} "
+                          f"in [{lo}, {hi}]")
+    elif value is not None:
+      check_range(field, value, lo, hi, **kw)
+  sde = config.get("sde", {})
+  if "sigma_min" in sde and "sigma_max" in sde and sde.name == "vesde" and not sde.sigma_min < sde.sigma_max:
+    raise UserError("config.sde.sigma_max", sde.sigma_max, f"expected a number > config.sde.sigma_min "
+                    f"({sde.sigma_min})")
+  if "beta_min" in sde and "beta_max" in sde and sde.name in ("vpsde", "subvpsde") and \
+     not sde.beta_min < sde.beta_max:
+    raise UserError("config.sde.beta_max", sde.beta_max, f"expected a number > config.sde.beta_min "
+                    f"({sde.beta_min})")
+  if "beta_start" in sde and "beta_end" in sde and not sde.beta_start <= sde.beta_end:
+    raise UserError("config.sde.beta_end", sde.beta_end, f"expected a number >= config.sde.beta_start "
+                    f"({sde.beta_start})")
+  if "nll" in config.get("eval", {}):
+    check_choice("config.eval.nll.hutchinson", config.eval.nll.hutchinson, likelihood.DIVERGENCES)
 
 
 def build_experiment(config, workdir: Optional[str] = None) -> Experiment:
@@ -298,8 +398,10 @@ def _check_stage_sources(exp: Experiment) -> Experiment:
   return exp
 
 
-def _meta(exp: Experiment, name: str) -> dict:
-  return {"stage": name, "model": dataclasses.asdict(exp.model_cfg),
+def _meta(exp: Experiment, name: str, st=None) -> dict:
+  ema = {} if st is None else {"ema_rate": stage_ema_rate(exp.config, st),
+                               "weights": evaluated_weights(stage_ema_rate(exp.config, st))}
+  return {"stage": name, "model": dataclasses.asdict(exp.model_cfg), **ema,
           "model_name": exp.config.model.name, "example_shape": list(exp.example_shape),
           "sde": exp.config.sde.to_dict(), "centered": exp.config.data.centered,
           "output": exp.config.model.output, "data_source": exp.train.source}
@@ -342,15 +444,16 @@ def _source_dir(exp: Experiment, workdir: str, init: str) -> str:
 
 
 def source_params(exp: Experiment, workdir: str, init: str):
-  """The (EMA) parameters a stage starts from: an earlier stage, a stage directory, or
-  (Stable Diffusion) "base", the model directory's weights."""
+  """The evaluated weights (`stage_ema_rate`) a stage starts from: an earlier stage, a stage
+  directory, or (Stable Diffusion) "base", the model directory's weights."""
   if exp.sd is not None and init == sd_lib.BASE:
     return exp.sd.base_params
   return load_params(exp, _source_dir(exp, workdir, init))
 
 
 def init_state(exp: Experiment, name: str, st, tx, workdir: str, reset_mask=None) -> ts.TrainState:
-  """Random init (re-training) or the EMA parameters of a stage / directory (fine-tuning).
+  """Random init (re-training) or the evaluated weights of a stage / directory (fine-tuning);
+  the stage's EMA starts from the same weights.
 
   With `reset_mask` (Scissorhands), the masked weights are replaced by a fresh init.
   """
@@ -366,14 +469,48 @@ def init_state(exp: Experiment, name: str, st, tx, workdir: str, reset_mask=None
   return ts.create(params, tx)
 
 
-def load_params(exp: Experiment, stage_dir: str, ema: bool = True):
-  """The (EMA) parameters of a stage's latest checkpoint (restored as saved: nested dicts)."""
+def stage_ema_rate(cfg, st) -> float:
+  """The EMA rate of a train / unlearn / attack stage: its `ema_rate`, else
+  config.model.ema_rate for train stages and unlearn stages from scratch (re-training),
+  and 0 (no EMA: the evaluated weights are the trained ones) for unlearn stages that
+  fine-tune a model and for attacks (`config_lib.stage`)."""
+  rate = st.get("ema_rate", None)
+  if rate is not None:
+    return float(rate)
+  if st.kind == "train" or (st.kind == "unlearn" and st.init == "scratch"):
+    return float(cfg.model.ema_rate)
+  return 0.0
+
+
+def evaluated_weights(rate: float) -> str:
+  """Which weights of a TrainState a stage with EMA rate `rate` is evaluated on."""
+  return "ema" if rate > 0 else "params"
+
+
+def state_weights(state: ts.TrainState, rate: float):
+  """The evaluated weights of a live TrainState (`evaluated_weights`)."""
+  return state.ema_params if evaluated_weights(rate) == "ema" else state.params
+
+
+def weights_info(exp: Experiment, workdir: str, model: str) -> dict:
+  """What results.json records of a model's evaluated weights: {"weights", "ema_rate"}."""
+  if exp.sd is not None and model == sd_lib.BASE:
+    return {"weights": "base", "ema_rate": None}
+  meta_path = os.path.join(_source_dir(exp, workdir, model), checkpoints.META)
+  meta = checkpoints.read_json(meta_path) if os.path.exists(meta_path) else {}
+  return {"weights": meta.get("weights", "ema"), "ema_rate": meta.get("ema_rate")}
+
+
+def load_params(exp: Experiment, stage_dir: str, ema: Optional[bool] = None):
+  """The parameters of a stage's latest checkpoint (restored as saved: nested dicts):
+  ema=None its evaluated weights (meta.json's "weights"; the EMA in directories written
+  before stages recorded it), True the EMA, False the trained parameters."""
   del exp  # the checkpoint's own tree is the model's parameter tree
-  mngr = checkpoints.manager(stage_dir)
-  try:
-    raw = checkpoints.restore_raw(mngr)
-  finally:
-    mngr.close()
+  if ema is None:
+    meta_path = os.path.join(stage_dir, checkpoints.META)
+    meta = checkpoints.read_json(meta_path) if os.path.exists(meta_path) else {}
+    ema = meta.get("weights", "ema") == "ema"
+  raw = checkpoints.load_raw(stage_dir)     # UserError naming an unreadable checkpoint
   return jax.tree_util.tree_map(jnp.asarray, raw["ema_params" if ema else "params"])
 
 
@@ -391,11 +528,13 @@ def stage_trainable(exp: Experiment, st=None):
   return sd_lib.trainable_mask(exp, which)
 
 
-def step_spec(exp: Experiment, objectives, alternate: bool = False, trainable=None) -> training.StepSpec:
+def step_spec(exp: Experiment, objectives, alternate: bool = False, trainable=None,
+              ema_rate: Optional[float] = None) -> training.StepSpec:
   cfg = exp.config
   return training.StepSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
                            objectives=objectives, weighting=cfg.training.weighting,
-                           ema_rate=cfg.model.ema_rate, centered=cfg.data.centered,
+                           ema_rate=cfg.model.ema_rate if ema_rate is None else ema_rate,
+                           centered=cfg.data.centered,
                            random_flip=cfg.data.random_flip, conditional=exp.conditional,
                            null_label=exp.null_label, alternate=alternate, trainable=trainable)
 
@@ -414,8 +553,9 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
   objectives, method, options = _objectives(exp, st)
-  lr = st.lr if st.lr is not None else cfg.optim.lr
-  spec = step_spec(exp, objectives, options.alternate, stage_trainable(exp, st))
+  lr = options.lr if options.lr is not None else st.lr if st.lr is not None else cfg.optim.lr
+  ema_rate = stage_ema_rate(cfg, st)
+  spec = step_spec(exp, objectives, options.alternate, stage_trainable(exp, st), ema_rate=ema_rate)
   consts, reset_mask = {}, None
   if st.kind == "unlearn" and st.mask:
     mask = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE))
@@ -429,10 +569,11 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
     consts["frozen"] = source_params(exp, workdir, st.init)
   tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
                                b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
-                               trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps)
+                               trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps,
+                               name=cfg.optim.name)
   os.makedirs(stage_dir, exist_ok=True)
   if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
-    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name))
+    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), _meta(exp, name, st))
   state = init_state(exp, name, st, tx, workdir, reset_mask)
   seed = stage_seed(cfg, name)
   streams = {o.stream: exp.stream(o.stream, workdir) for o in objectives.values()}
@@ -449,7 +590,7 @@ def run_model_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None
       eval_hook(step, state)
     if cfg.training.sample_every and step % cfg.training.sample_every == 0:
       lab = grid_labels(exp, cfg.eval.grid_size)
-      x = generate(exp, state.ema_params, cfg.eval.grid_size if lab is None else len(lab),
+      x = generate(exp, state_weights(state, ema_rate), cfg.eval.grid_size if lab is None else len(lab),
                    jax.random.key(step), labels=lab)
       report_lib.save_samples(os.path.join(stage_dir, "samples", f"step_{step:07d}.png"), x, exp.is_image,
                               cols=len(x) // exp.train.num_classes if exp.conditional else None)
@@ -546,27 +687,20 @@ def run_mask_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None)
 
 def fisher_information(exp: Experiment, params, spec, objective, seed: int):
   """Selective Amnesia's diagonal Fisher of the pretrained model: `config.sa.fisher_samples`
-  samples it generates (all classes in turn), each sample's loss summed over the N
-  diffusion steps, estimated as N x the mean over `config.sa.fisher_t` random steps."""
+  samples it generates (all classes in turn): the mean over samples of the squared gradient
+  of the sample's loss summed over the N diffusion steps, each estimated without bias from
+  `config.sa.fisher_t` (>= 2) random (t, z) draws (`selective_amnesia.sample_fisher`)."""
   cfg = exp.config
   n, n_t = cfg.sa.fisher_samples, cfg.sa.fisher_t
   check_range("config.sa.fisher_samples", n, 1, 10 ** 7)
-  check_range("config.sa.fisher_t", n_t, 1, 10 ** 5)
+  check_range("config.sa.fisher_t", n_t, 2, 10 ** 5)
   labels = np.resize(np.arange(exp.train.num_classes, dtype=np.int32), n)
   x = generate(exp, params, n, jax.random.key(seed), labels=labels)
-  steps = getattr(exp.process, "N", 1)
-
-  def per_example(p, example):
-    xs, lab, key = example
-    batch = {"x": jnp.repeat(xs, n_t, axis=0), "labels": jnp.repeat(lab, n_t, axis=0)}
-    keys = training.example_keys(key[0], n_t, None)
-    return steps * training.objective_loss(p, batch, keys, key[0], spec, objective)
-
-  chunk = cfg.training.batch_size
-  batches = [(x[i:i + chunk], labels[i:i + chunk],
-              jax.random.split(jax.random.fold_in(jax.random.key(seed), i), len(x[i:i + chunk])))
-             for i in range(0, n, chunk)]
-  return sa_lib.diagonal_fisher(per_example, params, batches)
+  chunk = max(1, cfg.training.batch_size // n_t)     # chunk * fisher_t per-draw gradients in memory
+  key = jax.random.fold_in(jax.random.key(seed), 1)
+  return sa_lib.sample_fisher(params, jnp.asarray(x), jnp.asarray(labels), key,
+                              spec=spec, objective=objective, draws=n_t, chunk=chunk,
+                              scale=getattr(exp.process, "N", 1))
 
 
 def run_synthesize_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
@@ -635,11 +769,15 @@ def run_attack_stage(exp: Experiment, name: str, st, workdir: str, step_hook=Non
   curve_path = os.path.join(stage_dir, CURVE_FILE)
   curve = checkpoints.read_json(curve_path) if os.path.exists(curve_path) else {}
   key = jax.random.key(stage_seed(cfg, name))
+  rate = stage_ema_rate(cfg, st)
 
   def record(step, state_or_params):
+    # step 0: the unlearned stage's evaluated weights, which the attack starts from;
+    # later: the attack's own evaluated weights (its parameters unless st.ema_rate > 0).
     if str(step) in curve:
       return
-    params = getattr(state_or_params, "ema_params", state_or_params)
+    params = state_weights(state_or_params, rate) if isinstance(state_or_params, ts.TrainState) \
+        else state_or_params
     r = forget_rates(exp, params, clf, cfg.eval.attack_num_samples, jax.random.fold_in(key, step))
     curve[str(step)] = {"ar": r["ar"], "ar_cl": r["ar_cl"]}
     checkpoints.write_json(curve_path, curve)
@@ -845,13 +983,18 @@ def evaluate_model(exp: Experiment, workdir: str, model: str, rng: jax.Array, cl
   t0 = time.time()
   params = load_params(exp, os.path.join(workdir, model))
   samples = generate(exp, params, cfg.eval.num_samples, jax.random.fold_in(rng, 0))
+  quality = {}
   if exp.is_image:
-    pred = evaluation.predict(exp.classifier.apply, clf_params, samples)
+    pred, conf = evaluation.classify(exp.classifier.apply, clf_params, samples)
+    quality = evaluation.sample_quality(pred, conf, exp.train.labels, exp.train.num_classes,
+                                        exp.retained_classes, threshold=cfg.eval.confidence_threshold,
+                                        min_confident_share=cfg.eval.min_confident_share)
   else:
     pred = np.asarray(data_lib.nearest_component(samples))
   result = {"unlearning_ratio": evaluation.unlearning_ratio(pred, exp.forget_labels),
             "num_samples": int(len(samples)),
-            "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist()}
+            "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
+            **quality}
   ncfg = cfg.eval.nll
   if isinstance(exp.process, sde_lib.DDPMSchedule):
     ncfg = None                           # no probability-flow NLL for the discrete schedule
@@ -890,7 +1033,10 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, rng: jax.Arr
   retain_labels = np.resize(np.asarray(exp.retained_classes, np.int32), n)
   x = generate(exp, params, n, jax.random.fold_in(rng, 1), labels=retain_labels)
   feats = evaluation.embed(exp.classifier.apply, clf_params, x)
-  pred = evaluation.predict(exp.classifier.apply, clf_params, x)
+  pred, conf = evaluation.classify(exp.classifier.apply, clf_params, x)
+  quality = evaluation.sample_quality(pred, conf, exp.train.labels, exp.train.num_classes,
+                                      exp.retained_classes, threshold=cfg.eval.confidence_threshold,
+                                      min_confident_share=cfg.eval.min_confident_share)
   ref = exp.streams["retain"]
   ref_idx = np.random.default_rng(cfg.seed).permutation(len(ref))[:n]
   ref_feats = evaluation.embed(exp.classifier.apply, clf_params, data_lib.to_float(ref.images[ref_idx]))
@@ -903,6 +1049,8 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, rng: jax.Arr
           "frechet_distance": metrics.frechet_distance_from_features(feats, ref_feats),
           "frechet_features": "evaluation classifier (penultimate layer)",
           "fd_num_samples": int(n), "retain_accuracy": float(np.mean(pred == retain_labels)),
+          "confident_share": quality["confident_share"], "confidence_threshold": quality["confidence_threshold"],
+          "recognised": quality["recognised"],
           "samples_png": os.path.relpath(grid, workdir), "wall_time_s": time.time() - t0}
 
 
@@ -928,12 +1076,69 @@ def run_evaluate_stage(exp: Experiment, name: str, st, workdir: str, step_hook=N
     else:
       res = evaluate_model(exp, workdir, model, rng, clf)
       logging.info("[%s] %s: %s", name, model, {k: res[k] for k in ("unlearning_ratio", "nll")})
+    res.update(weights_info(exp, workdir, model))
     checkpoints.write_json(path, res)
   checkpoints.write_json(os.path.join(out_dir, checkpoints.DONE), {"models": list(st.models)})
 
 
 def run_report_stage(exp: Experiment, name: str, st, workdir: str, step_hook=None) -> None:
   report_lib.write_results(exp, workdir)
+
+
+#: config fields that may differ between the run that wrote a workdir and a rerun there:
+#: they change no stage's output (logging, checkpoint and sample-grid cadence; resuming is
+#: exact from any step).  Stages may be added to or dropped from stage_order, and a stage
+#: with no directory in the workdir yet may change; a started or finished stage must be
+#: unchanged, and so must every other field once any stage has started.
+RESUME_MAY_DIFFER = ("stage_order", "training.log_every", "training.ckpt_every", "training.max_to_keep",
+                     "training.sample_every")
+_ABSENT = "<absent>"
+_PATH_FIELDS = ("sd.model_dir", "data.data_dir", "data.tfds_data_dir")
+
+
+def _flatten(d, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict) and v:
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = os.path.abspath(v) if f"{prefix}{k}" in _PATH_FIELDS and v else v
+  return out
+
+
+def resume_config(workdir: str, stored: Optional[dict], new: dict) -> dict:
+  """The config.json a rerun in `workdir` leaves: `new`, plus the stages only `stored` had.
+
+  Raises UserError (before anything is written) if `stored`, the config of the run that
+  wrote the workdir, differs from `new` in a field `RESUME_MAY_DIFFER` does not name, once
+  a stage has started there (a stage entry: once that stage has), naming the first fields
+  and the stages they concern.
+  """
+  if stored is None:
+    return new
+  a, b = _flatten(stored), _flatten(new)
+  ran = [n for n in stored.get("stages", {}) if os.path.isdir(os.path.join(workdir, n))]
+  def allowed(k):
+    if k in RESUME_MAY_DIFFER or not ran:
+      return True
+    return k.startswith("stages.") and k.split(".")[1] not in ran
+  diffs = sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not allowed(k))
+  if diffs:
+    staged = sorted({k.split(".")[1] for k in diffs if k.startswith("stages.")})
+    def short(v):
+      j = v if v is _ABSENT else json.dumps(v)
+      return j if len(j) <= 40 else j[:37] + "..."
+    first = "; ".join(f"config.{k} is {short(a.get(k, _ABSENT))} there, {short(b.get(k, _ABSENT))} now"
+                      for k in diffs[:3])
+    more = f" (+{len(diffs) - 3} more fields)" if len(diffs) > 3 else ""
+    touched = ", ".join(staged) if staged else ", ".join(ran) or "none yet"
+    raise UserError("--workdir", workdir, f"it holds a run of another config ({first}{more}; stages concerned: "
+                    f"{touched}); expected the same config to resume there (only "
+                    f"{', '.join(RESUME_MAY_DIFFER)} and stages not started yet may differ): "
+                    "use another --workdir")
+  merged = dict(new)
+  merged["stages"] = {**stored.get("stages", {}), **new.get("stages", {})}
+  return merged
 
 
 RUNNERS = {"classifier": run_classifier_stage, "train": run_model_stage, "unlearn": run_model_stage,
@@ -946,12 +1151,14 @@ def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Expe
   if sd_lib.is_sd(config):
     config = sd_lib.resolve_inputs(config, workdir)   # "tiny" / "synthetic" -> <workdir>/inputs/
   exp = build_experiment(config, workdir)  # raises UserError before anything is written
+  cfg_path = os.path.join(workdir, "config.json")
+  stored = checkpoints.read_json(cfg_path) if os.path.exists(cfg_path) else None
+  merged = resume_config(workdir, stored, json.loads(config.to_json_best_effort()))   # raises UserError
   os.makedirs(workdir, exist_ok=True)
   if exp.sd is not None:
     exp.sd.save_cache()
-  cfg_path = os.path.join(workdir, "config.json")
-  if not os.path.exists(cfg_path):
-    checkpoints.write_json(cfg_path, json.loads(config.to_json_best_effort()))
+  if merged != stored:
+    checkpoints.write_json(cfg_path, merged)
   for name in config.stage_order:
     st = config.stages[name]
     stage_dir = os.path.join(workdir, name)

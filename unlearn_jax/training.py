@@ -46,7 +46,7 @@ from unlearn_jax import data as data_lib
 from unlearn_jax import losses
 from unlearn_jax import score as score_lib
 from unlearn_jax import train_state as ts
-from unlearn_jax.errors import UserError, check_choice
+from unlearn_jax.errors import UserError, check_choice, check_range
 
 AXIS = "batch"
 
@@ -130,6 +130,7 @@ class StepSpec:
   output_type: str              # "eps" or "score"
   objectives: Mapping[str, Objective]
   weighting: str = "sigma"
+  #: ema <- ema_rate ema + (1 - ema_rate) params after each step; 0: no EMA (ema = params).
   ema_rate: float = 0.999
   centered: bool = False        # data scaler: [-1, 1] if True, else [0, 1]
   random_flip: bool = False
@@ -160,22 +161,28 @@ def lr_schedule(lr: float, warmup: int = 0, decay: str = "constant", total_steps
                                             max(total_steps, warmup + 1), end_value=0.0)
 
 
+OPTIMIZERS = ("adam", "sgd")
+
+
 def make_optimizer(lr: float, warmup: int = 0, grad_clip: float = 1.0, b1: float = 0.9,
                    eps: float = 1e-8, method: Optional[optax.GradientTransformation] = None,
                    trainable: Any = None, decay: str = "constant",
-                   total_steps: int = 0) -> optax.GradientTransformationExtraArgs:
+                   total_steps: int = 0, name: str = "adam") -> optax.GradientTransformationExtraArgs:
   """optax.chain(method, clip_by_global_norm, adam with linear warmup) (score_sde's optimizer).
 
+  `name="sgd"` (`config.optim.name`) takes the plain step params - lr * update
+  (EraseDiff Algorithm 1 line 5) in place of Adam; `b1`, `eps` are Adam's only.
   `decay="cosine"` decays the rate to 0 at `total_steps` (`lr_schedule`).
   `trainable` (a bool tree, `StepSpec.trainable`): Adam keeps moments for those leaves
   only (`optax.masked`); the frozen leaves' gradients are zeros and pass through as such.
   """
+  check_choice("config.optim.name", name, OPTIMIZERS)
   schedule = lr_schedule(lr, warmup, decay, total_steps)
   parts = [] if method is None else [method]
   if grad_clip and grad_clip > 0:
     parts.append(optax.clip_by_global_norm(grad_clip))
-  adam = optax.adam(schedule, b1=b1, eps=eps)
-  parts.append(adam if trainable is None else optax.masked(adam, trainable))
+  step = optax.adam(schedule, b1=b1, eps=eps) if name == "adam" else optax.sgd(schedule)
+  parts.append(step if trainable is None else optax.masked(step, trainable))
   return optax.chain(*parts)
 
 
@@ -351,7 +358,8 @@ def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Arra
     updates, opt_state = tx.update(grads[names[0]], state.opt_state, state.params, **extras, **consts)
   metrics.update(method_metrics(opt_state))
   params = optax.apply_updates(state.params, updates)
-  ema = ts.ema_update(state.ema_params, params, spec.ema_rate)
+  # rate 0 (no EMA, e.g. an unlearning stage by default): the EMA is the parameters, exactly.
+  ema = params if spec.ema_rate == 0 else ts.ema_update(state.ema_params, params, spec.ema_rate)
   metrics["update_norm"] = optax.tree.norm(updates)
   metrics["param_norm"] = optax.tree.norm(params)
   metrics["finite"] = all_finite(params).astype(jnp.float32)
@@ -391,7 +399,10 @@ class LoopConfig:
 
 
 def check_batch_size(batch_size: int, field: str = "config.training.batch_size") -> None:
+  """A positive multiple of the number of devices (a stage's 0, "config.training's", is
+  resolved before this is called)."""
   n = jax.local_device_count() * jax.process_count()
+  check_range(field, batch_size, 1, 1 << 24, integer=True)
   if batch_size % n:
     raise UserError(field, batch_size, f"must be a multiple of the number of devices ({n})")
 
@@ -441,11 +452,11 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   from clu import metric_writers, periodic_actions
 
   os.makedirs(stage_dir, exist_ok=True)
-  mngr = checkpoints.manager(stage_dir, loop.max_to_keep)
-  start = mngr.latest_step()
+  restored, start = checkpoints.restore_latest(stage_dir, state, loop.max_to_keep)   # skips unreadable ones
   if start is not None:
-    state = checkpoints.restore(mngr, state, start)
+    state = restored
     logging.info("[%s] resumed from step %d", stage_name, start)
+  mngr = checkpoints.manager(stage_dir, loop.max_to_keep)
   start = int(state.step)
   writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
   report = periodic_actions.ReportProgress(num_train_steps=loop.num_steps, writer=writer,
