@@ -94,8 +94,23 @@ def test_value_gap_closed_form_on_a_quadratic(grad_form, k):
   value, grad = erasediff.value_gap(k, xi, grad_form)(quadratic, THETA)
   q = (1 - xi) ** k
   np.testing.assert_allclose(value, 0.5 * (1 - q ** 2) * d @ d, rtol=1e-5)
-  expected = d if grad_form == "fixed" else (1 - q) * d
+  # grad L_f(phi^K) = q d; phi^K's Jacobian is q I, so the unrolled gradient is (1 - q^2) d.
+  expected = {"fixed": d, "first_order": (1 - q) * d, "unrolled": (1 - q ** 2) * d}[grad_form]
   np.testing.assert_allclose(grad["w"], expected, rtol=1e-5, atol=1e-7)
+
+
+def test_value_gap_default_grad_form_makes_k_and_xi_matter():
+  # The default (config_lib.base() and value_gap) is "first_order", in which grad g depends on K
+  # and xi; "fixed" stays the same for every K (documented as an option).
+  assert config_lib.base().erasediff.grad_form == erasediff.DEFAULT_GRAD_FORM == "first_order"
+  grad = lambda *a: np.asarray(erasediff.value_gap(*a)(quadratic, THETA)[1]["w"])
+  ks = [grad(k, 0.3) for k in (0, 2, 5)]
+  assert np.allclose(ks[0], 0.0)                            # K = 0: phi^0 = theta, nothing to erase
+  assert not np.allclose(ks[1], ks[2]) and not np.allclose(ks[1], 0.0)
+  assert not np.allclose(grad(2, 0.1), grad(2, 0.3))
+  fixed = [grad(k, xi, "fixed") for k, xi in ((0, 0.3), (2, 0.3), (5, 0.1))]
+  np.testing.assert_array_equal(fixed[0], fixed[1])
+  np.testing.assert_array_equal(fixed[0], fixed[2])
 
 
 def test_inner_descent_is_k_gradient_steps():
@@ -111,6 +126,13 @@ def test_value_gap_rejects_bad_options():
     erasediff.value_gap(2, 0.1, "bogus")
   with pytest.raises(UserError):
     erasediff.erasediff(rule="bogus")
+
+
+def test_optimizer_name_is_validated_with_the_field_name():
+  with pytest.raises(UserError) as e:
+    training.make_optimizer(1e-3, name="sgdd")
+  assert str(e.value) == "config.optim.name='sgdd' is not valid: expected one of adam, sgd"
+  assert config_lib.base().optim.name == "adam"
 
 
 # ----------------------------------------------------------------------------- a tiny class-conditional model
@@ -185,6 +207,135 @@ def test_value_fn_objective_in_train_step_logs_g_lambda_and_cosines():
   phi = erasediff.inner_descent(lf, PARAMS, 3, 0.2)
   np.testing.assert_allclose(m["loss/forget"], lf(PARAMS) - lf(phi), rtol=1e-4)
   assert float(m["loss/forget"]) > 0.0
+
+
+# ----------------------------------------------------------------------------- EraseDiff: config -> update, by hand
+
+BATCH_F = {"x": X[::-1].copy(), "labels": np.array([3, 3, 0], np.int32)}
+
+
+def _tiny_model_grads(params, inputs):
+  """numpy gradient of mean_n weight_n mean_d (x_t w[c_n] + b[c_n] - target)^2 (the tiny model)."""
+  noised, labels, target, weight = inputs
+  labels = np.asarray(labels)
+  w, b = (np.asarray(params[k], np.float64) for k in ("w", "b"))
+  x = np.asarray(noised.x_t, np.float64).reshape(len(labels), -1)
+  r = x * w[labels][:, None] + b[labels][:, None] - np.asarray(target, np.float64).reshape(x.shape)
+  coef = 2.0 * np.asarray(weight, np.float64)[:, None] / r.size
+  gw, gb = np.zeros_like(w), np.zeros_like(b)
+  np.add.at(gw, labels, np.sum(coef * r * x, 1))
+  np.add.at(gb, labels, np.sum(coef * r, 1))
+  return {"w": gw, "b": gb}
+
+
+def _erasediff_step(lr=0.05, **options):
+  """One train step of methods.build("erasediff") (eps_f ~ U(0, I)) with config.optim.name="sgd"."""
+  c = method_config()
+  c.erasediff.update(dict(target="noise", **options))
+  objectives, method, _ = methods.build("erasediff", "", c, alt=np.arange(K + 1), steps=1, forget=(3,),
+                                        num_classes=K)
+  spec = make_spec(**objectives)
+  tx = training.make_optimizer(lr, warmup=0, grad_clip=0.0, method=method, name="sgd")
+  rng = jax.random.key(0)
+  new, _ = training.train_step(ts.create(PARAMS, tx), {"retain": BATCH, "forget": BATCH_F}, rng,
+                               spec=spec, tx=tx, axis_name=None)
+  step_rng = jax.random.fold_in(rng, 0)
+  inputs = {n: training.objective_inputs(PARAMS, b, training.example_keys(jax.random.fold_in(step_rng, i), 3, None),
+                                         spec, objectives[n])
+            for i, (n, b) in enumerate((("retain", BATCH), ("forget", BATCH_F)))}
+  return new.params, inputs
+
+
+def _hand_update(inputs, lr=0.05, inner_steps=2, inner_lr=0.2, eta=1.5, rule="paper", lam=0.1):
+  """theta - lr (grad L_r + lambda_t (grad L_f(theta) - grad L_f(phi^K))), phi^K by hand."""
+  theta = {k: np.asarray(v, np.float64) for k, v in PARAMS.items()}
+  phi = dict(theta)
+  for _ in range(inner_steps):
+    phi = {k: v - inner_lr * _tiny_model_grads(phi, inputs["forget"])[k] for k, v in phi.items()}
+  gf_theta, gf_phi = _tiny_model_grads(theta, inputs["forget"]), _tiny_model_grads(phi, inputs["forget"])
+  gr = _tiny_model_grads(theta, inputs["retain"])
+  gg = {k: gf_theta[k] - gf_phi[k] for k in theta}
+  dot = sum(gg[k] @ gr[k] for k in theta)
+  norm2 = sum(gg[k] @ gg[k] for k in theta)
+  if rule == "constant":
+    lam_t = lam
+  else:
+    lam_t = max(0.0, eta - dot / norm2) if norm2 > 0 else 0.0
+  return {k: theta[k] - lr * (gr[k] + lam_t * gg[k]) for k in theta}, lam_t
+
+
+def test_erasediff_update_from_the_config_equals_the_hand_computation():
+  # config.erasediff.{inner_steps, inner_lr, eta, rule, lam} all reach the update of the default
+  # grad form, and config.optim.name="sgd" is theta - lr delta_t exactly.
+  cases = [dict(inner_steps=2, inner_lr=0.2, eta=1.5), dict(inner_steps=0, inner_lr=0.2, eta=1.5),
+           dict(inner_steps=5, inner_lr=0.2, eta=1.5), dict(inner_steps=2, inner_lr=0.05, eta=1.5),
+           dict(inner_steps=2, inner_lr=0.2, eta=0.3), dict(inner_steps=2, inner_lr=0.2, eta=1.5,
+                                                             rule="constant", lam=0.7)]
+  got = []
+  for case in cases:
+    params, inputs = _erasediff_step(**case)
+    expected, lam_t = _hand_update(inputs, **case)
+    if case["inner_steps"] and case["eta"] == 1.5:
+      assert lam_t > 0.0, case                    # the constraint is active: eta shapes the update
+    for k in ("w", "b"):
+      np.testing.assert_allclose(params[k], expected[k], rtol=1e-5, atol=1e-7, err_msg=str(case))
+    got.append(flat(params))
+  for i in range(1, len(cases)):                  # K 2/0/5, xi, eta and the rule each change it
+    assert not np.allclose(got[0], got[i], rtol=1e-6, atol=1e-8), cases[i]
+  assert not np.allclose(got[1], got[2], rtol=1e-6, atol=1e-8)
+
+
+def test_erasediff_fixed_grad_form_update_is_the_same_for_every_k_and_xi():
+  # The option that treats phi^K as a constant: K and xi change only the logged g.
+  ref, _ = _erasediff_step(inner_steps=0, inner_lr=0.2, eta=1.5, grad_form="fixed")
+  for k, xi in ((2, 0.2), (5, 0.05)):
+    params, _ = _erasediff_step(inner_steps=k, inner_lr=xi, eta=1.5, grad_form="fixed")
+    np.testing.assert_array_equal(flat(params), flat(ref))
+
+
+def _erasediff_pipeline_config():
+  c = config_lib.ddpm_base()
+  c.data.update(dict(name="digits", image_size=8, num_channels=1, forget_classes=(3,)))
+  c.model.update(dict(ch=8, ch_mult=(1,), num_res_blocks=1, attn_resolutions=()))
+  c.stages, c.stage_order = config_lib.dimum_stages(pretrain_steps=1, unlearn_steps=1, attack_steps=1, eval_every=1,
+                                                    methods=("erasediff",), attack_data=("retain",))
+  return c
+
+
+def test_bad_optimizer_name_is_rejected_before_the_experiment_is_built():
+  from unlearn_jax import pipeline
+  c = _erasediff_pipeline_config()
+  c.optim.name = "adamw"
+  with pytest.raises(UserError) as e:
+    pipeline.build_experiment(c)
+  assert e.value.field == "config.optim.name"
+
+
+def test_erasediff_couple_lr_makes_eta_the_stage_step_size(monkeypatch, tmp_path):
+  # methods.build -> Options.lr -> pipeline.run_model_stage -> make_optimizer(lr=eta, name=optim.name).
+  from unlearn_jax import pipeline
+  c = _erasediff_pipeline_config()
+  c.stages.erasediff.lr = 3e-3
+  c.erasediff.eta = 0.25
+  c.optim.name = "sgd"
+  exp = pipeline.build_experiment(c)
+  seen = []
+
+  class Stop(Exception):
+    pass
+
+  def fake(lr, **kw):
+    seen.append((lr, kw["name"]))
+    raise Stop()
+
+  monkeypatch.setattr(pipeline.training, "make_optimizer", fake)
+  for couple, lr in ((False, 3e-3), (True, 0.25)):
+    exp.config.erasediff.couple_lr = couple
+    with pytest.raises(Stop):
+      pipeline.run_model_stage(exp, "erasediff", exp.config.stages.erasediff, str(tmp_path))
+    assert seen[-1] == (lr, "sgd")
+  assert methods.build("erasediff", "", method_config(), alt=np.arange(10), steps=1, forget=(3,),
+                       num_classes=10)[2].lr is None
 
 
 # ----------------------------------------------------------------------------- CORE
@@ -357,14 +508,60 @@ def test_uniform_surrogate_replaces_the_images():
   assert x0.min() >= -1.0 - 1e-4 and x0.max() <= 1.0 + 1e-4 and x0.min() < -0.2
 
 
-def test_diagonal_fisher_is_mean_squared_per_example_gradient():
-  # l_n(w) = (w . x_n)^2 / 2  ->  grad = (w . x_n) x_n
+def _u_stat(g):
+  m = len(g)
+  return (np.sum(g, 0) ** 2 - np.sum(g ** 2, 0)) / (m * (m - 1))
+
+
+def test_diagonal_fisher_is_mean_of_unbiased_squared_per_example_gradients():
+  # l(w; x, k) = w . (x + n_k): every draw's gradient is x + n_k, known in closed form.
   w = {"w": jnp.array([1.0, -2.0])}
   xs = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]], np.float32)
-  per = lambda p, x: 0.5 * jnp.sum(p["w"] * x[0]) ** 2
-  f = selective_amnesia.diagonal_fisher(per, w, [xs[:2], xs[2:]])
-  grads = np.array([(np.array([1.0, -2.0]) @ x) * x for x in xs])
-  np.testing.assert_allclose(f["w"], np.mean(grads ** 2, axis=0), rtol=1e-6)
+  noise = lambda k: jax.random.normal(k, (2,))
+  per = lambda p, x, k: jnp.sum(p["w"] * (x + noise(k)))
+  keys = jax.random.split(jax.random.key(3), 12).reshape(3, 4)
+  f = selective_amnesia.diagonal_fisher(per, w, [(xs[:2], keys[:2]), (xs[2:], keys[2:])])
+  draws = np.array([[x + np.asarray(noise(k)) for k in ks] for x, ks in zip(xs, keys)])    # (3, 4, 2)
+  expected = np.maximum(np.mean([_u_stat(d) for d in draws], 0), 0.0)
+  np.testing.assert_allclose(f["w"], expected, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(selective_amnesia.squared_mean_estimate(jnp.asarray(draws[0])), _u_stat(draws[0]),
+                             rtol=1e-5)
+
+
+def test_diagonal_fisher_is_unbiased_where_the_square_of_the_draw_mean_is_not():
+  # Draws g = mu + sigma z (m = 4): E[F] = mu^2, while the square of the 4-draw mean (the old
+  # estimate) is mu^2 + sigma^2 / 4 = mu^2 + 1.
+  mu, sigma, n, m = np.array([1.0, 0.2]), 2.0, 2000, 4
+  per = lambda p, x, k: jnp.sum(p["w"] * (jnp.asarray(mu) + sigma * jax.random.normal(k, (2,))))
+  keys = jax.random.split(jax.random.key(5), n * m).reshape(n, m)
+  f = selective_amnesia.diagonal_fisher(per, {"w": jnp.zeros(2)}, [(np.zeros((n, 1)), keys)])
+  np.testing.assert_allclose(f["w"], mu ** 2, atol=0.25)
+  assert np.all(np.asarray(f["w"]) < mu ** 2 + 0.75)
+
+
+def test_sample_fisher_on_the_tiny_model_hand_values():
+  # F = mean_n U(g_n1..g_nm), g_nj = N grad l(x_n, t_j, z_j) with (t_j, z_j) from
+  # split(fold_in(key, n), m)[j]; the gradient of the tiny linear model by hand.
+  objective = training.Objective("forget", DENOISE)
+  spec = make_spec(forget=objective)
+  key, m, scale = jax.random.key(9), 3, 10.0
+  f = selective_amnesia.sample_fisher(PARAMS, jnp.asarray(X), jnp.asarray(LABELS), key, spec=spec,
+                                      objective=objective, draws=m, chunk=2, scale=scale)
+  per_sample, old = [], []
+  for n in range(len(X)):
+    g = []
+    for k in jax.random.split(jax.random.fold_in(key, n), m):
+      inputs = training.objective_inputs(PARAMS, {"x": X[n:n + 1], "labels": LABELS[n:n + 1]}, k[None], spec,
+                                         objective)
+      gr = _tiny_model_grads(PARAMS, inputs)
+      g.append(scale * np.concatenate([gr["b"], gr["w"]]))
+    g = np.array(g)
+    per_sample.append(_u_stat(g))
+    old.append(np.mean(g, 0) ** 2)
+  expected = np.maximum(np.mean(per_sample, 0), 0.0)
+  np.testing.assert_allclose(np.concatenate([f["b"], f["w"]]), expected, rtol=1e-4, atol=1e-6)
+  assert not np.allclose(expected, np.mean(old, 0), rtol=0.05)
+  assert np.all(np.asarray(f["w"])[[0, 3, 4]] == 0.0)       # classes without samples (0, 3; the null 4)
 
 
 # ----------------------------------------------------------------------------- Scissorhands, NegGrad

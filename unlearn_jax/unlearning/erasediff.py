@@ -6,29 +6,54 @@ L_r low while the value-function gap
     g(theta) = L_f(theta; D_f) - min_phi L_f(phi; D_f)
 
 goes to zero, with min_phi approximated by K steps of gradient descent from
-phi^0 = theta at rate xi (phi^{k+1} = phi^k - xi grad L_f(phi^k), Sec. 3.2).
+phi^0 = theta at rate xi (phi^{k+1} = phi^k - xi grad L_f(phi^k), Sec. 3.2), so that
+Algorithm 1 line 4 reads g(theta_t) = L_f(theta_t) - L_f(phi^K(theta_t)).
 Theorem 3.1 gives the update direction in closed form,
 
     delta_t = grad L_r + lambda_t grad g,
     lambda_t = max(0, (a_t - grad g . grad L_r) / ||grad g||^2),  a_t = eta ||grad g||^2,
 
-so lambda_t = max(0, eta - grad g . grad L_r / ||grad g||^2) (Sec. 3.3).
+so lambda_t = max(0, eta - grad g . grad L_r / ||grad g||^2) (Sec. 3.3), and the model
+moves by theta_{t+1} = theta_t - eta delta_t (Sec. 3.2, Algorithm 1 line 5): the
+paper's eta is both the outer step size and the constraint's a_t / eta ||grad g||^2.
 
 In unlearn_jax the two pieces are:
 
 * `value_gap(K, xi, grad_form)`: the forget objective's `Objective.value_fn`. It runs
   the inner loop inside the jitted step (`lax.scan`, gradients averaged across
   devices) on the step's forget batch with the regression target fixed at theta,
-  and returns (g, grad g).  `grad_form="fixed"` holds phi^K fixed as Algorithm 1
-  writes it (grad g = grad L_f(theta): the inner loop changes only the value of g);
-  `"first_order"` uses grad L_f(theta) - grad L_f(phi^K) (phi^K's Jacobian taken
-  as the identity).
+  and returns (g, grad g).  How phi^K enters grad g (`grad_form`):
+
+  - `"first_order"` (the default): grad g = grad L_f(theta) - grad L_f(phi^K), the
+    derivative of g(theta) = L_f(theta) - L_f(phi^K(theta)) with phi^K a function of
+    theta (phi^0 = theta) and its Jacobian d phi^K / d theta = prod_k (I - xi H(phi^k))
+    taken as the identity (first-order MAML's approximation; the paper cites
+    first-order meta-learning and calls the solution first-order).  K and xi shape the
+    update: on a quadratic L_f with Hessian A, grad g = (I - (I - xi A)^K) grad L_f(theta),
+    zero at K = 0 (no erasure), growing with K towards grad L_f(theta) - the paper's
+    Fig. 5a finding that a larger K erases more.
+  - `"unrolled"`: the exact derivative, back-propagating through the K inner steps
+    (Hessian-vector products; holds K passes' activations): on the quadratic,
+    (I - (I - xi A)^{2K}) grad L_f(theta).
+  - `"fixed"`: phi^K held constant, as Algorithm 1 line 5 writes grad g(theta_t; phi^K)
+    and the public code's stop-gradient does: grad g = grad L_f(theta), so the inner
+    loop changes only the logged value of g and the update is the same for every K and
+    xi (K extra passes per step buy nothing; the public code's K still acts, through
+    the Adam moments its inner loop shares with the outer one and never restores).
+    Kept as an option for comparison.
+
 * `erasediff(eta, rule)`: the optax transform combining grad L_r (`updates`) and
   grad g (`forget_grads`) into delta_t.  `rule="paper"` is Theorem 3.1 with
   a_t = eta ||grad g||^2; `"constant"` uses lambda_t = `lam`; `"cosine"` is the
   public code's max(eta - cos(grad L_r, grad g), 0).  It logs lambda_t and the
   cosine similarity of delta_t with grad L_r and with grad g (the paper's Fig. 2)
-  in its state's `log` (`training.method_metrics`).
+  in its state's `log` (`training.method_metrics`).  The transform returns delta_t;
+  the optimizer after it (`training.make_optimizer`, `config.optim.name`) takes the
+  step: "sgd" is Algorithm 1's theta - lr delta_t, "adam" (the default, the public
+  code's) rescales it per parameter.  `config.erasediff.couple_lr=True` makes the
+  stage's step size eta as well (`methods.Options.lr`), the paper's single eta; by
+  default the step size is the stage's `lr` (or `config.optim.lr`) and eta only sets
+  a_t, as the public code's separate lr 1e-4 and eta do.
 
 The forget target eps_f of L_f (Eq. 2) is chosen by `methods.build`:
 "rl" (eps_theta(x_t | c_m), c_m != c the alternative class, stop-gradient),
@@ -47,7 +72,8 @@ import optax
 from unlearn_jax.errors import check_choice, check_range
 
 RULES = ("paper", "constant", "cosine")
-GRAD_FORMS = ("fixed", "first_order")
+GRAD_FORMS = ("first_order", "unrolled", "fixed")
+DEFAULT_GRAD_FORM = "first_order"
 TARGETS = ("rl", "noise", "core")
 
 
@@ -80,21 +106,28 @@ def inner_descent(loss_fn: Callable[[Any], jax.Array], params, steps: int, lr: f
   return phi
 
 
-def value_gap(inner_steps: int = 2, inner_lr: float = 1e-4, grad_form: str = "fixed", unroll: bool = True):
-  """`Objective.value_fn` returning (g(theta), grad g) of Algorithm 1 lines 2-5."""
+def value_gap(inner_steps: int = 2, inner_lr: float = 1e-4, grad_form: str = DEFAULT_GRAD_FORM,
+              unroll: bool = True):
+  """`Objective.value_fn` returning (g(theta), grad g) of Algorithm 1 lines 2-5.
+
+  g = L_f(theta) - L_f(phi^K) with phi^K = `inner_descent`(theta, K, xi); grad g per
+  `grad_form` (module docstring): "first_order" grad L_f(theta) - grad L_f(phi^K),
+  "unrolled" the exact gradient through the inner loop, "fixed" grad L_f(theta).
+  """
   check_choice("config.erasediff.grad_form", grad_form, GRAD_FORMS)
   check_range("config.erasediff.inner_steps", inner_steps, 0, 10 ** 6)
   check_range("config.erasediff.inner_lr", inner_lr, 0.0, 1e6)
+  descend = lambda loss_fn, p, axis_name: inner_descent(loss_fn, p, inner_steps, inner_lr, axis_name, unroll)
 
   def value_fn(loss_fn, params, axis_name=None):
-    phi = jax.lax.stop_gradient(inner_descent(loss_fn, params, inner_steps, inner_lr, axis_name, unroll))
+    if grad_form == "unrolled":
+      return jax.value_and_grad(lambda p: loss_fn(p) - loss_fn(descend(loss_fn, p, axis_name)))(params)
+    phi = jax.lax.stop_gradient(descend(loss_fn, params, axis_name))
     l_theta, g_theta = jax.value_and_grad(loss_fn)(params)
     if grad_form == "fixed":
-      l_phi, grad = loss_fn(phi), g_theta
-    else:
-      l_phi, g_phi = jax.value_and_grad(loss_fn)(phi)
-      grad = jax.tree_util.tree_map(jnp.subtract, g_theta, g_phi)
-    return l_theta - l_phi, grad
+      return l_theta - loss_fn(phi), g_theta
+    l_phi, g_phi = jax.value_and_grad(loss_fn)(phi)
+    return l_theta - l_phi, jax.tree_util.tree_map(jnp.subtract, g_theta, g_phi)
 
   return value_fn
 
@@ -121,7 +154,9 @@ def erasediff(eta: float = 0.1, rule: str = "paper", lam: float = 0.1) -> optax.
   """delta_t = grad L_r + lambda_t grad g (Theorem 3.1).
 
   Args:
-    eta: a_t = eta ||grad g||^2 ("paper"); the cosine threshold ("cosine").
+    eta: a_t = eta ||grad g||^2 ("paper"); the cosine threshold ("cosine").  The paper's
+      eta is also the step size of theta - eta delta_t; the optimizer after this transform
+      takes that step (`config.erasediff.couple_lr` sets its lr to eta).
     rule: "paper" | "constant" | "cosine" (see `lambda_t`).
     lam: lambda_t for rule="constant" (the public code's default 0.1).
 

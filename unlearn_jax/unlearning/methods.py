@@ -72,6 +72,7 @@ class Options:
   alternate: bool = False          # one objective per step, in turn
   frozen: bool = False             # needs consts["frozen"]: the parameters it starts from
   reset: bool = False              # re-initialises the masked weights before training (SHS)
+  lr: Optional[float] = None       # the stage's step size, in place of its lr (EraseDiff's couple_lr)
 
 
 #: what a stage's `variant` selects, per method (empty: the config's value).
@@ -179,11 +180,14 @@ def _core_or_erasediff(method, config, denoise, alt, forget, num_classes, anchor
     return {"forget": core_forget(), "retain": core_retain}, core_lib.core(c.alpha), Options(frozen=True)
   e = config.erasediff
   check_choice("config.erasediff.target", e.target, erasediff_lib.TARGETS)
+  check_choice("config.erasediff.couple_lr", e.couple_lr, (False, True))
   value_fn = erasediff_lib.value_gap(e.inner_steps, e.inner_lr, e.grad_form)
   tx = erasediff_lib.erasediff(e.eta, e.rule, e.lam)
+  # couple_lr: the paper's one eta is the step size of theta - eta delta_t as well as a_t's.
+  lr = float(e.eta) if e.couple_lr else None
   if e.target == "core":
-    return ({"retain": core_retain, "forget": core_forget(value_fn=value_fn)}, tx, Options(frozen=True))
+    return ({"retain": core_retain, "forget": core_forget(value_fn=value_fn)}, tx, Options(frozen=True, lr=lr))
   target = salun_lib.random_label_target(alt) if e.target == "rl" else erasediff_lib.uniform_target
   retain = training.Objective("retain", denoise)
   forget_obj = training.Objective("forget", denoise, target=target, value_fn=value_fn)
-  return {"retain": retain, "forget": forget_obj}, tx, Options()
+  return {"retain": retain, "forget": forget_obj}, tx, Options(lr=lr)
