@@ -207,6 +207,7 @@ def _validate_stages(config) -> None:
   check_range("config.sgu.alpha", config.sgu.alpha, 0.0, 1.0)
   check_range("config.sgu.max_std", config.sgu.max_std, 0.0, float("inf"))
   check_choice("config.optim.decay", config.optim.decay, training.DECAYS)
+  check_choice("config.optim.name", config.optim.name, training.OPTIMIZERS)
   for name in config.stage_order:
     if config.stages[name].get("decay"):
       check_choice(f"config.stages.{name}.decay", config.stages[name].decay, training.DECAYS)
