@@ -34,6 +34,7 @@ def get_config(arg=None):
   c.optim.lr = 2e-4
   c.optim.warmup = 5000
   c.training.batch_size = 128
+  c.training.reduce = "mean"          # score_sde's and SGU's public VP configs (reduce_mean=True)
   c.training.ckpt_every = 10000
   c.training.sample_every = 50000
   c.sgu.alpha = 0.9

@@ -135,6 +135,7 @@ def collect(exp, workdir: str) -> dict:
     results.update(forget_styles=list(ctx.forget_styles), alt_style=ctx.data.styles[ctx.alt_style_id],
                    styles=list(ctx.data.styles), objects=list(ctx.data.objects),
                    model_dir=exp.model_cfg.model_dir, trainable=exp.model_cfg.trainable)
+    results["autoencoder"] = sd_experiment.autoencoder_summary(exp, workdir)
     results["forget_class_names"] = [f"{len(exp.forget_labels)} prompts of " + ", ".join(ctx.forget_styles)]
     results["forget_classes"] = results["forget_classes"][:0]
     results.pop("alternative_classes", None)
@@ -285,6 +286,7 @@ def markdown(results: dict, workdir: str = ".") -> str:
   if "forget_styles" in results:
     lines.append(f"- Stable Diffusion `{results['model_dir']}`, trainable: {results['trainable']}; "
                  f"alternative style: {results['alt_style']}")
+    lines += [f"- autoencoder: {results['autoencoder']['summary']}"] if "autoencoder" in results else []
     lines.append("")
     lines += concept_markdown(results)
   if "attacks" in results:
@@ -331,6 +333,11 @@ def markdown(results: dict, workdir: str = ".") -> str:
               "TV: total-variation distance of the samples' class histogram from the training data's "
               "(over all classes; over the retained classes, renormalised)."]
     lines += _unrecognised_note(models, names)
+    neg = [PRETTY.get(n, n) for n in names if min(models[n]["nll"]["retain"], models[n]["nll"]["forget"]) < 0]
+    if neg:
+      lines += ["", f"**(!) NLL below 0 bits/dim** for {', '.join(neg)}: impossible for uniformly "
+                "dequantized 8-bit data, so the probability-flow ODE solve is inaccurate (tighten "
+                "`config.eval.nll.rtol` / `atol`, e.g. to score_sde's 1e-5)."]
   return _tail(lines, results, names)
 
 
