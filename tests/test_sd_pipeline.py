@@ -23,6 +23,7 @@ def tiny_config(methods=("core", "dimum"), attack=2):
   c.training.update(dict(batch_size=2, log_every=1, ckpt_every=2))
   c.eval.update(dict(num_samples=4, fd_num_samples=4, attack_num_samples=4, sample_batch_size=4, grid_size=2))
   c.eval.sampler.n_steps = 2
+  c.sd.fit_vae_steps = 10                  # a short fit of the tiny VAE (the wiring; quality: test_stable_diffusion)
   return c
 
 
@@ -53,8 +54,15 @@ def test_inputs_are_written_once_and_loaded_through_the_real_code(run):
   assert {styles[exp.sd.data.prompt_style[p]] for p in exp.forget_labels} == {"Van_Gogh"}
   alt = exp.streams["alternative"]
   np.testing.assert_array_equal(np.sort(alt.labels), np.sort(exp.streams["forget"].labels))
-  cache = os.listdir(os.path.join(workdir, sd_experiment.CACHE_DIR))
+  cache = [n for n in os.listdir(os.path.join(workdir, sd_experiment.CACHE_DIR)) if n.endswith(".npz")]
   assert len(cache) == 1
+  # The tiny VAE was fitted before the latents were encoded: its record, the loaded scaling
+  # factor 1 / latent std, and unit-variance cached latents.
+  record = sd.vae_fit_record(model_dir)
+  assert record["settings"]["steps"] == 10 and record["mse"] < record["mse_random"]
+  assert exp.sd.comp.scaling_factor == pytest.approx(record["scaling_factor"]) != pytest.approx(0.18215)
+  assert float(np.std(exp.train.images)) == pytest.approx(1.0, abs=1e-3)
+  assert os.path.isdir(os.path.join(model_dir, sd.VAE_INIT)) and not os.path.exists(model_dir + ".tmp")
   rebuilt = pipeline.build_experiment(exp.config, workdir)          # reads the cache
   np.testing.assert_array_equal(rebuilt.train.images, exp.train.images)
 
@@ -111,13 +119,24 @@ def test_results_report_and_attacks(run):
   report = open(os.path.join(workdir, "report.md")).read()
   assert "UA | IRA | CRA | SFID" in report and "CORE" in report
   assert res["forget_styles"] == ["Van_Gogh"] and res["alt_style"] == "Abstractionism"
+  ae = res["autoencoder"]
+  record = sd.vae_fit_record(exp.sd.comp.model_dir)
+  assert ae["fitted"] and ae["scaling_factor"] == pytest.approx(record["scaling_factor"])
+  assert ae["check_images"] == 36 and ae["reconstruction_mse"] == pytest.approx(record["mse"], rel=1e-3)
+  assert ae["latent_std"] == pytest.approx(1.0, abs=1e-3)
+  for k in ("style_accuracy_reconstructed", "object_accuracy_original"):
+    assert 0.0 <= ae[k] <= 1.0
+  assert f"- autoencoder: {ae['summary']}" in report and f"{ae['reconstruction_mse']:.4f}" in ae["summary"]
 
 
 def test_rerun_skips_finished_stages(run):
   exp, workdir = run
   before = os.path.getmtime(os.path.join(workdir, "core", "DONE.json"))
+  fit = os.path.join(workdir, "inputs", "tiny_sd", "vae", sd.VAE_FIT_RECORD)
+  fit_before = os.path.getmtime(fit)
   pipeline.run(exp.config, workdir)
   assert os.path.getmtime(os.path.join(workdir, "core", "DONE.json")) == before
+  assert os.path.getmtime(fit) == fit_before                          # the VAE fit is not redone
 
 
 @pytest.mark.parametrize("field,value,match", [
@@ -127,6 +146,10 @@ def test_rerun_skips_finished_stages(run):
     ("sd.trainable", "attn", "config.sd.trainable"),
     ("sd.dtype", "float8", "config.sd.dtype"),
     ("data.image_size", 33, "config.data.image_size"),
+    ("sd.fit_vae_steps", -1, "config.sd.fit_vae_steps"),
+    ("sd.fit_vae_lr", 0.0, "config.sd.fit_vae_lr"),
+    ("sd.fit_vae_batch_size", 0, "config.sd.fit_vae_batch_size"),
+    ("sd.fit_vae_kl_weight", -1.0, "config.sd.fit_vae_kl_weight"),
 ])
 def test_user_errors_leave_the_workdir_unchanged(run, tmp_path, field, value, match):
   exp, workdir = run
@@ -137,6 +160,38 @@ def test_user_errors_leave_the_workdir_unchanged(run, tmp_path, field, value, ma
   with pytest.raises(UserError, match=match):
     pipeline.run(c, workdir)
   assert sorted(os.listdir(workdir)) == before
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("fit_vae_steps", 11, "config.sd.fit_vae_steps=11"),      # fitted with 10 steps there
+    ("fit_vae_steps", 0, "config.sd.fit_vae_steps=0"),        # fitted there, no fit asked now
+    ("fit_vae_lr", 1e-3, "config.sd.fit_vae_lr=0.001"),
+])
+def test_other_vae_fit_settings_in_the_same_workdir_are_user_errors(run, field, value, match):
+  exp, workdir = run
+  c = tiny_config()                                          # model_dir="tiny" again
+  c.sd[field] = value
+  vae = os.path.join(workdir, "inputs", "tiny_sd", "vae")
+  before = sorted(os.listdir(workdir)), {n: os.path.getmtime(os.path.join(vae, n)) for n in os.listdir(vae)}
+  with pytest.raises(UserError, match=match):
+    pipeline.run(c, workdir)
+  assert (sorted(os.listdir(workdir)), {n: os.path.getmtime(os.path.join(vae, n)) for n in os.listdir(vae)}) == before
+
+
+def test_an_unfitted_tiny_model_is_not_fitted_in_place(tmp_path):
+  """A workdir whose tiny model was written with a random VAE (fit_vae_steps=0, or older
+  code) is not refitted under its finished stages: one line naming the field, nothing written."""
+  c = tiny_config()
+  c.sd.fit_vae_steps = 0
+  workdir = str(tmp_path / "w")
+  sd_experiment.resolve_inputs(c, workdir)                  # writes inputs/ only (no fit)
+  model_dir = os.path.join(workdir, "inputs", "tiny_sd")
+  assert sd.vae_fit_record(model_dir) is None and not os.path.isdir(os.path.join(model_dir, sd.VAE_INIT))
+  before = sorted(os.listdir(os.path.join(model_dir, "vae")))
+  with pytest.raises(UserError, match="config.sd.fit_vae_steps=10"):
+    pipeline.run(tiny_config(), workdir)
+  assert sorted(os.listdir(os.path.join(model_dir, "vae"))) == before
+  assert sorted(os.listdir(workdir)) == ["inputs"]
 
 
 def test_missing_model_dir_and_scratch_init_are_user_errors(run, tmp_path):

@@ -7,6 +7,8 @@ latents are non-square so that a wrong NHWC <-> NCHW transposition fails.
 """
 from __future__ import annotations
 
+import json
+import os
 import shutil
 
 import jax
@@ -194,3 +196,85 @@ def test_load_errors(comp, tmp_path):
   shutil.copytree(f"{comp.model_dir}/vae", broken / "vae")
   with pytest.raises(UserError, match="from_pt=True"):
     sd.load(str(broken))
+
+
+# --------------------------------------------------------------------------- the fitted tiny VAE
+
+FIT = dict(steps=150, lr=3e-3, batch_size=8, kl_weight=1e-3, seed=0)
+
+
+@pytest.fixture(scope="module")
+def fit_images(tmp_path_factory):
+  """The 12 images (4 styles x 3 objects, 16 px) of a synthetic UnlearnCanvas tree."""
+  from unlearn_jax import canvas, data as data_lib
+  root = str(tmp_path_factory.mktemp("canvas"))
+  canvas.write_fake_tree(root, size=16, n_images=1)
+  return data_lib.to_float(canvas.load(root, image_size=16, image_indices=(1,)).images)
+
+
+@pytest.fixture(scope="module")
+def fitted(comp, fit_images, tmp_path_factory):
+  """(model_dir, record) of a copy of the tiny model whose VAE `fit_tiny_vae` fitted."""
+  model_dir = str(tmp_path_factory.mktemp("fitted") / "model")
+  shutil.copytree(comp.model_dir, model_dir)
+  return model_dir, sd.fit_tiny_vae(model_dir, fit_images, **FIT)
+
+
+def _reconstruction_mse(comp, images):
+  """Per-pixel MSE of decode(encode(x)) through the loaded model (the pipeline's path)."""
+  z = sd.encode_images(comp, images, batch_size=len(images))
+  decode = jax.jit(lambda params, z: sd.decode_latents(comp.vae, params, z, comp.scaling_factor))
+  return float(np.mean((np.asarray(decode(comp.vae_params, jnp.asarray(z))) - images) ** 2)), z
+
+
+def test_fitted_vae_reconstructs_and_loads(comp, fit_images, fitted):
+  model_dir, record = fitted
+  assert record["settings"] == FIT and record["num_images"] == 12 and "skipped" not in record
+  random_mse, _ = _reconstruction_mse(comp, fit_images)                  # the random VAE, as loaded
+  assert record["mse_random"] == pytest.approx(random_mse, rel=1e-4)
+  loaded = sd.load(model_dir)                                            # the real loading code
+  mse, z = _reconstruction_mse(loaded, fit_images)
+  assert mse == pytest.approx(record["mse"], rel=1e-4)                   # reproduces the fit's weights
+  assert mse < random_mse / 4 and mse < record["data_variance"]          # better than the mean image too
+  # scaling_factor = 1 / std of the posterior means: the cached latents have unit variance.
+  assert loaded.scaling_factor == pytest.approx(1.0 / record["latent_std"])
+  assert loaded.scaling_factor != pytest.approx(comp.scaling_factor)
+  assert float(np.std(z)) == pytest.approx(1.0, abs=1e-3)
+  with open(os.path.join(model_dir, "vae", "config.json")) as f:
+    assert json.load(f)["scaling_factor"] == record["scaling_factor"]
+  assert sorted(os.listdir(os.path.join(model_dir, "vae"))) == [
+      "config.json", "diffusion_flax_model.msgpack", sd.VAE_FIT_RECORD]
+  assert not os.path.exists(os.path.join(model_dir, "vae.fit.tmp"))
+
+
+def test_fit_is_skipped_on_rerun(fit_images, fitted):
+  model_dir, record = fitted
+  weights = os.path.join(model_dir, "vae", "diffusion_flax_model.msgpack")
+  before = os.stat(weights).st_mtime_ns
+  again = sd.fit_tiny_vae(model_dir, fit_images[:3], **dict(FIT, steps=1))
+  assert again.pop("skipped") is True and again == record
+  assert os.stat(weights).st_mtime_ns == before
+
+
+def test_killed_fit_leaves_a_loadable_vae_and_resumes_to_the_same_weights(
+    comp, fit_images, fitted, tmp_path, monkeypatch):
+  model_dir = str(tmp_path / "model")
+  shutil.copytree(comp.model_dir, model_dir)
+  weights = os.path.join(model_dir, "vae", "diffusion_flax_model.msgpack")
+  random_weights = open(weights, "rb").read()
+  real_replace = os.replace
+
+  def killed_at_the_weights(src, dst):
+    if str(dst).endswith(".msgpack"):
+      raise KeyboardInterrupt("killed")
+    return real_replace(src, dst)
+  monkeypatch.setattr(os, "replace", killed_at_the_weights)
+  with pytest.raises(KeyboardInterrupt):
+    sd.fit_tiny_vae(model_dir, fit_images, **FIT)
+  monkeypatch.setattr(os, "replace", real_replace)
+  assert sd.vae_fit_record(model_dir) is None                 # not marked done
+  assert open(weights, "rb").read() == random_weights         # the weights are whole (the old ones)
+  sd.load(model_dir)
+  record = sd.fit_tiny_vae(model_dir, fit_images, **FIT)     # restarts from vae_init/
+  assert record["mse"] == pytest.approx(fitted[1]["mse"], rel=1e-5)
+  assert record["scaling_factor"] == pytest.approx(fitted[1]["scaling_factor"], rel=1e-5)

@@ -353,6 +353,7 @@ def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
     c.eval.sampler.n_steps = 10
     c.esd.ddim_steps = 4
     c.sd.encode_batch_size = 16
+    c.sd.fit_vae_steps = 300      # train the tiny VAE on the synthetic images first (~1 min)
   return c
 
 

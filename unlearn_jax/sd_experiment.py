@@ -33,6 +33,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -111,21 +112,84 @@ def _styles_objects(config) -> Tuple[Optional[tuple], Optional[tuple]]:
   return styles, objects
 
 
+def check_vae_fit_fields(config) -> None:
+  """Range checks of the `config.sd.fit_vae_*` fields (full names in the message)."""
+  sdc = config.sd
+  check_range("config.sd.fit_vae_steps", sdc.fit_vae_steps, 0, 10 ** 7, integer=True)
+  check_range("config.sd.fit_vae_lr", sdc.fit_vae_lr, 0.0, 1e3, lo_open=True)
+  check_range("config.sd.fit_vae_batch_size", sdc.fit_vae_batch_size, 1, 1 << 16, integer=True)
+  check_range("config.sd.fit_vae_kl_weight", sdc.fit_vae_kl_weight, 0.0, 1e6)
+
+
+def _fit_settings(config) -> dict:
+  """The settings `sd.fit_tiny_vae` records (compared on a rerun)."""
+  sdc = config.sd
+  return {"steps": int(sdc.fit_vae_steps), "lr": float(sdc.fit_vae_lr),
+          "batch_size": int(sdc.fit_vae_batch_size), "kl_weight": float(sdc.fit_vae_kl_weight),
+          "seed": int(config.seed)}
+
+
+def _check_tiny_vae(path: str, want: dict) -> None:
+  """Raises UserError (before anything is written) if the workdir's existing tiny model at
+  `path` is not the one `want` describes: fitted with other settings (or fitted while the
+  config asks for no fit), or written with a random VAE while the config asks for a fit."""
+  record = sd.vae_fit_record(path)
+  started = os.path.isdir(os.path.join(path, sd.VAE_INIT))
+  if record is None:
+    if want["steps"] and not started:
+      raise UserError("config.sd.fit_vae_steps", want["steps"],
+                      f"the workdir's tiny model {path} was written with a random, unfitted VAE; "
+                      "expected 0 to resume there, or use another --workdir")
+    if not want["steps"] and started:
+      raise UserError("config.sd.fit_vae_steps", 0,
+                      f"a VAE fit was started on the workdir's tiny model {path}; expected it "
+                      "to finish (the same config.sd.fit_vae_* as then), or use another --workdir")
+    return
+  have = record.get("settings", {})
+  if not want["steps"]:
+    bad = ("steps", 0)
+  else:
+    bad = next(((k, v) for k, v in want.items() if have.get(k) != v), None)
+  if bad is not None:
+    field = "config.seed" if bad[0] == "seed" else f"config.sd.fit_vae_{bad[0]}"
+    raise UserError(field, bad[1], f"the workdir's tiny model {path} has a VAE fitted with "
+                    f"{', '.join(f'{k}={v}' for k, v in have.items())}; expected the same settings "
+                    "to resume there, or use another --workdir")
+
+
 def resolve_inputs(config, workdir: str):
   """`config` with "tiny" / "synthetic" replaced by directories built in `<workdir>/inputs/`
-  (written once; a rerun reuses them)."""
+  (written once; a rerun reuses them).
+
+  With `config.sd.fit_vae_steps` > 0 the tiny model's VAE is trained on the data's images
+  (`models.stable_diffusion.fit_tiny_vae`, after the synthetic tree is written) so that it
+  reconstructs them; only the tiny model in `<workdir>/inputs/` is ever fitted (a user's
+  `model_dir` is read, never written: the fields are then unused).  The tiny model is
+  written to a temporary directory and renamed, so it exists whole or not at all.
+  """
   sdc = config.sd
+  check_vae_fit_fields(config)
   if sdc.model_dir != TINY and config.data.data_dir != SYNTHETIC:
     return config
   canvas.resolve_styles(config.data.forget_styles)          # fail before writing anything
+  fit = _fit_settings(config)
+  model_path = os.path.join(workdir, "inputs", "tiny_sd")
+  tiny_exists = os.path.exists(os.path.join(model_path, "model_index.json"))
+  if sdc.model_dir == TINY and tiny_exists:
+    _check_tiny_vae(model_path, fit)
   c = config.copy_and_resolve_references()
   c.unlock()
   inputs = os.path.join(workdir, "inputs")
   if sdc.model_dir == TINY:
-    path = os.path.join(inputs, "tiny_sd")
-    if not os.path.exists(os.path.join(path, "model_index.json")):
-      sd.write_tiny(path, seed=config.seed, image_size=config.data.image_size, **dict(sdc.tiny))
-    c.sd.model_dir = path
+    if not tiny_exists:
+      tmp = model_path + ".tmp"
+      shutil.rmtree(tmp, ignore_errors=True)
+      sd.write_tiny(tmp, seed=config.seed, image_size=config.data.image_size, **dict(sdc.tiny))
+      if fit["steps"]:
+        sd.keep_vae_init(tmp)        # marks the model as one to fit (see `_check_tiny_vae`)
+      shutil.rmtree(model_path, ignore_errors=True)         # a partial write of older code
+      os.replace(tmp, model_path)
+    c.sd.model_dir = model_path
   if config.data.data_dir == SYNTHETIC:
     path = os.path.join(inputs, "canvas")
     styles, objects = _styles_objects(config)
@@ -135,6 +199,14 @@ def resolve_inputs(config, workdir: str):
                              seed=config.seed)
       os.replace(path + ".tmp", path)
     c.data.data_dir = path
+  if sdc.model_dir == TINY and fit["steps"] and sd.vae_fit_record(model_path) is None:
+    styles, objects = _styles_objects(config)
+    data = canvas.load(c.data.data_dir, image_size=c.data.image_size, styles=styles, objects=objects,
+                       image_indices=tuple(c.data.image_indices))
+    record = sd.fit_tiny_vae(model_path, data_lib.to_float(data.images), **fit)
+    logging.info("fitted the tiny VAE on %d images in %.1f s: per-pixel MSE %.4f (random init %.4f), "
+                 "scaling_factor %.4f", record["num_images"], record["wall_time_s"], record["mse"],
+                 record["mse_random"], record["scaling_factor"])
   c.lock()
   return c
 
@@ -144,6 +216,9 @@ def _cache_key(config, comp) -> str:
          "image_size": int(config.data.image_size), "styles": list(config.data.styles),
          "objects": list(config.data.objects), "indices": list(config.data.image_indices),
          "template": config.data.template, "scaling": float(comp.scaling_factor)}
+  record = sd.vae_fit_record(config.sd.model_dir)
+  if record is not None:                     # a (re)fitted tiny VAE encodes differently
+    key["vae_fit"] = record
   return hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -175,6 +250,7 @@ def build(config, workdir: Optional[str] = None, *, experiment_cls=None, **commo
   check_choice("config.sd.dtype", sdc.dtype, tuple(DTYPES))
   check_choice("config.sd.trainable", sdc.trainable, sd.TRAINABLE)
   check_range("config.sd.encode_batch_size", sdc.encode_batch_size, 1, 1 << 16)
+  check_vae_fit_fields(config)
   check_choice("config.data.template", dcfg.template, tuple(canvas.TEMPLATES))
   forget_styles = canvas.resolve_styles(dcfg.forget_styles)
   styles, objects = _styles_objects(config)
@@ -404,11 +480,90 @@ def add_sfid(results: dict, base: str) -> None:
       entry["sfid"] = concept_metrics.sfid(fd0, entry["frechet_distance"])
 
 
+#: at most this many of the data's images are reconstructed for `autoencoder_summary`.
+AUTOENCODER_CHECK_IMAGES = 64
+
+
+def _classifier_root(exp, workdir: str) -> Optional[str]:
+  """The directory with style/ and object/ classifier checkpoints, once there is one."""
+  from unlearn_jax import checkpoints as ckpt  # pylint: disable=g-import-not-at-top
+  cfg = exp.config
+  if cfg.eval.classifier_dir:
+    return cfg.eval.classifier_dir
+  stages = [n for n in cfg.stage_order if cfg.stages[n].kind == "classifier"]
+  if stages and ckpt.is_done(os.path.join(workdir, stages[0])):
+    return os.path.join(workdir, stages[0])
+  return None
+
+
+def _reconstruction_check(exp, workdir: str, root: Optional[str]) -> dict:
+  """Per-pixel MSE of decode(encode(x)) through the experiment's own path (`sd.encode_images`
+  then `decode`) on up to AUTOENCODER_CHECK_IMAGES evenly spaced images of the data, the
+  std of the cached latents, and (with classifiers) the style / object accuracy on the
+  reconstructions and on the originals."""
+  ctx = exp.sd
+  n_all = len(ctx.data.images)
+  idx = np.unique(np.linspace(0, n_all - 1, min(n_all, AUTOENCODER_CHECK_IMAGES)).round().astype(int))
+  x01 = data_lib.to_float(ctx.data.images[idx])
+  z = sd.encode_images(ctx.comp, x01, batch_size=exp.config.sd.encode_batch_size)
+  rec = decode(ctx, z)
+  out = {"check_images": int(len(idx)), "reconstruction_mse": float(np.mean(np.square(rec - x01))),
+         "latent_std": float(np.std(exp.train.images))}
+  if root is not None:
+    clf = classifier_params(exp, workdir, root)   # an absolute root: join(workdir, root) = root
+    for which, truth in (("style", ctx.data.style_ids[idx]), ("object", ctx.data.object_ids[idx])):
+      for kind, images in (("reconstructed", rec), ("original", x01)):
+        logits, _ = classify(ctx, which, clf[which], images)
+        out[f"{which}_accuracy_{kind}"] = float(np.mean(np.argmax(logits, -1) == truth))
+  return out
+
+
+def autoencoder_summary(exp, workdir: str) -> dict:
+  """results.json's "autoencoder": the VAE's fit record (`sd.fit_tiny_vae`; None for a
+  model directory's own VAE), its scaling_factor, `_reconstruction_check` and a one-line
+  "summary" (report.md).  The check is cached in `<workdir>/sd_cache/` per (latent cache
+  key, classifier checkpoints)."""
+  ctx, comp = exp.sd, exp.sd.comp
+  record = sd.vae_fit_record(comp.model_dir)
+  root = _classifier_root(exp, workdir)
+  stamp = [] if root is None else sorted(
+      (w, e.name, e.stat().st_mtime_ns) for w in ("style", "object") if os.path.isdir(os.path.join(root, w))
+      for e in os.scandir(os.path.join(root, w)))
+  key = hashlib.sha1(json.dumps([_cache_key(exp.config, comp), os.path.abspath(root or ""), stamp])
+                     .encode()).hexdigest()[:16]
+  path = os.path.join(workdir, CACHE_DIR, f"autoencoder_{key}.json")
+  if os.path.exists(path):
+    check = checkpoints.read_json(path)
+  else:
+    check = _reconstruction_check(exp, workdir, os.path.abspath(root) if root else None)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    checkpoints.write_json(path, check)
+  out = {"fitted": record is not None, "scaling_factor": float(comp.scaling_factor), **check,
+         "fit": None if record is None else {k: v for k, v in record.items() if k != "history"}}
+  if record is not None:
+    what = (f"tiny VAE fitted in the workdir ({record['settings']['steps']} Adam steps on "
+            f"{record['num_images']} images): per-pixel MSE {check['reconstruction_mse']:.4f} "
+            f"(random init {record['mse_random']:.4f}; the images' variance {record['data_variance']:.4f})")
+  else:
+    what = f"VAE of {comp.model_dir}: per-pixel MSE {check['reconstruction_mse']:.4f}"
+  what += (f", scaling_factor {comp.scaling_factor:.4g} (cached latents' std "
+           f"{check['latent_std']:.3f})")
+  if "style_accuracy_reconstructed" in check:
+    what += (f"; style / object classifier accuracy on reconstructions "
+             f"{check['style_accuracy_reconstructed']:.2f} / {check['object_accuracy_reconstructed']:.2f}"
+             f" (originals {check['style_accuracy_original']:.2f} / {check['object_accuracy_original']:.2f})")
+  out["summary"] = what + f" on {check['check_images']} of the data's images"
+  return out
+
+
 def config_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   """The `sd` section and the data / eval fields an UnlearnCanvas experiment adds to `config_lib.base()`."""
   c.sd = ml_collections.ConfigDict(dict(
       model_dir="", trainable="cross_attn", dtype="float32", remat=False, encode_batch_size=8,
-      tiny=ml_collections.ConfigDict(dict(block_out_channels=(32,), cross_attention_dim=32))))
+      tiny=ml_collections.ConfigDict(dict(block_out_channels=(32,), cross_attention_dim=32)),
+      # model_dir="tiny" only: Adam steps fitting its random VAE to the data's images
+      # (`models.stable_diffusion.fit_tiny_vae`; 0 = keep the random VAE).
+      fit_vae_steps=0, fit_vae_lr=3e-3, fit_vae_batch_size=8, fit_vae_kl_weight=1e-3))
   c.data.update(dict(name=DATA_NAME, data_dir="", styles=(), objects=(), image_indices=(1, 2, 3),
                      forget_styles="Forget06", alt_style="Abstractionism", template="unlearncanvas",
                      image_size=512, num_channels=3, centered=False, random_flip=False))

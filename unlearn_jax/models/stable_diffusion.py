@@ -40,7 +40,10 @@ by default, so a bf16 checkpoint trains with float32 master weights); `dtype`
 is the compute dtype of the modules.
 
 `write_tiny` writes a tiny random Stable Diffusion in the same layout (with a
-real `CLIPTokenizer` on a tiny BPE vocabulary) for tests and CPU demos.
+real `CLIPTokenizer` on a tiny BPE vocabulary) for tests and CPU demos;
+`fit_tiny_vae` then trains its VAE on a set of images (reconstruction MSE + a
+small KL, Adam) and saves it over vae/ with scaling_factor = 1 / the latents'
+std, so that decoded samples are images, not noise.
 
 Layouts in diffusers 0.39 (checked against its source):
   * `FlaxUNet2DConditionModel.__call__(sample NCHW, timesteps (B,),
@@ -56,6 +59,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
+import time
 from typing import Any, Dict, Optional, Sequence, Tuple
 
 import flax
@@ -68,8 +73,8 @@ from unlearn_jax.errors import UserError, check_choice
 
 __all__ = [
     "SDComponents", "SDUNet", "TRAINABLE", "build_module", "decode_latents", "encode_images",
-    "encode_prompts", "load", "model_params", "prompt_table", "trainable_mask", "unet_config_of",
-    "write_tiny",
+    "encode_prompts", "fit_tiny_vae", "keep_vae_init", "load", "model_params", "prompt_table",
+    "trainable_mask", "unet_config_of", "vae_fit_record", "vae_loss", "vae_reconstruct", "write_tiny",
 ]
 
 #: SD v1.x noise schedule (scheduler/scheduler_config.json of v1.4 / v1.5).
@@ -445,6 +450,200 @@ def decode_latents(vae, vae_params, latents: jax.Array, scaling_factor: float) -
   images = vae.apply({"params": vae_params}, z, method=vae.decode).sample   # NCHW
   images = jnp.transpose(images, (0, 2, 3, 1)).astype(jnp.float32)
   return jnp.clip((images + 1.0) / 2.0, 0.0, 1.0)
+
+
+# --------------------------------------------------------------------------- fitting the tiny VAE
+
+#: vae/<this>: the fit's record, written last (the fit's done-marker).
+VAE_FIT_RECORD = "fit.json"
+#: <model_dir>/<this>/: the random VAE a fit starts from (a killed fit restarts from it).
+VAE_INIT = "vae_init"
+_FIT_FNS: Dict[Any, Any] = {}
+
+
+def vae_fit_record(model_dir: str) -> Optional[dict]:
+  """The record `fit_tiny_vae` left in `model_dir`/vae/, or None (never fitted / fit unfinished)."""
+  path = os.path.join(model_dir, "vae", VAE_FIT_RECORD)
+  if not os.path.isfile(path):
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def keep_vae_init(model_dir: str) -> str:
+  """Copies vae/ to vae_init/ once (atomically: a copy, then a rename); returns its path.
+
+  Call it before anything replaces a file of vae/: the fit always starts from
+  vae_init/, so a fit killed half way through replacing vae/'s files restarts
+  from the same random weights and reaches the same result.
+  """
+  init = os.path.join(model_dir, VAE_INIT)
+  if not os.path.isdir(init):
+    if vae_fit_record(model_dir) is not None:
+      raise ValueError(f"{model_dir}/vae is already fitted; its random init is gone")
+    tmp = init + ".tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    shutil.copytree(os.path.join(model_dir, "vae"), tmp)
+    os.replace(tmp, init)
+  return init
+
+
+def vae_reconstruct(vae, params, images01: jax.Array, key: Optional[jax.Array] = None):
+  """(D(z) NHWC in [-1, 1], unclipped; the posterior q(z|x)) of NHWC images in [0, 1].
+
+  z is the posterior mean of E(2x - 1), or a reparametrised sample of it when
+  `key` is given (what the fit decodes).  Pure, jit-able (close over `vae`).
+  """
+  x = jnp.transpose(2.0 * images01 - 1.0, (0, 3, 1, 2))                    # NCHW input
+  dist = vae.apply({"params": params}, x, method=vae.encode).latent_dist   # NHWC
+  z = dist.mean if key is None else dist.sample(key)
+  out = vae.apply({"params": params}, z, method=vae.decode).sample         # NCHW
+  return jnp.transpose(out, (0, 2, 3, 1)), dist
+
+
+def vae_loss(vae, params, images01: jax.Array, key: jax.Array, kl_weight: float):
+  """(loss, (rec, kl)) with loss = rec + kl_weight * kl, the Gaussian-likelihood VAE objective
+  (Kingma & Welling 2014, Eq. 10; the KL-regularised autoencoder of Rombach et al. 2022, Sec. 3):
+
+    rec = mean over pixels of (D(z) - x)^2, x = 2 x01 - 1, z ~ q(z|x) (reparametrised),
+    kl  = KL(q(z|x) || N(0, I)) per latent element, averaged over the batch.
+
+  (SD's own VAE was trained with L1 + LPIPS + a patch GAN and a KL weight of 1e-6 on
+  summed terms; plain MSE is enough for the synthetic tree's flat textures.)
+  """
+  out, dist = vae_reconstruct(vae, params, images01, key)
+  rec = jnp.mean(jnp.square(out - (2.0 * images01 - 1.0)))
+  kl = jnp.mean(dist.kl()) / float(np.prod(dist.mean.shape[1:]))
+  return rec + kl_weight * kl, (rec, kl)
+
+
+def _fit_fns(vae, lr: float, kl_weight: float, batch_size: int):
+  """(optax Adam, jitted train step, jitted per-image stats), cached per (VAE config, settings)."""
+  import optax  # pylint: disable=g-import-not-at-top
+  key = (json.dumps(dict(vae.config), sort_keys=True, default=str), float(lr), float(kl_weight),
+         int(batch_size))
+  if key not in _FIT_FNS:
+    opt = optax.adam(lr)
+
+    def step(params, opt_state, images01, rng):
+      k_batch, k_z = jax.random.split(rng)
+      batch = images01[jax.random.permutation(k_batch, images01.shape[0])[:batch_size]]
+      (loss, (rec, kl)), grads = jax.value_and_grad(
+          lambda p: vae_loss(vae, p, batch, k_z, kl_weight), has_aux=True)(params)
+      updates, opt_state = opt.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state, {"loss": loss, "rec": rec, "kl": kl}
+
+    def stats(params, images01):
+      out, dist = vae_reconstruct(vae, params, images01)
+      rec01 = jnp.clip((out + 1.0) / 2.0, 0.0, 1.0)           # as `decode_latents`
+      return jnp.mean(jnp.square(rec01 - images01), axis=(1, 2, 3)), dist.mean
+
+    _FIT_FNS[key] = (opt, jax.jit(step), jax.jit(stats))
+  return _FIT_FNS[key]
+
+
+def _vae_stats(stats, params, images01: np.ndarray, batch_size: int = 16):
+  """(per-image MSE in [0, 1] units (N,), posterior means (N, h, w, c)) in padded batches."""
+  n = len(images01)
+  batch_size = max(1, min(batch_size, n))
+  mse, means = [], []
+  for start in range(0, n, batch_size):
+    chunk = images01[start:start + batch_size]
+    pad = batch_size - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
+    e, m = stats(params, jnp.asarray(chunk))
+    mse.append(np.asarray(e)[:batch_size - pad])
+    means.append(np.asarray(m)[:batch_size - pad])
+  return np.concatenate(mse), np.concatenate(means)
+
+
+def fit_tiny_vae(model_dir: str, images01: np.ndarray, *, steps: int, lr: float = 3e-3,
+                 batch_size: int = 8, kl_weight: float = 1e-3, seed: int = 0) -> dict:
+  """Trains the VAE of `model_dir` (a `write_tiny` model) on `images01`; saves it over vae/.
+
+  `steps` Adam steps (learning rate `lr`) on `vae_loss` with random batches of
+  `batch_size` of the NHWC [0, 1] images, from the random weights kept in
+  vae_init/ (`keep_vae_init`).  Then the latent scale: SD's convention is that
+  `scaling_factor` * E(x) has unit variance (SD v1's 0.18215 = 1 / the std of its
+  VAE's latents), so scaling_factor = 1 / std of the posterior means of `images01`
+  (the latents `encode_images` caches) over every element; it is written into
+  vae/config.json with the weights (`save_pretrained`, so `load` reads them).
+
+  Resumable and never half-written: the fitted VAE is saved to vae.fit.tmp/, its
+  files replace vae/'s one by one (each `os.replace` is atomic), and the record
+  vae/fit.json is written last; with the record present the fit is skipped
+  (returns the record with "skipped": True), without it (a killed fit) it reruns
+  from vae_init/ to the same weights.  Returns the record: the settings, the
+  per-pixel MSE (in [0, 1] units, on `images01`) of the random and the fitted VAE
+  and the images' per-pixel variance (the MSE of predicting their mean), the
+  latent mean / std, the new scaling_factor, the loss every steps/10 steps and
+  the wall time.  Call it only on a model directory you own (the pipeline: only
+  `<workdir>/inputs/tiny_sd`).
+  """
+  record = vae_fit_record(model_dir)
+  if record is not None:
+    return dict(record, skipped=True)
+  steps, batch_size = int(steps), int(batch_size)
+  if steps < 1 or batch_size < 1:
+    raise ValueError(f"fit_tiny_vae needs steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
+  _quiet()
+  from diffusers import FlaxAutoencoderKL  # pylint: disable=g-import-not-at-top
+  t0 = time.time()
+  keep_vae_init(model_dir)
+  vae, params = FlaxAutoencoderKL.from_pretrained(model_dir, subfolder=VAE_INIT, dtype=jnp.float32)
+  params = _cast(params, jnp.float32)
+  images01 = np.asarray(images01, np.float32)
+  size = int(vae.config.sample_size)
+  if images01.ndim != 4 or images01.shape[1:] != (size, size, vae.config.in_channels):
+    raise ValueError(f"expected NHWC images of shape (N, {size}, {size}, {vae.config.in_channels}) "
+                     f"(the VAE's sample_size), got {images01.shape}")
+  opt, step, stats = _fit_fns(vae, lr, kl_weight, min(batch_size, len(images01)))
+  mse_random = float(np.mean(_vae_stats(stats, params, images01)[0]))
+  opt_state = opt.init(params)
+  x_all = jnp.asarray(images01)
+  base = jax.random.PRNGKey(seed)
+  every = max(1, steps // 10)
+  history = []
+  for i in range(steps):
+    params, opt_state, logs = step(params, opt_state, x_all, jax.random.fold_in(base, i))
+    if (i + 1) % every == 0 or i + 1 == steps:
+      history.append({"step": i + 1, **{k: float(v) for k, v in logs.items()}})
+  mse, means = _vae_stats(stats, params, images01)
+  std = float(np.std(means))
+  if not np.isfinite(std) or std <= 0:
+    raise FloatingPointError(f"the fitted VAE's latents have std {std}")
+  record = {
+      "settings": {"steps": steps, "lr": float(lr), "batch_size": batch_size,
+                   "kl_weight": float(kl_weight), "seed": int(seed)},
+      "num_images": int(len(images01)), "image_size": size,
+      "mse_random": mse_random, "mse": float(np.mean(mse)),
+      "data_variance": float(np.mean(np.var(images01, axis=0))),
+      "latent_mean": float(np.mean(means)), "latent_std": std,
+      "scaling_factor": 1.0 / std, "scaling_factor_before": float(vae.config.scaling_factor),
+      "history": history, "wall_time_s": time.time() - t0}
+  _save_fitted_vae(model_dir, vae, params, record)
+  return record
+
+
+def _save_fitted_vae(model_dir: str, vae, params, record: dict) -> None:
+  """vae/ := the fitted weights, config.json with scaling_factor = record's, then fit.json."""
+  tmp = os.path.join(model_dir, "vae.fit.tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  vae.save_pretrained(tmp, params=params)
+  config_path = os.path.join(tmp, "config.json")
+  with open(config_path) as f:
+    config = json.load(f)
+  config["scaling_factor"] = record["scaling_factor"]
+  with open(config_path, "w") as f:
+    json.dump(config, f, indent=2, sort_keys=True)
+  with open(os.path.join(tmp, VAE_FIT_RECORD), "w") as f:
+    json.dump(record, f, indent=2)
+  target = os.path.join(model_dir, "vae")
+  names = sorted(n for n in os.listdir(tmp) if n != VAE_FIT_RECORD) + [VAE_FIT_RECORD]
+  for name in names:                                   # the record (done-marker) last
+    os.replace(os.path.join(tmp, name), os.path.join(target, name))
+  os.rmdir(tmp)
 
 
 # --------------------------------------------------------------------------- the model
