@@ -10,9 +10,13 @@ DiMRA attack on the retain set.
 
   python -m unlearn_jax.main --config=configs/erasediff_cifar10.py --workdir=W
   python -m unlearn_jax.main --config=configs/erasediff_cifar10.py:pretrained=/path/to/stage --workdir=W
-  # the public code's lambda rule / first-order grad g:
+  # the public code's lambda rule and its grad g (phi^K held fixed: K changes only the value of g):
   python -m unlearn_jax.main --config=configs/erasediff_cifar10.py --config.erasediff.rule=cosine \
-      --config.erasediff.grad_form=first_order --workdir=W
+      --config.erasediff.grad_form=fixed --workdir=W
+
+grad g runs in the library's default "first_order" form, grad L_f(theta) - grad L_f(phi^K), in
+which K and xi change the update (the paper's Fig. 5a: larger K erases more); "unrolled"
+differentiates through the K inner steps.
 
 Arguments (comma-separated): forget=<0..9> (default 0, airplane), steps=<unlearning steps>,
 attack=<attack steps>, pretrained=<stage directory>, cpu (tiny model, smoke runs only).
@@ -25,7 +29,7 @@ def get_config(arg=None):
   c = config_lib.cifar10_ddpm(cpu=bool(a.get("cpu")))
   c.experiment = "erasediff"
   c.data.forget_classes = (a.get("forget", 0),)
-  c.erasediff.update(dict(eta=0.1, rule="paper", inner_steps=2, inner_lr=1e-2, grad_form="fixed"))
+  c.erasediff.update(dict(eta=0.1, rule="paper", inner_steps=2, inner_lr=1e-2, grad_form="first_order"))
   unlearn, attack, every, pretrain = a.get("steps") or 300, a.get("attack") or 20000, 2000, 800_000
   if a.get("cpu"):
     unlearn, attack, every, pretrain = 50, 50, 25, 300
