@@ -127,6 +127,8 @@ def test_results_report_and_attacks(run):
   for k in ("style_accuracy_reconstructed", "object_accuracy_original"):
     assert 0.0 <= ae[k] <= 1.0
   assert f"- autoencoder: {ae['summary']}" in report and f"{ae['reconstruction_mse']:.4f}" in ae["summary"]
+  assert (f"accuracy on reconstructions {ae['style_accuracy_reconstructed']:.2f} / "
+          f"{ae['object_accuracy_reconstructed']:.2f}") in ae["summary"]
 
 
 def test_rerun_skips_finished_stages(run):
