@@ -102,7 +102,9 @@ class Objective:
       the noise (wrapped in stop_gradient); None: the noise.
     cond_drop: probability of replacing an example's condition by the null class
       (classifier-free guidance training, Ho & Salimans 2022; 0.1 in pretraining).
-    reduce: `reduce(per_example_losses) -> scalar`; None: the mean.
+    reduce: `reduce(per_example_losses, axis_name) -> scalar` over this device's examples
+      (`axis_name` the pmap axis, None unmapped: a reduction that normalises over the
+      batch, e.g. SFR-on's weighted ascent, normalises over the global one); None: the mean.
     noiser: `noiser(NoiserInputs) -> losses.Noised`, the noisy inputs in place of
       x_t ~ q(x_t | x_0) (e.g. ESD's partial DDIM from noise, Selective Amnesia's
       uniform surrogate images); None: `perturb_examples`.
@@ -243,12 +245,13 @@ def objective_inputs(params, batch: Mapping[str, jax.Array], keys: jax.Array, sp
   return noised, labels, target, weight
 
 
-def loss_given_inputs(params, inputs, dropout_rng, spec: StepSpec, objective: Objective) -> jax.Array:
+def loss_given_inputs(params, inputs, dropout_rng, spec: StepSpec, objective: Objective,
+                      axis_name: Optional[str] = None) -> jax.Array:
   """The reduced loss at `params` for inputs fixed by `objective_inputs`."""
   noised, labels, target, weight = inputs
   eps_pred = _model_eps(spec, noised)(params, labels, True, {"dropout": dropout_rng})
   per = objective.loss(eps_pred, target, weight)
-  return jnp.mean(per) if objective.reduce is None else objective.reduce(per)
+  return jnp.mean(per) if objective.reduce is None else objective.reduce(per, axis_name)
 
 
 def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, dropout_rng,
@@ -290,6 +293,7 @@ def _objective_grad(state, batches, step_rng, dropout_rng, i, name, spec, consts
   params, mask = state.params, spec.trainable
   inputs = objective_inputs(params, batch, keys, spec, objective, consts)
   loss_of = functools.partial(loss_given_inputs, inputs=inputs, dropout_rng=jax.random.fold_in(dropout_rng, i),
+                              axis_name=axis_name,
                               spec=spec, objective=objective)
   if mask is None:
     value_fn = objective.value_fn or (lambda f, p, _: jax.value_and_grad(f)(p))

@@ -21,10 +21,16 @@ import jax.numpy as jnp
 import optax
 
 
-def weighted_ascent(per_example: jax.Array) -> jax.Array:
-  """-sum_i w_i l_i with w = l^-1/2 / sum(l^-1/2), w held constant (Objective.reduce)."""
+def weighted_ascent(per_example: jax.Array, axis_name=None) -> jax.Array:
+  """-sum_i w_i l_i with w = l^-1/2 / sum(l^-1/2), w held constant (Objective.reduce).
+
+  Under pmap (`axis_name`) the weights are normalised over the *global* batch: each
+  device returns -sum_local(w l) / mean_devices(sum_local w), whose device mean (the
+  train step's pmean) is the 1-device value on the whole batch.
+  """
   w = jax.lax.stop_gradient(jnp.maximum(per_example, 1e-12) ** -0.5)
-  return -jnp.sum(w / jnp.sum(w) * per_example)
+  total = jnp.sum(w) if axis_name is None else jax.lax.pmean(jnp.sum(w), axis_name)
+  return -jnp.sum(w * per_example) / total
 
 
 class SFRonState(NamedTuple):
