@@ -173,11 +173,26 @@ def _lin(fn):
   return lambda g, v: tree_map(lambda *xs: fn(v, *xs), *[g[k] for k in sorted(g)])
 
 
+def _sgu_obtuse_hand(field, alpha=0.3):
+  """alpha g_r + (1 - alpha) grad mean_b [w_b mean_d(eps_hat z)] (Eq. 10, 11) with w = std^-p
+  zeroed where std > max_std, from the forget batch noised as train_step does (objective 1)."""
+  def hand(g, v):
+    p, max_std = (v, 0.0) if field == "sgu.std_power" else (0.0, v)
+    b = BATCHES["forget"]
+    keys = training.example_keys(jax.random.fold_in(jax.random.fold_in(RNG, 0), 1), len(b["labels"]), None)
+    n = training.perturb_examples(PROCESS, jnp.asarray(b["x"]), keys, "simple")
+    w = n.std ** -p * (1.0 if not max_std else (n.std <= max_std))
+    loss = lambda q: jnp.mean(w * jnp.mean((linear_apply({"params": q}, n.x_t, n.time_input, b["labels"])
+                                            * n.noise).reshape(len(w), -1), -1))
+    return tree_map(lambda r, f: alpha * r + (1 - alpha) * f, g["retain"], jax.grad(loss)(PARAMS))
+  return hand
+
+
 OPTION_CASES = [
     # SGU Eq. 11: alpha g_r + (1 - alpha) g_f (objectives: forget, retain in sorted order)
     ("sgu", "obtuse", "sgu.alpha", 0.3, 0.7, {}, _lin(lambda v, f, r: v * r + (1 - v) * f)),
-    ("sgu", "obtuse", "sgu.std_power", 0.6, -0.6, {}, None),
-    ("sgu", "obtuse", "sgu.max_std", 0.4, 0.9, {}, None),
+    ("sgu", "obtuse", "sgu.std_power", 0.6, -0.6, {"sgu.alpha": 0.3}, _sgu_obtuse_hand("sgu.std_power")),
+    ("sgu", "obtuse", "sgu.max_std", 0.4, 0.9, {"sgu.alpha": 0.3}, _sgu_obtuse_hand("sgu.max_std")),
     ("sgu", "orthogonal", "sgu.orthogonal_form", "elementwise", "inner", {}, None),
     # DiMUM Eq. 5: beta g_r - g_f
     ("ga", "", "ga.beta", 0.3, 0.7, {}, _lin(lambda v, f, r: v * r - f)),
