@@ -30,7 +30,7 @@ CASES = [
     ("sgu_toy.py", ["--config.sgu.alpha=-0.2"], "config.sgu.alpha=-0.2"),
     ("sgu_toy.py", ["--config.stages.sgu_obtuse.init=/nonexistent/standard"],
      "config.stages.sgu_obtuse.init='/nonexistent/standard'"),
-    ("sgu_mnist.py:cpu", ["--config.data.image_size=30"], "config.data.image_size=(30, 30, 1)"),
+    ("sgu_mnist.py:cpu", ["--config.data.image_size=15"], "config.data.image_size=(15, 15, 1)"),
     ("sgu_mnist.py:cpu", ["--config.data.num_channels=3"], "config.data.num_channels=3"),
     ("sgu_toy.py", ["--config.training.batch_size=0"], "config.training.batch_size=0"),
     ("sgu_toy.py", ["--config.stages.sgu_obtuse.decay=linear"], "config.stages.sgu_obtuse.decay='linear'"),
