@@ -979,6 +979,13 @@ def nll_offset(exp: Experiment) -> float:
   return likelihood.bpd_offset(centered, dequantized=exp.is_image)
 
 
+def sample_quality(exp: Experiment, pred: np.ndarray, conf: np.ndarray) -> dict:
+  """`evaluation.sample_quality` of classified samples against the training data, from config.eval."""
+  e = exp.config.eval
+  return evaluation.sample_quality(pred, conf, exp.train.labels, exp.train.num_classes, exp.retained_classes,
+                                   threshold=e.confidence_threshold, min_confident_share=e.min_confident_share)
+
+
 def evaluate_model(exp: Experiment, workdir: str, model: str, rng: jax.Array, clf_params=None) -> dict:
   cfg = exp.config
   t0 = time.time()
@@ -987,9 +994,7 @@ def evaluate_model(exp: Experiment, workdir: str, model: str, rng: jax.Array, cl
   quality = {}
   if exp.is_image:
     pred, conf = evaluation.classify(exp.classifier.apply, clf_params, samples)
-    quality = evaluation.sample_quality(pred, conf, exp.train.labels, exp.train.num_classes,
-                                        exp.retained_classes, threshold=cfg.eval.confidence_threshold,
-                                        min_confident_share=cfg.eval.min_confident_share)
+    quality = sample_quality(exp, pred, conf)
   else:
     pred = np.asarray(data_lib.nearest_component(samples))
   result = {"unlearning_ratio": evaluation.unlearning_ratio(pred, exp.forget_labels),
@@ -1035,9 +1040,7 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, rng: jax.Arr
   x = generate(exp, params, n, jax.random.fold_in(rng, 1), labels=retain_labels)
   feats = evaluation.embed(exp.classifier.apply, clf_params, x)
   pred, conf = evaluation.classify(exp.classifier.apply, clf_params, x)
-  quality = evaluation.sample_quality(pred, conf, exp.train.labels, exp.train.num_classes,
-                                      exp.retained_classes, threshold=cfg.eval.confidence_threshold,
-                                      min_confident_share=cfg.eval.min_confident_share)
+  quality = sample_quality(exp, pred, conf)
   ref = exp.streams["retain"]
   ref_idx = np.random.default_rng(cfg.seed).permutation(len(ref))[:n]
   ref_feats = evaluation.embed(exp.classifier.apply, clf_params, data_lib.to_float(ref.images[ref_idx]))
