@@ -10,7 +10,11 @@ AR_CL is the share classified as Abstractionism.
 
 Arguments: cpu, model_dir, data_dir, steps=<unlearning steps, 1000>, attack=<attack steps,
 10000>, every=<AR every k attack steps, 400>, methods=<dimum-salun-erasediff-esd-ca>,
-trainable=<all | cross_attn | ...>.
+trainable=<all | cross_attn | ...>, images=<all | i-j-k: the image numbers of each folder>.
+
+D_u / D_r (Sec. VI-B): the Van Gogh images / all remaining images; `images=all` (the default of
+the full run) reads all 20 images of every style/object folder, `images=1-2-3` the first three
+(UnlearnCanvas's and CORE's unlearning split; the `cpu` default, on its synthetic tree).
 
 The paper's prompts are "An image of {object} in {style} style." (template "dimum"); the
 UNet trains whole (trainable=all), Adam 1e-5, batch 4; AR on 100 images.
@@ -22,11 +26,15 @@ METHODS = ("dimum", "salun", "erasediff", "esd", "ca")
 
 def get_config(arg=None):
   a = config_lib.parse_arg(arg, {"cpu": True, "model_dir": "", "data_dir": "", "steps": 0, "attack": 0,
-                                 "every": 0, "methods": "", "trainable": ""})
+                                 "every": 0, "methods": "", "trainable": "", "images": ""})
   cpu = bool(a.get("cpu"))
   c = config_lib.unlearncanvas_config(a, "dimum_unlearncanvas")
   c.data.update(dict(forget_styles="Van_Gogh", alt_style="Abstractionism", template="dimum"))
   c.sd.trainable = a.get("trainable") or "all"
+  images = a.get("images") or ("1-2-3" if cpu else "all")
+  if images != "all" and not all(i.isdigit() and int(i) >= 1 for i in images.split("-")):
+    raise ValueError(f"config argument images={images!r}: expected all or 1-based image numbers like 1-2-3")
+  c.data.image_indices = tuple(range(1, 21)) if images == "all" else tuple(int(i) for i in images.split("-"))
   c.unlearn.alternative = "map"
   c.eval.attack_num_samples = 12 if cpu else 100
   steps, attack, every = (40, 40, 20) if cpu else (1000, 10000, 400)

@@ -152,3 +152,21 @@ def test_issue4_paper_scale_configs():
   methods = [c.stages[n].method for n in c.stage_order if c.stages[n].kind == "unlearn"]
   assert methods == ["erasediff", "core", "esd", "ca", "sa", "shs", "salun", "dimum"]
   assert {c.stages[n].init for n in c.stage_order if c.stages[n].kind == "attack"} == set(methods)
+
+
+def test_unlearncanvas_configs_set_core_appendix_c_baselines_and_dimum_images():
+  """CORE App. C: EraseDiff's eps_f uniform, CA-model on D_f beside CA-noise, the baselines'
+  anchor per Forget set; DiMUM Sec. VI-B: all 20 images of every folder, selectable."""
+  expected = {"Forget01": "all_to_one", "Forget06": "random", "Forget25": "one_to_one",
+              "Van_Gogh-Monet": "random", "Monet": "all_to_one"}
+  for forget, scheme in expected.items():
+    c = load_config("core_unlearncanvas.py", f"model_dir=m,data_dir=d,forget={forget}")
+    assert c.unlearn.anchors == scheme, forget
+    assert (c.erasediff.target, c.ca.images) == ("noise", "forget")
+    assert [(c.stages[n].method, c.stages[n].variant) for n in ("ca", "ca_noise")] == [("ca", ""), ("ca", "noise")]
+  assert load_config("core_unlearncanvas.py", "cpu,anchors=one_to_one").unlearn.anchors == "one_to_one"
+  assert load_config("dimum_unlearncanvas.py", "model_dir=m,data_dir=d").data.image_indices == tuple(range(1, 21))
+  assert load_config("dimum_unlearncanvas.py", "cpu").data.image_indices == (1, 2, 3)
+  assert load_config("dimum_unlearncanvas.py", "cpu,images=2-5").data.image_indices == (2, 5)
+  with pytest.raises(ValueError, match="images"):
+    load_config("dimum_unlearncanvas.py", "cpu,images=x")

@@ -220,3 +220,29 @@ def test_trainable_masks_of_the_stages(run):
       pipeline.stage_trainable(exp, exp.config.stages.core)))
   assert training.split_trainable(exp.sd.base_params, mask)["prompts"]["embeddings"] is None
   assert sd.TRAINABLE == ("all", "cross_attn", "cross_attn_kv", "non_cross_attn")
+
+
+def test_baselines_anchors_on_canvas_are_the_same_object_in_other_styles(run):
+  """CORE App. C's baseline anchors through the canvas anchor_fn: "random" (Forget06) makes
+  every retained style's prompt of the same object a candidate of a forget prompt;
+  "all_to_one" (Forget01) is data.alt_style's prompt, i.e. the fixed alternative `alt`."""
+  from unlearn_jax.unlearning import methods
+  exp, _ = run
+  data = exp.sd.data
+  cfg = exp.config.copy_and_resolve_references()
+  n = len(data.prompts)
+  for scheme in ("random", "all_to_one"):
+    cfg.unlearn.anchors = scheme
+    table = methods.baseline_alternatives(cfg, exp.alt, exp.forget_labels, n, exp.anchor_fn)
+    assert table.shape[0] == n
+    for p in range(n):
+      cands = {int(a) for a in table[p]}
+      if p not in exp.forget_labels:
+        assert cands == {p}
+        continue
+      assert {int(data.prompt_object[a]) for a in cands} == {int(data.prompt_object[p])}
+      styles = {data.styles[int(data.prompt_style[a])] for a in cands}
+      if scheme == "all_to_one":
+        assert cands == {int(exp.alt[p])} and styles == {cfg.data.alt_style}
+      else:
+        assert styles == set(data.styles) - {"Van_Gogh"}

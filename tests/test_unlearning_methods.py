@@ -16,7 +16,7 @@ from unlearn_jax import config_lib, data as data_lib, losses, training
 from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax.errors import UserError
-from unlearn_jax.unlearning import combine, dimum, gradient_ascent, methods, saliency, salun, sfron
+from unlearn_jax.unlearning import combine, core, dimum, gradient_ascent, methods, saliency, salun, sfron
 
 U = {"a": jnp.array([1.0, -2.0]), "b": {"c": jnp.array([[0.5, 3.0], [-1.0, 4.0]])}}
 F = {"a": jnp.array([2.0, 1.0]), "b": {"c": jnp.array([[1.0, -1.0], [0.0, 2.0]])}}
@@ -477,3 +477,74 @@ def test_build_sfron_transform_uses_alpha_max_and_half_the_steps():
 def test_build_rejects_unknown_names(method, variant):
   with pytest.raises(UserError):
     methods.build(method, variant, method_config(), alt=None, steps=8)
+
+
+# ----------------------------------------------------------------------------- baselines' anchors (CORE App. C)
+
+
+def test_salun_target_draws_c_prime_per_example_from_a_candidate_table():
+  """`unlearn.anchors` set: c' drawn per example from row c of the (C, K) table (CORE App. C's
+  per-step random alternative), with the same keys as `core.draw_anchor`."""
+  table = np.array([[0, 0], [0, 3], [3, 0], [3, 3], [4, 4]], np.int32)
+  objective = training.Objective("forget", DENOISE, target=salun.random_label_target(table))
+  spec = make_spec(forget=objective)
+  x_t = noised(KEYS).x_t
+  drawn = np.asarray(core.draw_anchor(table, jnp.asarray(LABELS), KEYS))
+  assert all(d in table[c] for d, c in zip(drawn, LABELS))
+  loss = training.objective_loss(PARAMS, BATCH, KEYS, DROPOUT, spec, objective)
+  diff = eps_np(PARAMS, x_t, LABELS) - eps_np(PARAMS, x_t, drawn)
+  np.testing.assert_allclose(loss, np.mean(diff ** 2), rtol=1e-5)
+  # over many keys both candidates of a forget row are drawn
+  many = training.example_keys(jax.random.key(7), 64, None)
+  seen = set(np.asarray(core.draw_anchor(table, jnp.full((64,), 1, jnp.int32), many)).tolist())
+  assert seen == {0, 3}
+
+
+def _anchor_cfg(**kw):
+  cfg = config_lib.ddpm_base()
+  for k, v in kw.items():
+    section, key = k.split("__")
+    cfg[section][key] = v
+  return cfg
+
+
+def test_baseline_alternatives_follow_unlearn_anchors():
+  alt = dimum.alternative_classes(6, (1, 2), "next")
+  same = methods.baseline_alternatives(_anchor_cfg(), alt, (1, 2), 6)
+  np.testing.assert_array_equal(same, alt)
+  table = methods.baseline_alternatives(_anchor_cfg(unlearn__anchors="random"), alt, (1, 2), 6)
+  assert table.shape[0] == 6 and table.ndim == 2
+  for c in (1, 2):   # core.anchor_candidates' "random": every class but c itself
+    assert set(table[c].tolist()) == set(range(6)) - {c}
+  np.testing.assert_array_equal(table[0], 0)
+  base = methods.baseline_alternatives(_anchor_cfg(unlearn__anchors="all_to_one", core__base=4), alt, (1, 2), 6)
+  assert set(base[1].tolist()) == set(base[2].tolist()) == {4}
+  with pytest.raises(UserError, match="config.unlearn.anchors"):
+    methods.baseline_alternatives(_anchor_cfg(unlearn__anchors="bijection"), alt, (1, 2), 6)
+
+
+def test_baseline_alternatives_reach_salun_erasediff_and_ca():
+  """The table (not `alt`) is what SalUn's, EraseDiff-rl's and CA-model's targets read: with
+  all_to_one onto class 0 a stub eps_theta that encodes the label shows c' = 0, not alt = 3."""
+  alt = dimum.alternative_classes(K, (1, 2), "next")          # alt[1] = alt[2] = 3
+  cfg = _anchor_cfg(unlearn__anchors="all_to_one", core__base=0, ca__images="forget")
+  x_t = noised(KEYS).x_t
+  for method in ("salun", "erasediff", "ca"):
+    objectives, _, _ = methods.build(method, "", cfg, alt=alt, steps=4, forget=(1, 2), num_classes=K)
+    target_fn = objectives["forget"].target
+    inputs = training.TargetInputs(lambda p, c: jnp.asarray(eps_np(p, x_t, np.asarray(c))), PARAMS,
+                                   noised(KEYS), jnp.asarray(LABELS), {}, KEYS)
+    np.testing.assert_allclose(target_fn(inputs), eps_np(PARAMS, x_t, np.zeros(3, np.int32)), rtol=1e-6,
+                               err_msg=method)
+
+
+def test_ca_noise_trains_on_anchor_images_and_ca_model_rejects_mismatched_anchors():
+  alt = dimum.alternative_classes(K, (1, 2), "next")
+  cfg = _anchor_cfg(ca__images="forget")
+  model, _, _ = methods.build("ca", "", cfg, alt=alt, steps=4, forget=(1, 2), num_classes=K)
+  noise, _, _ = methods.build("ca", "noise", cfg, alt=alt, steps=4, forget=(1, 2), num_classes=K)
+  assert model["forget"].stream == "forget" and noise["forget"].stream == "alternative"
+  assert noise["forget"].target is None
+  with pytest.raises(UserError, match="config.unlearn.anchors"):
+    methods.build("ca", "", _anchor_cfg(unlearn__anchors="random"), alt=alt, steps=4, forget=(1, 2),
+                  num_classes=K)

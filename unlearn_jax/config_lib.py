@@ -10,6 +10,7 @@ Schema (every field is read by exactly one module; see the README):
   training.*                batch size, weighting, logging/checkpoint cadence
   sgu.*                     SGU's alpha (Eq. 11) and lambda(t) of Eq. 9/10 (std_power, max_std)
   unlearn.alternative       the alternative of each forgotten class (DiMUM's D_u', SalUn's c', AR_CL)
+  unlearn.anchors           "" or a CORE scheme: SalUn / EraseDiff-rl / CA-model draw c' from it
   dimum.* ga.* salun.* sfron.* erasediff.* core.* esd.* ca.* sa.* shs.*
                             the other methods' coefficients (`unlearning.methods`)
   classifier.*              the evaluation classifier (image data only)
@@ -55,7 +56,9 @@ def base() -> ml_collections.ConfigDict:
   # max_std > 0: lambda(t) = 0 where std(t) > max_std (the forget loss acts at small t only).
   c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0, max_std=0.0, orthogonal_form="elementwise"))
   # DiMUM / SalUn / gradient ascent / SFR-on (DiMUM paper Eq. 5, 6, 11; REFERENCE.md).
-  c.unlearn = ml_collections.ConfigDict(dict(alternative="next"))
+  # anchors: "" = the baselines' c' is `alternative`'s one class; a CORE scheme (core.SCHEMES)
+  # = c' drawn per example and step from that scheme's candidates (CORE App. C).
+  c.unlearn = ml_collections.ConfigDict(dict(alternative="next", anchors=""))
   c.dimum = ml_collections.ConfigDict(dict(beta=1.0))
   c.ga = ml_collections.ConfigDict(dict(beta=1.0))
   c.salun = ml_collections.ConfigDict(dict(beta=1e-3, fraction=0.5))

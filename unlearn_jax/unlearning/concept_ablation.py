@@ -22,6 +22,17 @@ VARIANTS = ("model", "noise")
 IMAGES = {"anchor": "alternative", "forget": "forget"}   # config.ca.images -> data stream
 
 
+def images_of(variant: str, images: str) -> str:
+  """The images CA trains on: `images` for CA-model; always the anchor images for CA-noise.
+
+  Eq. 12 read with x_0 ~ D_f (as CORE's appendix prints it) is the plain denoising loss of
+  the forget concept on its own images, i.e. training it back; Kumari et al.'s noise-based
+  loss is on anchor images.  So `config.ca.images="forget"` (CORE App. C Eq. 11's reading)
+  changes CA-model only, and one config can run both variants side by side.
+  """
+  return "anchor" if variant == "noise" else images
+
+
 def concept_ablation(prior_weight: float = 1.0):
   """grad L_ablation + lambda grad L_prior: ablation objective first, `retain_grads` extra."""
   return combine.weighted_sum(1.0, retain=prior_weight)

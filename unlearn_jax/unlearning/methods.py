@@ -32,6 +32,14 @@ model), and a weighted combination of gradients; they differ only in which.
 Any method without a mask of its own accepts a SalUn saliency mask (the pipeline
 appends `combine.masked()`), so e.g. SalUn's mask composes with CORE or EraseDiff;
 EraseDiff's projection composes with CORE's losses via `config.erasediff.target="core"`.
+
+The baselines' alternative c' (SalUn's, EraseDiff "rl"'s target, CA-model's anchor) is by
+default one fixed condition per forgotten one, `alt` (`config.unlearn.alternative`).
+`config.unlearn.anchors` names a CORE anchor scheme instead (`core.SCHEMES`, CORE App. C:
+"all_to_one" for Forget01, "random" - a retained concept drawn at every step - for
+Forget06, "one_to_one" for Forget25): c' is then drawn per example from that scheme's
+candidates (`anchor_fn`, or `core.anchor_candidates` for class labels), as CORE's own
+anchors are.  DiMUM's D_u' and CA's anchor images keep the fixed `alt`.
 """
 from __future__ import annotations
 
@@ -119,9 +127,11 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
     check_range("config.dimum.beta", config.dimum.beta, 0.0, 1e6)
     return ({"retain": retain, "memorize": training.Objective("alternative", denoise)},
             dimum_lib.dimum(config.dimum.beta), Options())
+  if method in ("salun", "erasediff", "ca"):
+    alt_c = baseline_alternatives(config, alt, forget, num_classes, anchor_fn)
   if method == "salun":
     check_range("config.salun.beta", config.salun.beta, 0.0, 1e6)
-    forget = training.Objective("forget", denoise, target=salun_lib.random_label_target(alt))
+    forget = training.Objective("forget", denoise, target=salun_lib.random_label_target(alt_c))
     return {"forget": forget, "retain": retain}, salun_lib.salun(config.salun.beta), Options(mask="salun")
   if method == "sfron":
     check_range("config.sfron.alpha_max", config.sfron.alpha_max, 0.0, 1e6)
@@ -130,7 +140,8 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
             sfron_lib.sfron(max(steps // 2, 1), config.sfron.alpha_max),
             Options(mask="sfron", alternate=True))
   if method in ("core", "erasediff"):
-    return _core_or_erasediff(method, config, denoise, alt, forget, num_classes, anchor_fn)
+    return _core_or_erasediff(method, config, denoise, alt_c if method == "erasediff" else alt, forget,
+                              num_classes, anchor_fn)
   if method == "esd":
     e = config.esd
     if e.base >= num_classes or e.base in tuple(forget):
@@ -146,8 +157,14 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
     check_choice("config.ca.variant", c.variant, ca_lib.VARIANTS)
     check_choice("config.ca.images", c.images, tuple(ca_lib.IMAGES))
     check_range("config.ca.prior_weight", c.prior_weight, 0.0, 1e6)
-    target = salun_lib.random_label_target(alt) if c.variant == "model" else None
-    ablate = training.Objective(ca_lib.IMAGES[c.images], denoise, target=target)
+    images = ca_lib.images_of(c.variant, c.images)
+    if alt_c.ndim == 2 and c.variant == "model" and images == "anchor":
+      raise UserError("config.unlearn.anchors", config.unlearn.anchors,
+                      "CA-model on anchor images pairs each forget condition with one alternative's images "
+                      "(config.unlearn.alternative); set config.ca.images='forget' (CORE App. C Eq. 11) "
+                      "or config.unlearn.anchors=''")
+    target = salun_lib.random_label_target(alt_c) if c.variant == "model" else None
+    ablate = training.Objective(ca_lib.IMAGES[images], denoise, target=target)
     return {"forget": ablate, "retain": retain}, ca_lib.concept_ablation(c.prior_weight), Options()
   if method == "sa":
     s = config.sa
@@ -161,6 +178,23 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
   check_range("config.shs.gamma", config.shs.gamma, 0.0, 1e6)
   return ({"retain": retain, "forget": forget_plain}, shs_lib.scissorhands(config.shs.gamma),
           Options(mask="shs", reset=True))
+
+
+def baseline_alternatives(config, alt, forget, num_classes: int, anchor_fn: Optional[Callable] = None):
+  """The baselines' c' table: `alt` (P,) when `config.unlearn.anchors` is "", else the
+  (P, K) candidates of that CORE scheme (one column drawn per example and step)."""
+  scheme = config.unlearn.get("anchors", "")
+  check_choice("config.unlearn.anchors", scheme, ("",) + tuple(core_lib.SCHEMES))
+  if not scheme:
+    return np.asarray(alt)
+  cfg = config.copy_and_resolve_references()
+  cfg.unlock()
+  cfg.core.scheme = scheme
+  c = cfg.core
+  if anchor_fn is not None:
+    return np.asarray(anchor_fn(cfg), np.int32)
+  return core_lib.anchor_candidates(num_classes, forget, scheme, group_size=c.group_size, k=c.k, base=c.base,
+                                    seed=config.seed)
 
 
 def _core_or_erasediff(method, config, denoise, alt, forget, num_classes, anchor_fn=None):

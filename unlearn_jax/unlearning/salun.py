@@ -16,14 +16,20 @@ import jax.numpy as jnp
 import optax
 
 from unlearn_jax.unlearning import combine
+from unlearn_jax.unlearning import core as core_lib
 
 
 def random_label_target(alt):
-  """Objective.target for SalUn's "rl" loss: the model's eps under c' = alt[c] (stop-gradient)."""
+  """Objective.target for SalUn's "rl" loss: the model's eps under c' (stop-gradient).
+
+  `alt` (C,): c' = alt[c]; `alt` (C, K): c' drawn per example from row c (CORE App. C's
+  per-step random alternative; `core.draw_anchor`).
+  """
   alt = jnp.asarray(alt, jnp.int32)
 
   def target(inputs):
-    return inputs.eps(inputs.params, alt[inputs.labels])
+    c_alt = alt[inputs.labels] if alt.ndim == 1 else core_lib.draw_anchor(alt, inputs.labels, inputs.keys)
+    return inputs.eps(inputs.params, c_alt)
 
   return target
 
