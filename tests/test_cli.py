@@ -143,6 +143,19 @@ def test_user_error_in_process(tmp_path, overrides, field):
   assert _snapshot(workdir) == before
 
 
+@pytest.mark.parametrize("value", [5000, 0])
+def test_esd_ddim_steps_beyond_the_process_levels_is_a_user_error_before_any_write(tmp_path, value):
+  from unlearn_jax import pipeline
+  from unlearn_jax.errors import UserError
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  before = _snapshot(workdir)
+  with pytest.raises(UserError) as e:
+    pipeline.run(_config("compare_digits.py", **{"esd.ddim_steps": value}), str(workdir))
+  assert e.value.field == "config.esd.ddim_steps", str(e.value)
+  assert _snapshot(workdir) == before
+
+
 def test_stage_batch_size_zero_is_config_trainings():
   from unlearn_jax import pipeline
   pipeline.build_experiment(_config("sgu_toy.py", **{"stages.sgu_obtuse.batch_size": 0}))

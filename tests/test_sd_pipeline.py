@@ -164,6 +164,19 @@ def test_user_errors_leave_the_workdir_unchanged(run, tmp_path, field, value, ma
   assert sorted(os.listdir(workdir)) == before
 
 
+@pytest.mark.parametrize("field,value", [("optim.lr", -0.1), ("eval.num_samples", -5),
+                                         ("training.batch_size", 0)])
+def test_bad_fields_of_a_tiny_run_fail_before_inputs_are_written(tmp_path, field, value):
+  """model_dir="tiny" / data_dir="synthetic" build <workdir>/inputs/ (a VAE fit); a bad field
+  must stop the run before that, leaving a fresh workdir empty."""
+  c = tiny_config()
+  section, key = field.split(".")
+  c[section][key] = value
+  with pytest.raises(UserError, match=f"config.{field}"):
+    pipeline.run(c, str(tmp_path))
+  assert os.listdir(tmp_path) == []
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("fit_vae_steps", 11, "config.sd.fit_vae_steps=11"),      # fitted with 10 steps there
     ("fit_vae_steps", 0, "config.sd.fit_vae_steps=0"),        # fitted there, no fit asked now

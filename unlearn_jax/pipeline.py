@@ -390,6 +390,10 @@ def _check_stage_sources(exp: Experiment) -> Experiment:
         raise UserError(f"config.stages.{name}.variant", st.variant, f"method {st.method!r} has no variants; "
                         "methods with variants: " + ", ".join(methods_lib.VARIANTS))
       _, _, options = _objectives(exp, st)
+      n_levels = getattr(exp.process, "N", None)
+      if st.method == "esd" and n_levels and not 1 <= config.esd.ddim_steps <= n_levels:
+        raise UserError("config.esd.ddim_steps", config.esd.ddim_steps,
+                        f"expected 1..{n_levels} (the process's discrete levels, config.sde.N)")
       if exp.sd is not None and st.init == "scratch":
         raise UserError(f"config.stages.{name}.init", st.init, "a Stable Diffusion experiment starts from "
                         f"{sd_lib.BASE!r} (the model directory) or an earlier stage")
@@ -1152,6 +1156,7 @@ RUNNERS = {"classifier": run_classifier_stage, "train": run_model_stage, "unlear
 
 def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Experiment:
   """Validates, then runs every stage of `config.stage_order` not yet done."""
+  _validate_stages(config)        # the config's own fields, before inputs/ is written
   if sd_lib.is_sd(config):
     config = sd_lib.resolve_inputs(config, workdir)   # "tiny" / "synthetic" -> <workdir>/inputs/
   exp = build_experiment(config, workdir)  # raises UserError before anything is written
