@@ -44,7 +44,7 @@ def get_config(arg=None):
   methods = tuple(a["methods"].split("-")) if a.get("methods") else METHODS
   c.stages, c.stage_order = config_lib.sd_stages(methods, steps={}, default_steps=steps, attack_steps=attack,
                                                  eval_every=every, synthetic=48 if cpu else 0,
-                                                 pretrain_steps=100 if cpu else 0)
+                                                 pretrain_steps=config_lib.CPU_PRETRAIN_STEPS if cpu else 0)
   if cpu:     # the tiny random model is first fine-tuned on the synthetic tree, then unlearned
     c.stages.pretrained.lr = 1e-3
   return c

@@ -118,6 +118,12 @@ def test_results_report_and_attacks(run):
   assert synth["images"].dtype == np.float32 and synth["images"].shape == (8, 16, 16, 4)   # latents
   report = open(os.path.join(workdir, "report.md")).read()
   assert "UA | IRA | CRA | SFID" in report and "CORE" in report
+  for n, m in res["models"].items():     # the style classifier's confident share, in the report row
+    assert 0.0 <= m["confident_share"] <= 1.0 and 0.0 <= m["object_confident_share"] <= 1.0
+    assert m["recognised"] == (m["confident_share"] >= exp.config.eval.min_confident_share)
+    row = next(l for l in report.splitlines() if l.startswith("| ") and "| UA |" not in l
+               and l.split(" | ")[0][2:].lower() in (n, n.replace("_", " ")))
+    assert row.rstrip(" |").endswith(f"{100 * m['confident_share']:.1f}" + ("" if m["recognised"] else " (!)"))
   assert res["forget_styles"] == ["Van_Gogh"] and res["alt_style"] == "Abstractionism"
   ae = res["autoencoder"]
   record = sd.vae_fit_record(exp.sd.comp.model_dir)
@@ -259,3 +265,17 @@ def test_baselines_anchors_on_canvas_are_the_same_object_in_other_styles(run):
         assert cands == {int(exp.alt[p])} and styles == {cfg.data.alt_style}
       else:
         assert styles == set(data.styles) - {"Van_Gogh"}
+
+
+def test_sd_sample_quality_hand_values():
+  """Style classifier confidence / histogram against the prompted styles, object share apart."""
+  cfg = config_lib.unlearncanvas_base(cpu=True)
+  cfg.eval.confidence_threshold, cfg.eval.min_confident_share = 0.9, 0.5
+  big = 10.0
+  s_logits = np.array([[big, 0, 0], [0, big, 0], [0, 0.1, 0], [0, 0, big]], np.float32)  # 3 confident
+  o_logits = np.array([[big, 0], [0, 0], [0, 0], [0, 0]], np.float32)                   # 1 confident
+  style_true = np.array([0, 1, 1, 1])        # predicted styles 0, 1, 1, 2 vs prompted 0, 1, 1, 1
+  q = sd_experiment.sample_quality(cfg, s_logits, o_logits, style_true, ("a", "b", "c"), [0])
+  assert q["confident_share"] == pytest.approx(0.75) and q["object_confident_share"] == pytest.approx(0.25)
+  assert q["histogram_tv"] == pytest.approx(0.25) and q["recognised"]
+  assert q["retain_histogram_tv"] == pytest.approx(1 / 3)    # retained b, c: (2, 1)/3 vs (3, 0)/3

@@ -317,6 +317,11 @@ def parse_arg(arg, allowed: dict) -> dict:
   return out
 
 
+#: steps of the `cpu` variants' `pretrained` stage: the tiny random UNet fine-tuned on the
+#: synthetic tree until its samples carry their prompt's style (100 left them near chance).
+CPU_PRETRAIN_STEPS = 1000
+
+
 def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
   """Stable Diffusion (v1.5 fine-tuned on UnlearnCanvas, diffusers layout with Flax weights)
   on UnlearnCanvas (`sd_experiment`): 512x512 images 1-3 of each style/object folder,
@@ -349,9 +354,11 @@ def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
     c.data.update(dict(data_dir="synthetic", styles=("Abstractionism", "Cubism", "Monet", "Van_Gogh"),
                        objects=("Birds", "Cats", "Dogs"), forget_styles="Van_Gogh", image_size=32))
     c.classifier.update(dict(features=(16, 32), dense=64, dropout=0.0, steps=150, batch_size=16, image_size=32))
-    c.training.update(dict(batch_size=4, log_every=10, ckpt_every=20))
+    # cond_drop 0.1: the `pretrained` stage (CPU_PRETRAIN_STEPS on the synthetic tree) must learn
+    # the null prompt too, or guidance (w = 8) amplifies an untrained eps_null into noise.
+    c.training.update(dict(batch_size=4, log_every=10, ckpt_every=20, cond_drop=0.1))
     c.optim.lr = 1e-4
-    c.eval.update(dict(num_samples=12, fd_num_samples=12, attack_num_samples=12, sample_batch_size=12,
+    c.eval.update(dict(num_samples=24, fd_num_samples=24, attack_num_samples=12, sample_batch_size=12,
                        grid_size=6))
     c.eval.sampler.n_steps = 10
     c.esd.ddim_steps = 4

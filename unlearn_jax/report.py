@@ -262,14 +262,18 @@ def concept_markdown(results: dict) -> list:
            "UA: forget-style prompts whose images are not classified as that style; IRA: retained-style "
            "prompts classified as their style; CRA: images classified as their prompt's object; SFID: "
            "min(100 FD_base / FD, 100) with FD on the style classifier's features (not Inception). "
-           "AR_MU: forget-style prompts whose style is in the classifier's top 3 (DiMUM paper Sec. VI-B).", "",
-           "| Method | UA | IRA | CRA | SFID | Total | AR_MU (top-3) | AR_CL | max AR_DiMRA |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "AR_MU: forget-style prompts whose style is in the classifier's top 3 (DiMUM paper Sec. VI-B). "
+           "confident: images the style classifier assigns a style with probability >= "
+           "`config.eval.confidence_threshold`; (!) below `config.eval.min_confident_share`.", "",
+           "| Method | UA | IRA | CRA | SFID | Total | AR_MU (top-3) | AR_CL | max AR_DiMRA | confident (%) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
   for n, m in models.items():
     cells = [100 * m.get(k, float("nan")) for k in ("ua", "ira", "cra")] + [m.get("sfid", float("nan"))]
     worst = [a["max_ar_dimra"] for a in attacks.values() if a["model"] == n]
+    conf = m.get("confident_share")
     lines.append(f"| {_pretty(n)} | " + " | ".join(f"{v:.1f}" for v in cells) + f" | {sum(cells):.1f} | "
-                 f"{m['ar_mu']:.3f} | {m['ar_cl']:.3f} | {max(worst) if worst else float('nan'):.3f} |")
+                 f"{m['ar_mu']:.3f} | {m['ar_cl']:.3f} | {max(worst) if worst else float('nan'):.3f} | "
+                 f"{'–' if conf is None else f'{100 * conf:.1f}'}{_flag(m)} |")
   return lines + [""]
 
 
@@ -280,7 +284,8 @@ def markdown(results: dict, workdir: str = ".") -> str:
   names = list(models)
   lines = [f"# {results['experiment'].upper()} on {results['dataset']}", "",
            f"- data: `{results['data_source']}`",
-           f"- forgotten: {', '.join(results['forget_class_names'])} (labels {results['forget_classes']})"]
+           f"- forgotten: {', '.join(results['forget_class_names'])}"
+           + (f" (labels {results['forget_classes']})" if results["forget_classes"] else "")]
   for k, v in (results.get("classifier") or {}).items():
     lines.append(f"- evaluation classifier {k.replace('_', ' ')}: " + (f"{v:.4f}" if isinstance(v, float) else v))
   if "forget_styles" in results:

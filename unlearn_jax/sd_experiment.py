@@ -455,6 +455,7 @@ def evaluate(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
   report_lib.save_samples(out_png, np.concatenate([fr["samples"][:grid_n], x_r[:grid_n]]), True,
                           cols=max(grid_n, 1))
   result = {k.lower(): float(v) for k, v in result.items()}
+  result.update(sample_quality(cfg, s_logits, o_logits, style_true, exp.sd.data.styles, ctx.forget_style_ids))
   result.update({
       "ar_mu": fr["ar"], "ar_mu_top1": fr["ar_top1"], "ar_cl": fr["ar_cl"],
       "num_samples": int(cfg.eval.num_samples), "fd_num_samples": int(n),
@@ -465,6 +466,22 @@ def evaluate(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
       "forget_styles": list(ctx.forget_styles), "alt_style": ctx.data.styles[ctx.alt_style_id],
       "wall_time_s": time.time() - t0})
   return result
+
+
+def sample_quality(cfg, s_logits, o_logits, style_true, styles, forget_style_ids) -> dict:
+  """`evaluation.sample_quality` of generated images with the style classifier (the classifier
+  UA / IRA read): confident share at `config.eval.confidence_threshold`, TV distance of the
+  predicted style histogram from the prompted one (all / retained styles), `recognised`;
+  plus the object classifier's confident share (`object_confident_share`)."""
+  from unlearn_jax import evaluation  # pylint: disable=g-import-not-at-top
+  s_conf = np.max(jax.nn.softmax(np.asarray(s_logits, np.float32), -1), -1)
+  o_conf = np.max(jax.nn.softmax(np.asarray(o_logits, np.float32), -1), -1)
+  retained = [i for i in range(len(styles)) if i not in set(int(f) for f in forget_style_ids)]
+  e = cfg.eval
+  out = evaluation.sample_quality(np.argmax(s_logits, -1), s_conf, style_true, len(styles), retained,
+                                  threshold=e.confidence_threshold, min_confident_share=e.min_confident_share)
+  out["object_confident_share"] = float(np.mean(o_conf >= e.confidence_threshold)) if len(o_conf) else 0.0
+  return out
 
 
 def add_sfid(results: dict, base: str) -> None:
