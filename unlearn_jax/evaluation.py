@@ -61,12 +61,27 @@ def predict(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) 
   return classify(apply_fn, params, x01, batch_size)[0]
 
 
+#: jitted classify / embed functions per (kind, apply_fn): one compile per classifier, not per call.
+_JITTED: dict = {}
+
+
+def _jitted(kind: str, apply_fn: Callable) -> Callable:
+  key = (kind, apply_fn)
+  if key not in _JITTED:
+    if kind == "classify":
+      def f(p, x):
+        prob = jax.nn.softmax(apply_fn({"params": p}, x), -1)
+        return jnp.argmax(prob, -1), jnp.max(prob, -1)
+    else:
+      def f(p, x):
+        return apply_fn({"params": p}, x, method="features")
+    _JITTED[key] = jax.jit(f)
+  return _JITTED[key]
+
+
 def classify(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500):
   """(predicted class (N,), its softmax probability (N,)) for images in [0, 1] (batched, jitted)."""
-  def f(p, x):
-    prob = jax.nn.softmax(apply_fn({"params": p}, x), -1)
-    return jnp.argmax(prob, -1), jnp.max(prob, -1)
-  f = jax.jit(f)
+  f = _jitted("classify", apply_fn)
   out = [tuple(map(np.asarray, f(params, x01[i:i + batch_size]))) for i in range(0, len(x01), batch_size)]
   if not out:
     return np.zeros((0,), np.int32), np.zeros((0,), np.float32)
@@ -104,7 +119,7 @@ def sample_quality(pred: np.ndarray, confidence: np.ndarray, data_labels: np.nda
 
 def embed(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) -> np.ndarray:
   """The classifier's penultimate features (B, F) of images in [0, 1] (for Fréchet distances)."""
-  f = jax.jit(lambda p, x: apply_fn({"params": p}, x, method="features"))
+  f = _jitted("embed", apply_fn)
   out = [np.asarray(f(params, x01[i:i + batch_size])) for i in range(0, len(x01), batch_size)]
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
 
