@@ -72,7 +72,8 @@ def cpu(c):
     eps 1e-5 gave impossible negative bits/dim on this VP model; 1e-4 agrees with 1e-5
     within 0.002 bits/dim), 32 test examples of D_g and of D_f;
   * 320 samples per model.  With 400 samples and 64 NLL examples the job took 35 minutes
-    on 2 idle cores; the evaluation (~2 minutes per model) is what was cut.
+    on 2 cores (~31 estimated had they been idle: Standard shared them with tests); the
+    evaluation (~2 minutes per model, now ~80 s) is what was cut: 27:32 for the job.
   What this scale can show: the ordering of the methods on the unlearning ratio and on
   NLL(D_f) - NLL(D_g), with the samples' quality beside each rate.  What it cannot:
   the paper's Table 2 magnitudes (other resolution, SDE, data size and model).
