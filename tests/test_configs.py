@@ -77,7 +77,7 @@ def test_config_cpu_variant_one_step(name, tmp_path):
 
 def _row(report: str, model: str) -> list:
   """The cells of the first report table row of `model` (its pretty name)."""
-  name = report_lib.PRETTY.get(model, model)
+  name = report_lib._pretty(model)  # pylint: disable=protected-access
   for line in report.splitlines():
     if line.startswith(f"| {name} |"):
       return [x.strip() for x in line.strip("|").split("|")][1:]

@@ -34,3 +34,10 @@ def test_report_flags_an_impossible_negative_nll():
   md = report.markdown(_results(standard=_model(0.1, -0.4, 3.1, 0.8, True)))
   assert "below 0 bits/dim** for Standard" in md
   assert "Not a result" not in md
+
+
+def test_stage_names_of_method_variants_read_as_method_and_variant():
+  assert report._pretty("ca_noise") == "Concept Ablation (noise)"
+  assert report._pretty("erasediff_rl") == "EraseDiff (rl)"
+  assert report._pretty("sgu_obtuse") == "SGU-Obtuse" and report._pretty("ca") == "Concept Ablation"
+  assert report._pretty("my_stage") == "my_stage"

@@ -171,7 +171,13 @@ def _attack_summary(name: str, st, curve: dict) -> dict:
 
 
 def _pretty(name: str) -> str:
-  return PRETTY.get(name, name)
+  """A stage's display name: PRETTY's, or "<method> (<variant>)" for a "method_variant" stage."""
+  if name in PRETTY:
+    return PRETTY[name]
+  for method in sorted(PRETTY, key=len, reverse=True):
+    if name.startswith(method + "_"):
+      return f"{PRETTY[method]} ({name[len(method) + 1:]})"
+  return name
 
 
 def conditional_markdown(results: dict, workdir: str) -> list:
@@ -316,7 +322,7 @@ def markdown(results: dict, workdir: str = ".") -> str:
   lines.append("")
   if results["dataset"] == "toy_gmm":
     lines += ["## NLL of the test data (SGU paper, Table 1 shape)", "",
-              "| Test | " + " | ".join(PRETTY.get(n, n) for n in names) + " |",
+              "| Test | " + " | ".join(_pretty(n) for n in names) + " |",
               "|---|" + "---|" * len(names)]
     lines.append("| D_g | " + " | ".join(f"{models[n]['nll']['retain']:.2f}" for n in names) + " |")
     lines.append("| D_f | " + " | ".join(f"{models[n]['nll']['forget']:.2f}" for n in names) + " |")
@@ -331,14 +337,14 @@ def markdown(results: dict, workdir: str = ".") -> str:
               "|---|---|---|---|---|---|---|---|"]
     for n in names:
       m = models[n]
-      lines.append(f"| {PRETTY.get(n, n)} | {100 * m['unlearning_ratio']:.2f}{_flag(m)} | "
+      lines.append(f"| {_pretty(n)} | {100 * m['unlearning_ratio']:.2f}{_flag(m)} | "
                    f"{m['nll']['retain']:.3f} | {m['nll']['forget']:.3f} | "
                    f"{m['nll']['forget'] - m['nll']['retain']:+.3f} | {_quality_cells(m)} |")
     lines += ["", f"confident: share of samples the classifier assigns a class with probability >= {thr}; "
               "TV: total-variation distance of the samples' class histogram from the training data's "
               "(over all classes; over the retained classes, renormalised)."]
     lines += _unrecognised_note(models, names)
-    neg = [PRETTY.get(n, n) for n in names if min(models[n]["nll"]["retain"], models[n]["nll"]["forget"]) < 0]
+    neg = [_pretty(n) for n in names if min(models[n]["nll"]["retain"], models[n]["nll"]["forget"]) < 0]
     if neg:
       lines += ["", f"**(!) NLL below 0 bits/dim** for {', '.join(neg)}: impossible for uniformly "
                 "dequantized 8-bit data, so the probability-flow ODE solve is inaccurate (tighten "
@@ -358,7 +364,7 @@ def _quality_cells(m: dict) -> str:
 
 
 def _unrecognised_note(models: dict, names) -> list:
-  bad = [PRETTY.get(n, n) for n in names if models[n].get("recognised") is False]
+  bad = [_pretty(n) for n in names if models[n].get("recognised") is False]
   if not bad:
     return []
   return ["", f"**(!) Not a result:** the classifier recognises too few samples of {', '.join(bad)} "
@@ -370,7 +376,7 @@ def _tail(lines: list, results: dict, names) -> str:
   models = results["models"]
   lines += ["", "## Samples", ""]
   for n in names:
-    lines.append(f"**{PRETTY.get(n, n)}**: ![{n}]({models[n]['samples_png']})")
+    lines.append(f"**{_pretty(n)}**: ![{n}]({models[n]['samples_png']})")
     lines.append("")
   if results["wall_time_s"]:
     lines += ["## Wall time (s)", "", "| stage | seconds |", "|---|---|"]
