@@ -37,7 +37,7 @@ def get_config(arg=None):
   c.data.image_indices = tuple(range(1, 21)) if images == "all" else tuple(int(i) for i in images.split("-"))
   c.unlearn.alternative = "map"
   c.eval.attack_num_samples = 12 if cpu else 100
-  steps, attack, every = (40, 40, 20) if cpu else (1000, 10000, 400)
+  steps, attack, every = (400, 200, 50) if cpu else (1000, 10000, 400)
   steps = a.get("steps") or steps
   attack = a.get("attack") or attack
   every = a.get("every") or every
