@@ -190,10 +190,16 @@ def baseline_alternatives(config, alt, forget, num_classes: int, anchor_fn: Opti
   cfg = config.copy_and_resolve_references()
   cfg.unlock()
   cfg.core.scheme = scheme
-  c = cfg.core
+  return np.asarray(_anchor_table(cfg, forget, num_classes, anchor_fn), np.int32)
+
+
+def _anchor_table(config, forget, num_classes: int, anchor_fn: Optional[Callable] = None) -> np.ndarray:
+  """(P, K) anchor candidates of `config.core`'s scheme: `anchor_fn(config)` where the
+  experiment defines its concepts (UnlearnCanvas), else `core.anchor_candidates` on class labels."""
   if anchor_fn is not None:
-    return np.asarray(anchor_fn(cfg), np.int32)
-  return core_lib.anchor_candidates(num_classes, forget, scheme, group_size=c.group_size, k=c.k, base=c.base,
+    return anchor_fn(config)
+  c = config.core
+  return core_lib.anchor_candidates(num_classes, forget, c.scheme, group_size=c.group_size, k=c.k, base=c.base,
                                     seed=config.seed)
 
 
@@ -202,11 +208,7 @@ def _core_or_erasediff(method, config, denoise, alt, forget, num_classes, anchor
   when `config.erasediff.target == "core"`."""
   c = config.core
   check_range("config.core.alpha", c.alpha, 0.0, 1e6)
-  if anchor_fn is not None:
-    candidates = lambda: anchor_fn(config)
-  else:
-    candidates = lambda: core_lib.anchor_candidates(num_classes, forget, c.scheme, group_size=c.group_size,
-                                                    k=c.k, base=c.base, seed=config.seed)
+  candidates = lambda: _anchor_table(config, forget, num_classes, anchor_fn)
   core_forget = lambda **kw: training.Objective("forget", denoise, target=core_lib.anchor_target(candidates()),
                                                 **kw)
   core_retain = training.Objective("retain", denoise, target=core_lib.frozen_target)
