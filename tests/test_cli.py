@@ -6,6 +6,7 @@ import sys
 
 import numpy as np
 import pytest
+from unlearn_jax import experiment as exp_lib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -182,7 +183,7 @@ def test_rerun_with_another_config_and_truncated_checkpoints(tmp_path):
   pipeline.run(_tiny_toy(), workdir)
   exp = pipeline.build_experiment(_tiny_toy())
   std = os.path.join(workdir, "standard")
-  done = pipeline.load_params(exp, std)
+  done = exp_lib.load_params(exp, std)
 
   before = _snapshot(workdir)
   with pytest.raises(UserError) as e:
@@ -201,12 +202,12 @@ def test_rerun_with_another_config_and_truncated_checkpoints(tmp_path):
   with open(_largest_file(os.path.join(std, "checkpoints", "3")), "r+b") as f:
     f.truncate(1000)
   with pytest.raises(UserError) as e:
-    pipeline.load_params(exp, std)
+    exp_lib.load_params(exp, std)
   assert e.value.field == "checkpoint" and e.value.value.endswith(os.path.join("standard", "checkpoints", "3"))
   # resuming: falls back to step 2 (moving step 3 aside), retrains step 3 to the same weights
   pipeline.run(_tiny_toy(), workdir)
   assert os.path.isdir(os.path.join(std, checkpoints.CORRUPT_DIR, "3"))
-  for x, y in zip(_leaves(done), _leaves(pipeline.load_params(exp, std)), strict=True):
+  for x, y in zip(_leaves(done), _leaves(exp_lib.load_params(exp, std)), strict=True):
     np.testing.assert_array_equal(x, y)
 
   # every checkpoint unreadable: one error naming the latest, nothing moved

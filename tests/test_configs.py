@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from unlearn_jax import checkpoints, pipeline
-from unlearn_jax import report as report_lib
+from unlearn_jax.reporting import markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
@@ -77,7 +77,7 @@ def test_config_cpu_variant_one_step(name, tmp_path):
 
 def _row(report: str, model: str) -> list:
   """The cells of the first report table row of `model` (its pretty name)."""
-  name = report_lib._pretty(model)  # pylint: disable=protected-access
+  name = markdown.pretty(model)  # pylint: disable=protected-access
   for line in report.splitlines():
     if line.startswith(f"| {name} |"):
       return [x.strip() for x in line.strip("|").split("|")][1:]

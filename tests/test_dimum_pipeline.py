@@ -8,6 +8,7 @@ import pytest
 
 from unlearn_jax import checkpoints, config_lib, pipeline
 from unlearn_jax.errors import UserError
+from unlearn_jax import experiment as exp_lib
 
 
 def tiny_config(attack_steps=4):
@@ -56,8 +57,8 @@ def test_attack_killed_midway_resumes_to_the_same_curve_and_params(tmp_path):
   pipeline.run(full, dir_)                            # resumes the attack at step 3
 
   exp = pipeline.build_experiment(full)
-  a = pipeline.load_params(exp, os.path.join(ref_dir, "attack_dimum"))
-  b = pipeline.load_params(exp, os.path.join(dir_, "attack_dimum"))
+  a = exp_lib.load_params(exp, os.path.join(ref_dir, "attack_dimum"))
+  b = exp_lib.load_params(exp, os.path.join(dir_, "attack_dimum"))
   for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   ref = json.load(open(os.path.join(ref_dir, "attack_dimum", "curve.json")))

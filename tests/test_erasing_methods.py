@@ -16,6 +16,7 @@ from unlearn_jax import train_state as ts
 from unlearn_jax.errors import UserError
 from unlearn_jax.unlearning import (combine, core, erasediff, esd, gradient_ascent, methods, saliency,
                                     scissorhands, selective_amnesia)
+from unlearn_jax.stages import train as train_stage
 
 R = {"a": jnp.array([1.0, -2.0]), "b": {"c": jnp.array([[0.5, 3.0], [-1.0, 4.0]])}}
 G = {"a": jnp.array([2.0, 1.0]), "b": {"c": jnp.array([[1.0, -1.0], [0.0, 2.0]])}}
@@ -312,7 +313,7 @@ def test_bad_optimizer_name_is_rejected_before_the_experiment_is_built():
 
 
 def test_erasediff_couple_lr_makes_eta_the_stage_step_size(monkeypatch, tmp_path):
-  # methods.build -> Options.lr -> pipeline.run_model_stage -> make_optimizer(lr=eta, name=optim.name).
+  # methods.build -> Options.lr -> train_stage.run -> make_optimizer(lr=eta, name=optim.name).
   from unlearn_jax import pipeline
   c = _erasediff_pipeline_config()
   c.stages.erasediff.lr = 3e-3
@@ -328,11 +329,11 @@ def test_erasediff_couple_lr_makes_eta_the_stage_step_size(monkeypatch, tmp_path
     seen.append((lr, kw["name"]))
     raise Stop()
 
-  monkeypatch.setattr(pipeline.training, "make_optimizer", fake)
+  monkeypatch.setattr(training, "make_optimizer", fake)
   for couple, lr in ((False, 3e-3), (True, 0.25)):
     exp.config.erasediff.couple_lr = couple
     with pytest.raises(Stop):
-      pipeline.run_model_stage(exp, "erasediff", exp.config.stages.erasediff, str(tmp_path))
+      train_stage.run(exp, "erasediff", exp.config.stages.erasediff, str(tmp_path))
     assert seen[-1] == (lr, "sgd")
   assert methods.build("erasediff", "", method_config(), alt=np.arange(10), steps=1, forget=(3,),
                        num_classes=10)[2].lr is None
@@ -653,10 +654,10 @@ def test_a_salun_mask_composes_with_core():
   from unlearn_jax import pipeline
   _, tx, options = methods.build("core", "", method_config(), alt=np.arange(10), steps=4, forget=(3,),
                                  num_classes=10)
-  composed = pipeline.with_mask(tx, options, {"mask": MASK})
+  composed = train_stage.with_mask(tx, options, {"mask": MASK})
   out, _ = composed.update(R, composed.init(R), None, retain_grads=G, mask=MASK)
   close(out, jax.tree_util.tree_map(lambda a, b, m: (a + 2.0 * b) * m, R, G, MASK))
-  assert pipeline.with_mask(tx, options, {}) is tx
+  assert train_stage.with_mask(tx, options, {}) is tx
 
 
 # ----------------------------------------------------------------------------- trainable subsets (SD's cross-attention)

@@ -8,9 +8,12 @@ import jax
 import numpy as np
 import pytest
 
-from unlearn_jax import config_lib, pipeline, sd_experiment, training
+from unlearn_jax import config_lib, pipeline, training
 from unlearn_jax.errors import UserError
 from unlearn_jax.models import stable_diffusion as sd
+from unlearn_jax import experiment as exp_lib
+from unlearn_jax import generation
+from unlearn_jax.tasks import unlearncanvas
 
 
 def tiny_config(methods=("core", "dimum"), attack=2):
@@ -43,24 +46,24 @@ def test_inputs_are_written_once_and_loaded_through_the_real_code(run):
   model_dir = os.path.join(workdir, "inputs", "tiny_sd")
   for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler", "model_index.json"):
     assert os.path.exists(os.path.join(model_dir, part))
-  assert exp.sd.comp.model_dir == model_dir
-  assert exp.sd.data.source.startswith("unlearncanvas")
+  assert exp.context.comp.model_dir == model_dir
+  assert exp.context.data.source.startswith("unlearncanvas")
   # 4 styles x 3 objects x images 1-3; latents are the VAE's (16x16x4 for 32 px, factor 2).
   assert len(exp.train) == 36 and exp.example_shape == (16, 16, 4)
   assert exp.train.num_classes == 12 and exp.null_label == 12
-  assert exp.sd.table.shape[0] == 13
+  assert exp.context.table.shape[0] == 13
   # The forget prompts are Van Gogh's; DiMUM's D_u' pairs them with Abstractionism images.
-  styles = exp.sd.data.styles
-  assert {styles[exp.sd.data.prompt_style[p]] for p in exp.forget_labels} == {"Van_Gogh"}
+  styles = exp.context.data.styles
+  assert {styles[exp.context.data.prompt_style[p]] for p in exp.forget_labels} == {"Van_Gogh"}
   alt = exp.streams["alternative"]
   np.testing.assert_array_equal(np.sort(alt.labels), np.sort(exp.streams["forget"].labels))
-  cache = [n for n in os.listdir(os.path.join(workdir, sd_experiment.CACHE_DIR)) if n.endswith(".npz")]
+  cache = [n for n in os.listdir(os.path.join(workdir, unlearncanvas.CACHE_DIR)) if n.endswith(".npz")]
   assert len(cache) == 1
   # The tiny VAE was fitted before the latents were encoded: its record, the loaded scaling
   # factor 1 / latent std, and unit-variance cached latents.
   record = sd.vae_fit_record(model_dir)
   assert record["settings"]["steps"] == 10 and record["mse"] < record["mse_random"]
-  assert exp.sd.comp.scaling_factor == pytest.approx(record["scaling_factor"]) != pytest.approx(0.18215)
+  assert exp.context.comp.scaling_factor == pytest.approx(record["scaling_factor"]) != pytest.approx(0.18215)
   assert float(np.std(exp.train.images)) == pytest.approx(1.0, abs=1e-3)
   assert os.path.isdir(os.path.join(model_dir, sd.VAE_INIT)) and not os.path.exists(model_dir + ".tmp")
   rebuilt = pipeline.build_experiment(exp.config, workdir)          # reads the cache
@@ -69,22 +72,22 @@ def test_inputs_are_written_once_and_loaded_through_the_real_code(run):
 
 def test_cross_attention_stage_changes_only_cross_attention(run):
   exp, workdir = run
-  start = leaves(pipeline.load_params(exp, os.path.join(workdir, "pretrained")))
-  after = leaves(pipeline.load_params(exp, os.path.join(workdir, "core")))
+  start = leaves(exp_lib.load_params(exp, os.path.join(workdir, "pretrained")))
+  after = leaves(exp_lib.load_params(exp, os.path.join(workdir, "core")))
   changed = {k for k in start if not np.array_equal(start[k], after[k])}
   assert changed, "CORE did not move any parameter"
   assert all("attn2" in k for k in changed), sorted(changed)[:5]
   assert not any("prompts" in k for k in changed)
   # The pretraining stage trains every UNet leaf (trainable "all"), never the prompt table.
-  base = leaves(exp.sd.base_params)
+  base = leaves(exp.context.base_params)
   moved = {k for k in base if not np.array_equal(base[k], start[k])}
   assert any("attn2" not in k for k in moved) and not any("prompts" in k for k in moved)
 
 
 def test_checkpoint_restores_the_trained_parameters(run):
   exp, workdir = run
-  restored = leaves(pipeline.load_params(exp, os.path.join(workdir, "dimum"), ema=False))
-  ema = leaves(pipeline.load_params(exp, os.path.join(workdir, "dimum")))
+  restored = leaves(exp_lib.load_params(exp, os.path.join(workdir, "dimum"), ema=False))
+  ema = leaves(exp_lib.load_params(exp, os.path.join(workdir, "dimum")))
   assert restored.keys() == ema.keys()
   for k in restored:                       # ema_rate 0: the EMA is the parameters
     np.testing.assert_array_equal(restored[k], ema[k])
@@ -94,11 +97,11 @@ def test_checkpoint_restores_the_trained_parameters(run):
 
 def test_samples_decode_to_images(run):
   exp, workdir = run
-  params = pipeline.source_params(exp, workdir, "core")
+  params = exp_lib.source_params(exp, workdir, "core")
   labels = np.asarray(exp.forget_labels[:2], np.int32)
-  z = pipeline.generate(exp, params, 2, jax.random.key(0), labels=labels)
+  z = generation.generate(exp, params, 2, jax.random.key(0), labels=labels)
   assert z.shape == (2, 16, 16, 4) and np.all(np.isfinite(z))
-  x = sd_experiment.decode(exp.sd, z)
+  x = unlearncanvas.decode(exp.context, z)
   assert x.shape == (2, 32, 32, 3) and x.min() >= 0.0 and x.max() <= 1.0
 
 
@@ -126,7 +129,7 @@ def test_results_report_and_attacks(run):
     assert row.rstrip(" |").endswith(f"{100 * m['confident_share']:.1f}" + ("" if m["recognised"] else " (!)"))
   assert res["forget_styles"] == ["Van_Gogh"] and res["alt_style"] == "Abstractionism"
   ae = res["autoencoder"]
-  record = sd.vae_fit_record(exp.sd.comp.model_dir)
+  record = sd.vae_fit_record(exp.context.comp.model_dir)
   assert ae["fitted"] and ae["scaling_factor"] == pytest.approx(record["scaling_factor"])
   assert ae["check_images"] == 36 and ae["reconstruction_mse"] == pytest.approx(record["mse"], rel=1e-3)
   assert ae["latent_std"] == pytest.approx(1.0, abs=1e-3)
@@ -205,7 +208,7 @@ def test_an_unfitted_tiny_model_is_not_fitted_in_place(tmp_path):
   c = tiny_config()
   c.sd.fit_vae_steps = 0
   workdir = str(tmp_path / "w")
-  sd_experiment.resolve_inputs(c, workdir)                  # writes inputs/ only (no fit)
+  unlearncanvas.prepare(c, workdir)                  # writes inputs/ only (no fit)
   model_dir = os.path.join(workdir, "inputs", "tiny_sd")
   assert sd.vae_fit_record(model_dir) is None and not os.path.isdir(os.path.join(model_dir, sd.VAE_INIT))
   before = sorted(os.listdir(os.path.join(model_dir, "vae")))
@@ -230,14 +233,14 @@ def test_missing_model_dir_and_scratch_init_are_user_errors(run, tmp_path):
 
 def test_trainable_masks_of_the_stages(run):
   exp, _ = run
-  kv = sd_experiment.trainable_mask(exp, "cross_attn_kv")
+  kv = unlearncanvas.trainable_mask(exp, "cross_attn_kv")
   names = [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(kv) if m]
   assert names and all("attn2" in n and ("to_k" in n or "to_v" in n) for n in names)
   train_st = exp.config.stages.pretrained
-  mask = pipeline.stage_trainable(exp, train_st)
+  mask = exp.task.trainable(exp, train_st)
   assert sum(jax.tree_util.tree_leaves(mask)) > sum(jax.tree_util.tree_leaves(
-      pipeline.stage_trainable(exp, exp.config.stages.core)))
-  assert training.split_trainable(exp.sd.base_params, mask)["prompts"]["embeddings"] is None
+      exp.task.trainable(exp, exp.config.stages.core)))
+  assert training.split_trainable(exp.context.base_params, mask)["prompts"]["embeddings"] is None
   assert sd.TRAINABLE == ("all", "cross_attn", "cross_attn_kv", "non_cross_attn")
 
 
@@ -247,7 +250,7 @@ def test_baselines_anchors_on_canvas_are_the_same_object_in_other_styles(run):
   "all_to_one" (Forget01) is data.alt_style's prompt, i.e. the fixed alternative `alt`."""
   from unlearn_jax.unlearning import methods
   exp, _ = run
-  data = exp.sd.data
+  data = exp.context.data
   cfg = exp.config.copy_and_resolve_references()
   n = len(data.prompts)
   for scheme in ("random", "all_to_one"):
@@ -275,7 +278,7 @@ def test_sd_sample_quality_hand_values():
   s_logits = np.array([[big, 0, 0], [0, big, 0], [0, 0.1, 0], [0, 0, big]], np.float32)  # 3 confident
   o_logits = np.array([[big, 0], [0, 0], [0, 0], [0, 0]], np.float32)                   # 1 confident
   style_true = np.array([0, 1, 1, 1])        # predicted styles 0, 1, 1, 2 vs prompted 0, 1, 1, 1
-  q = sd_experiment.sample_quality(cfg, s_logits, o_logits, style_true, ("a", "b", "c"), [0])
+  q = unlearncanvas.sample_quality(cfg, s_logits, o_logits, style_true, ("a", "b", "c"), [0])
   assert q["confident_share"] == pytest.approx(0.75) and q["object_confident_share"] == pytest.approx(0.25)
   assert q["histogram_tv"] == pytest.approx(0.25) and q["recognised"]
   assert q["retain_histogram_tv"] == pytest.approx(1 / 3)    # retained b, c: (2, 1)/3 vs (3, 0)/3

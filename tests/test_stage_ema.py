@@ -8,6 +8,8 @@ import numpy as np
 
 from unlearn_jax import checkpoints, models, pipeline
 from unlearn_jax.errors import UserError
+from unlearn_jax import experiment as exp_lib
+from unlearn_jax import tasks
 
 from test_dimum_pipeline import tiny_config
 
@@ -38,8 +40,8 @@ def test_stage_ema_defaults_attack_init_curve_and_results(tmp_path, monkeypatch)
   c.training.max_to_keep = 5                       # keep every step's checkpoint (ckpt_every=1)
   c.stages.attack_dimum.ema_rate = 0.5             # an explicit rate: the EMA recursion
   seen = []                                        # the weights every AR evaluation samples from
-  real = pipeline.forget_rates
-  monkeypatch.setattr(pipeline, "forget_rates",
+  real = tasks.classes.forget_rates
+  monkeypatch.setattr(tasks.classes, "forget_rates",
                       lambda exp, params, *a, **k: seen.append(_fingerprint(params)) or real(exp, params, *a, **k))
   workdir = str(tmp_path)
   pipeline.run(c, workdir)
@@ -47,18 +49,18 @@ def test_stage_ema_defaults_attack_init_curve_and_results(tmp_path, monkeypatch)
   d = lambda n: os.path.join(workdir, n)
 
   # train stage: config.model.ema_rate (0.9) from its random init, evaluated on the EMA.
-  p0 = models.init_params(exp.module, jax.random.key(pipeline.stage_seed(c, "pretrained")), exp.example_shape,
+  p0 = models.init_params(exp.module, jax.random.key(exp_lib.stage_seed(c, "pretrained")), exp.example_shape,
                           conditional=True)
   p1, p2 = _raw(d("pretrained"), 1)["params"], _raw(d("pretrained"), 2)["params"]
   ema = jax.tree_util.tree_map(lambda a, b, e: 0.9 * (0.9 * a + 0.1 * b) + 0.1 * e, p0, p1, p2)
   _close(_raw(d("pretrained"), 2)["ema_params"], ema)
-  _close(pipeline.load_params(exp, d("pretrained")), ema)
+  _close(exp_lib.load_params(exp, d("pretrained")), ema)
 
   # unlearn stage, ema_rate None: no EMA; its evaluated weights are the trained parameters.
   raw = _raw(d("dimum"))
   for x, y in zip(_leaves(raw["ema_params"]), _leaves(raw["params"])):
     np.testing.assert_array_equal(x, y)
-  unlearned = pipeline.load_params(exp, d("dimum"))
+  unlearned = exp_lib.load_params(exp, d("dimum"))
   _close(unlearned, raw["params"])
 
   # attack (rate 0.5): starts from the unlearned stage's evaluated weights (ema_1 = (p_0 + p_1) / 2).
@@ -85,7 +87,7 @@ def test_stage_ema_rate_is_validated():
     else:
       raise AssertionError(f"ema_rate={bad} accepted")
   c.stages.dimum.ema_rate = 0.99
-  assert pipeline.stage_ema_rate(c, c.stages.dimum) == 0.99
+  assert exp_lib.stage_ema_rate(c, c.stages.dimum) == 0.99
   c.stages.dimum.ema_rate = None
-  assert pipeline.stage_ema_rate(c, c.stages.dimum) == 0.0
-  assert pipeline.stage_ema_rate(c, c.stages.pretrained) == c.model.ema_rate
+  assert exp_lib.stage_ema_rate(c, c.stages.dimum) == 0.0
+  assert exp_lib.stage_ema_rate(c, c.stages.pretrained) == c.model.ema_rate

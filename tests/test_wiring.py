@@ -25,6 +25,10 @@ from unlearn_jax import config_lib, data as data_lib, evaluation, losses, pipeli
 from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax.unlearning import dimum, methods
+from unlearn_jax import experiment as exp_lib
+from unlearn_jax import generation
+from unlearn_jax.stages import train as train_stage
+from unlearn_jax.stages import mask as mask_stage
 from test_dimum_pipeline import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -122,12 +126,12 @@ def _consts(options):
 def method_parts(method, variant="", **overrides):
   """(state, spec, optimizer, consts, options) of `method` built by `methods.build` from the
   config, under plain SGD at rate 1 without clipping (so theta_0 - theta_1 is the method's
-  combined gradient), with the consts its options ask for (as `pipeline.run_model_stage`)."""
+  combined gradient), with the consts its options ask for (as `train_stage.run`)."""
   cfg = method_config(**overrides)
   objectives, tx, options = methods.build(method, variant, cfg, alt=ALT, steps=4, forget=FORGET, num_classes=K)
   consts = _consts(options)
   spec = _spec(objectives, options)
-  opt = training.make_optimizer(1.0, warmup=0, grad_clip=0.0, method=pipeline.with_mask(tx, options, consts),
+  opt = training.make_optimizer(1.0, warmup=0, grad_clip=0.0, method=train_stage.with_mask(tx, options, consts),
                                 name="sgd")
   return ts.create(PARAMS, opt), spec, opt, consts, options
 
@@ -319,11 +323,11 @@ def stub_exp(exp, module, **config_overrides):
 
 def _mask_stage(exp, method, tmp_path, monkeypatch, params):
   from unlearn_jax.unlearning import saliency
-  monkeypatch.setattr(pipeline, "source_params", lambda exp, workdir, init: params)
+  monkeypatch.setattr(mask_stage, "source_params", lambda exp, workdir, init: params)
   st = config_lib.stage("mask", method=method, init="pretrained", steps=2)
   name = f"mask_{method}_{len(os.listdir(tmp_path))}"
-  pipeline.run_mask_stage(exp, name, st, str(tmp_path))
-  return saliency.load_mask(os.path.join(tmp_path, name, pipeline.MASK_FILE))
+  mask_stage.run(exp, name, st, str(tmp_path))
+  return saliency.load_mask(os.path.join(tmp_path, name, train_stage.MASK_FILE))
 
 
 def _kept(mask):
@@ -390,10 +394,10 @@ def test_alternative_set_holds_retain_images_of_the_alternative_class(digits_exp
                                    labels=jnp.array([3, 3, 0]), consts={}, keys=None)
     for method in ("salun", "ca", "erasediff"):
       st = config_lib.stage("unlearn", method=method, init="pretrained", steps=1)
-      objectives, _, _ = pipeline._objectives(exp, st)
+      objectives, _, _ = train_stage.objectives(exp, st)
       np.testing.assert_array_equal(objectives["forget"].target(inputs), [alt_class, alt_class, 0])
     st = config_lib.stage("unlearn", method="dimum", init="pretrained", steps=1)
-    assert pipeline._objectives(exp, st)[0]["memorize"].stream == "alternative"
+    assert train_stage.objectives(exp, st)[0]["memorize"].stream == "alternative"
 
 
 def test_pipeline_batch_at_step_s_is_batch_at_step_of_its_stream(digits_exp, tmp_path, monkeypatch):
@@ -406,13 +410,13 @@ def test_pipeline_batch_at_step_s_is_batch_at_step_of_its_stream(digits_exp, tmp
     return state
 
   monkeypatch.setattr(training, "train_loop", fake_loop)
-  monkeypatch.setattr(pipeline, "init_state", lambda *a, **k: None)
+  monkeypatch.setattr(train_stage, "init_state", lambda *a, **k: None)
   exp = stub_exp(digits_exp, LinearModule())
   st = config_lib.stage("unlearn", method="dimum", init="pretrained", steps=3, batch_size=6)
-  pipeline.run_model_stage(exp, "dimum", st, str(tmp_path))
+  train_stage.run(exp, "dimum", st, str(tmp_path))
   loop, get = captured["loop"], captured["get_batches"]
   assert loop.batch_size == 6 and loop.num_steps == 3
-  seed = pipeline.stage_seed(exp.config, "dimum")
+  seed = exp_lib.stage_seed(exp.config, "dimum")
   assert loop.seed == seed
   for s in (0, 1, 7):
     b = get(s)
@@ -524,7 +528,7 @@ def expected_samples(labels, w, m=np.asarray(POINTS["m"]), null=10):
 
 def point_mass_samples(exp, kind, w, labels=LABELS):
   e = stub_exp(exp, PointMassModule(exp.process), **{"eval.sampler.kind": kind, "eval.sampler.guidance": w})
-  return pipeline.generate(e, POINTS, len(labels), jax.random.key(3), batch_size=4, labels=labels)
+  return generation.generate(e, POINTS, len(labels), jax.random.key(3), batch_size=4, labels=labels)
 
 
 @pytest.mark.parametrize("kind", ["ddim", "ancestral"])
@@ -544,7 +548,7 @@ def test_generate_routes_labels_and_applies_guidance(digits_exp, kind, w):
 
 
 def test_nll_offset_per_convention_and_centering(digits_exp, monkeypatch):
-  """pipeline.nll_offset: score_sde's 7 - inverse_scaler(-1) (7 centred, 8 not, for any data);
+  """generation.nll_offset: score_sde's 7 - inverse_scaler(-1) (7 centred, 8 not, for any data);
   "density": 8 bits for 8-bit dequantized images + log2 |d inverse_scaler / dx| (-1 centred),
   toy data without the 8.  The offset and the estimator reach the likelihood function."""
   from unlearn_jax import likelihood
@@ -561,8 +565,8 @@ def test_nll_offset_per_convention_and_centering(digits_exp, monkeypatch):
     exp = dataclasses.replace(exp, process=sde_lib.VPSDE())
     if not image:
       exp = dataclasses.replace(exp, train=toy)
-    assert pipeline.nll_offset(exp) == want, (conv, centered, image)
-    pipeline._nll_fn(exp)
+    assert generation.nll_offset(exp) == want, (conv, centered, image)
+    generation.nll_function(exp)
     assert seen[-1]["offset"] == want
     assert seen[-1]["hutchinson"] == (exp.config.eval.nll.hutchinson if image else "exact")
 

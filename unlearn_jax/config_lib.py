@@ -325,9 +325,29 @@ def parse_arg(arg, allowed: dict) -> dict:
 CPU_PRETRAIN_STEPS = 4000
 
 
+#: config.data.name of the UnlearnCanvas task (`tasks.unlearncanvas`).
+UNLEARNCANVAS = "unlearncanvas"
+
+
+def unlearncanvas_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `sd` section and the data / eval fields an UnlearnCanvas experiment adds to `ddpm_base()`."""
+  c.sd = ml_collections.ConfigDict(dict(
+      model_dir="", trainable="cross_attn", dtype="float32", remat=False, encode_batch_size=8,
+      tiny=ml_collections.ConfigDict(dict(block_out_channels=(32,), cross_attention_dim=32)),
+      # model_dir="tiny" only: Adam steps fitting its random VAE to the data's images
+      # (`models.stable_diffusion.fit_tiny_vae`; 0 = keep the random VAE).
+      fit_vae_steps=0, fit_vae_lr=3e-3, fit_vae_batch_size=8, fit_vae_kl_weight=1e-3))
+  c.data.update(dict(name=UNLEARNCANVAS, data_dir="", styles=(), objects=(), image_indices=(1, 2, 3),
+                     forget_styles="Forget06", alt_style="Abstractionism", template="unlearncanvas",
+                     image_size=512, num_channels=3, centered=False, random_flip=False))
+  c.eval.classifier_dir = ""
+  c.classifier.image_size = 64
+  return c
+
+
 def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
   """Stable Diffusion (v1.5 fine-tuned on UnlearnCanvas, diffusers layout with Flax weights)
-  on UnlearnCanvas (`sd_experiment`): 512x512 images 1-3 of each style/object folder,
+  on UnlearnCanvas (`tasks.unlearncanvas`): 512x512 images 1-3 of each style/object folder,
   prompts "A {object} image in {style} style.", cross-attention trained, DDIM 100 steps
   with SD guidance scale 9.0 (w = 8 in eps = (1 + w) eps_c - w eps_null), constant Adam.
 
@@ -335,8 +355,7 @@ def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
   in the workdir (`model_dir="tiny"`, `data_dir="synthetic"`): end-to-end runs of the
   pipeline, not of the paper's numbers.
   """
-  from unlearn_jax import sd_experiment
-  c = sd_experiment.config_defaults(ddpm_base())
+  c = unlearncanvas_defaults(ddpm_base())
   c.experiment = "unlearncanvas"
   c.sde = ml_collections.ConfigDict(dict(name="ddpm", N=1000, beta_start=0.00085, beta_end=0.012,
                                          beta_schedule="scaled_linear"))

@@ -1,5 +1,5 @@
-"""Text-to-image unlearning on Stable Diffusion with UnlearnCanvas (`config.data.name =
-"unlearncanvas"`): the experiment the pipeline's stages run on.
+"""Forgetting styles of text-to-image Stable Diffusion on UnlearnCanvas (`config.data.name =
+"unlearncanvas"`): the task the pipeline's stages run on.
 
 The Stable Diffusion stack enters the class-conditional engine unchanged:
   * the data are VAE latents (NHWC, already multiplied by the VAE's scaling factor),
@@ -39,36 +39,41 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from unlearn_jax import canvas
 from unlearn_jax import checkpoints
 from unlearn_jax import concept_metrics
 from unlearn_jax import data as data_lib
+from unlearn_jax import evaluation
+from unlearn_jax import generation
 from unlearn_jax import metrics
 from unlearn_jax import models
 from unlearn_jax import sde as sde_lib
+from unlearn_jax.config_lib import UNLEARNCANVAS as DATA_NAME
 from unlearn_jax.errors import UserError, check_choice, check_range
+from unlearn_jax.experiment import Experiment, first_stage, load_params
 from unlearn_jax.models import stable_diffusion as sd
+from unlearn_jax.reporting import figures
+from unlearn_jax.reporting import markdown
 from unlearn_jax.unlearning import dimum as dimum_lib
 
-DATA_NAME = "unlearncanvas"
+NAME = "unlearncanvas"
 #: the stage init naming the model directory's own weights (the pre-trained theta*).
 BASE = "base"
+#: models a stage may name besides stages and directories.
+NAMED_MODELS = (BASE,)
+#: mask kinds computed over the trainable leaves only (the other kinds need every leaf).
+SUBSET_MASKS = ("salun", "sfron")
 TINY = "tiny"
 SYNTHETIC = "synthetic"
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 CACHE_DIR = "sd_cache"
 
 
-def is_sd(config) -> bool:
-  return config.data.name == DATA_NAME
-
-
 @dataclasses.dataclass(frozen=True)
 class SDModelConfig:
-  """What a checkpoint of this experiment's model records (`pipeline._meta`)."""
+  """What a checkpoint of this experiment's model records (`stages.train.meta`)."""
   model_dir: str
   num_prompts: int
   latent_shape: Tuple[int, ...]
@@ -157,7 +162,7 @@ def _check_tiny_vae(path: str, want: dict) -> None:
                     "to resume there, or use another --workdir")
 
 
-def resolve_inputs(config, workdir: str):
+def prepare(config, workdir: str):
   """`config` with "tiny" / "synthetic" replaced by directories built in `<workdir>/inputs/`
   (written once; a rerun reuses them).
 
@@ -244,7 +249,7 @@ def _plain(tree):
   return jnp.asarray(tree)
 
 
-def build(config, workdir: Optional[str] = None, *, experiment_cls=None, **common):
+def build(config, workdir: Optional[str] = None) -> Experiment:
   """The experiment's data, model and evaluation parts (no writes; see `SDContext.save_cache`)."""
   dcfg, sdc = config.data, config.sd
   check_choice("config.sd.dtype", sdc.dtype, tuple(DTYPES))
@@ -318,12 +323,12 @@ def build(config, workdir: Optional[str] = None, *, experiment_cls=None, **commo
                                      data.styles[cfg.core.base], seed=cfg.seed, k=cfg.core.k)
     return canvas.anchor_prompt_table(data, style_map)
 
-  return experiment_cls(
+  return Experiment(
       config=config, train=train, test=train, streams=streams,
       test_forget=streams["forget"], test_retain=streams["retain"],
       forget_labels=tuple(int(p) for p in forget_prompts), alt=alt, conditional=True, process=process,
       module=module, model_cfg=model_cfg, example_shape=latent_shape, classifier=None,
-      sd=ctx, anchor_fn=anchor_fn, **common)
+      context=ctx, anchor_fn=anchor_fn)
 
 
 # ----------------------------------------------------------------------------
@@ -332,9 +337,9 @@ def build(config, workdir: Optional[str] = None, *, experiment_cls=None, **commo
 def trainable_mask(exp, which: str):
   """The bool tree of the leaves that train under `which` (`models.stable_diffusion.TRAINABLE`)."""
   key = f"trainable_{which}"
-  if key not in exp.sd.compiled:
-    exp.sd.compiled[key] = sd.trainable_mask(exp.sd.base_params, which)
-  return exp.sd.compiled[key]
+  if key not in exp.context.compiled:
+    exp.context.compiled[key] = sd.trainable_mask(exp.context.base_params, which)
+  return exp.context.compiled[key]
 
 
 def decode(ctx: SDContext, latents: np.ndarray, batch_size: int = 16) -> np.ndarray:
@@ -375,7 +380,7 @@ def classify(ctx: SDContext, which: str, params, x01: np.ndarray, batch_size: in
 
 def classifier_datasets(exp, which: str):
   """(train, test) pixel data sets labelled by style or object: every 5th image is held out."""
-  ctx = exp.sd
+  ctx = exp.context
   data = ctx.data
   labels = np.asarray(data.style_ids if which == "style" else data.object_ids, np.int32)
   names = data.styles if which == "style" else data.objects
@@ -388,9 +393,8 @@ def classifier_datasets(exp, which: str):
   return make(~test), make(test if test.any() else ~test)
 
 
-def classifier_params(exp, workdir: str, stage: str) -> Dict[str, Any]:
+def load_classifiers(exp, workdir: str, stage: str) -> Dict[str, Any]:
   """{"style": params, "object": params} from `config.eval.classifier_dir` or the stage."""
-  from unlearn_jax import pipeline
   root = exp.config.eval.classifier_dir or os.path.join(workdir, stage)
   out = {}
   for which in ("style", "object"):
@@ -398,7 +402,7 @@ def classifier_params(exp, workdir: str, stage: str) -> Dict[str, Any]:
     if not os.path.isdir(path):
       raise UserError("config.eval.classifier_dir", root,
                       f"expected a directory with style/ and object/ classifier checkpoints (no {path})")
-    out[which] = pipeline.load_params(exp, path, ema=False)
+    out[which] = load_params(exp, path, ema=False)
   return out
 
 
@@ -414,10 +418,9 @@ def _prompt_labels(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
 def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = False) -> dict:
   """AR (the forgotten style in the style classifier's top 3, DiMUM paper Sec. VI-B) and
   AR_CL (top-1 = the alternative style) of n samples under the forget prompts."""
-  from unlearn_jax import pipeline
-  ctx = exp.sd
+  ctx = exp.context
   labels = _prompt_labels(np.asarray(exp.forget_labels), n, exp.config.seed)
-  x = decode(ctx, pipeline.generate(exp, params, n, rng, labels=labels))
+  x = decode(ctx, generation.generate(exp, params, n, rng, labels=labels))
   logits, _ = classify(ctx, "style", clf["style"], x)
   style_true = ctx.data.prompt_style[labels]
   out = {"ar": concept_metrics.topk_match_rate(logits, style_true, k=3),
@@ -429,17 +432,15 @@ def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = 
   return out
 
 
-def evaluate(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
+def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
   """UA / IRA / CRA, AR_MU (top-3), AR_CL and the Fréchet distance of one model."""
-  from unlearn_jax import pipeline
-  from unlearn_jax import report as report_lib
-  cfg, ctx = exp.config, exp.sd
+  cfg, ctx = exp.config, exp.context
   t0 = time.time()
   fr = forget_rates(exp, params, clf, cfg.eval.num_samples, jax.random.fold_in(rng, 0), keep_samples=True)
   retained = np.asarray(exp.retained_classes, np.int32)
   n = cfg.eval.fd_num_samples
   r_labels = _prompt_labels(retained, n, cfg.seed + 1)
-  x_r = decode(ctx, pipeline.generate(exp, params, n, jax.random.fold_in(rng, 1), labels=r_labels))
+  x_r = decode(ctx, generation.generate(exp, params, n, jax.random.fold_in(rng, 1), labels=r_labels))
   labels = np.concatenate([fr["labels"], r_labels])
   x = np.concatenate([fr["samples"], x_r])
   r_logits, feats = classify(ctx, "style", clf["style"], x_r)
@@ -452,10 +453,10 @@ def evaluate(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
   real = real[np.random.default_rng(cfg.seed).permutation(len(real))[:n]]
   _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(real))
   grid_n = min(cfg.eval.grid_size, len(fr["samples"]), len(x_r))
-  report_lib.save_samples(out_png, np.concatenate([fr["samples"][:grid_n], x_r[:grid_n]]), True,
+  figures.save_samples(out_png, np.concatenate([fr["samples"][:grid_n], x_r[:grid_n]]), True,
                           cols=max(grid_n, 1))
   result = {k.lower(): float(v) for k, v in result.items()}
-  result.update(sample_quality(cfg, s_logits, o_logits, style_true, exp.sd.data.styles, ctx.forget_style_ids))
+  result.update(sample_quality(cfg, s_logits, o_logits, style_true, exp.context.data.styles, ctx.forget_style_ids))
   result.update({
       "ar_mu": fr["ar"], "ar_mu_top1": fr["ar_top1"], "ar_cl": fr["ar_cl"],
       "num_samples": int(cfg.eval.num_samples), "fd_num_samples": int(n),
@@ -473,7 +474,6 @@ def sample_quality(cfg, s_logits, o_logits, style_true, styles, forget_style_ids
   UA / IRA read): confident share at `config.eval.confidence_threshold`, TV distance of the
   predicted style histogram from the prompted one (all / retained styles), `recognised`;
   plus the object classifier's confident share (`object_confident_share`)."""
-  from unlearn_jax import evaluation  # pylint: disable=g-import-not-at-top
   s_conf = np.max(jax.nn.softmax(np.asarray(s_logits, np.float32), -1), -1)
   o_conf = np.max(jax.nn.softmax(np.asarray(o_logits, np.float32), -1), -1)
   retained = [i for i in range(len(styles)) if i not in set(int(f) for f in forget_style_ids)]
@@ -503,12 +503,11 @@ AUTOENCODER_CHECK_IMAGES = 64
 
 def _classifier_root(exp, workdir: str) -> Optional[str]:
   """The directory with style/ and object/ classifier checkpoints, once there is one."""
-  from unlearn_jax import checkpoints as ckpt  # pylint: disable=g-import-not-at-top
   cfg = exp.config
   if cfg.eval.classifier_dir:
     return cfg.eval.classifier_dir
   stages = [n for n in cfg.stage_order if cfg.stages[n].kind == "classifier"]
-  if stages and ckpt.is_done(os.path.join(workdir, stages[0])):
+  if stages and checkpoints.is_done(os.path.join(workdir, stages[0])):
     return os.path.join(workdir, stages[0])
   return None
 
@@ -518,7 +517,7 @@ def _reconstruction_check(exp, workdir: str, root: Optional[str]) -> dict:
   then `decode`) on up to AUTOENCODER_CHECK_IMAGES evenly spaced images of the data, the
   std of the cached latents, and (with classifiers) the style / object accuracy on the
   reconstructions and on the originals."""
-  ctx = exp.sd
+  ctx = exp.context
   n_all = len(ctx.data.images)
   idx = np.unique(np.linspace(0, n_all - 1, min(n_all, AUTOENCODER_CHECK_IMAGES)).round().astype(int))
   x01 = data_lib.to_float(ctx.data.images[idx])
@@ -527,7 +526,7 @@ def _reconstruction_check(exp, workdir: str, root: Optional[str]) -> dict:
   out = {"check_images": int(len(idx)), "reconstruction_mse": float(np.mean(np.square(rec - x01))),
          "latent_std": float(np.std(exp.train.images))}
   if root is not None:
-    clf = classifier_params(exp, workdir, root)   # an absolute root: join(workdir, root) = root
+    clf = load_classifiers(exp, workdir, root)   # an absolute root: join(workdir, root) = root
     for which, truth in (("style", ctx.data.style_ids[idx]), ("object", ctx.data.object_ids[idx])):
       for kind, images in (("reconstructed", rec), ("original", x01)):
         logits, _ = classify(ctx, which, clf[which], images)
@@ -540,7 +539,7 @@ def autoencoder_summary(exp, workdir: str) -> dict:
   model directory's own VAE), its scaling_factor, `_reconstruction_check` and a one-line
   "summary" (report.md).  The check is cached in `<workdir>/sd_cache/` per (latent cache
   key, classifier checkpoints)."""
-  ctx, comp = exp.sd, exp.sd.comp
+  ctx, comp = exp.context, exp.context.comp
   record = sd.vae_fit_record(comp.model_dir)
   root = _classifier_root(exp, workdir)
   stamp = [] if root is None else sorted(
@@ -573,17 +572,126 @@ def autoencoder_summary(exp, workdir: str) -> dict:
   return out
 
 
-def config_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
-  """The `sd` section and the data / eval fields an UnlearnCanvas experiment adds to `config_lib.base()`."""
-  c.sd = ml_collections.ConfigDict(dict(
-      model_dir="", trainable="cross_attn", dtype="float32", remat=False, encode_batch_size=8,
-      tiny=ml_collections.ConfigDict(dict(block_out_channels=(32,), cross_attention_dim=32)),
-      # model_dir="tiny" only: Adam steps fitting its random VAE to the data's images
-      # (`models.stable_diffusion.fit_tiny_vae`; 0 = keep the random VAE).
-      fit_vae_steps=0, fit_vae_lr=3e-3, fit_vae_batch_size=8, fit_vae_kl_weight=1e-3))
-  c.data.update(dict(name=DATA_NAME, data_dir="", styles=(), objects=(), image_indices=(1, 2, 3),
-                     forget_styles="Forget06", alt_style="Abstractionism", template="unlearncanvas",
-                     image_size=512, num_channels=3, centered=False, random_flip=False))
-  c.eval.classifier_dir = ""
-  c.classifier.image_size = 64
-  return c
+# ----------------------------------------------------------------------------
+# The task's hooks (`unlearn_jax.tasks`).
+# ----------------------------------------------------------------------------
+def validate(config) -> None:
+  """The `config.sd` checks that need no inputs (before `prepare` writes any)."""
+  check_vae_fit_fields(config)
+
+
+def check(exp: Experiment) -> None:
+  """Stage settings this task rules out, checked on the built experiment: the trainable
+  subset names, mask kinds that need every leaf, and re-training from scratch."""
+  config = exp.config
+  for name in config.stage_order:
+    st = config.stages[name]
+    if st.get("trainable", ""):
+      check_choice(f"config.stages.{name}.trainable", st.trainable, sd.TRAINABLE)
+    if st.kind == "mask" and st.method not in SUBSET_MASKS:
+      raise UserError(f"config.stages.{name}.method", st.method, "is not available when only some parameters "
+                      "train (config.sd.trainable); expected one of " + ", ".join(SUBSET_MASKS))
+    if st.kind == "unlearn" and st.init == "scratch":
+      raise UserError(f"config.stages.{name}.init", st.init, "a Stable Diffusion experiment starts from "
+                      f"{BASE!r} (the model directory) or an earlier stage")
+
+
+def save(exp: Experiment) -> None:
+  """Writes the latent / prompt-table cache `build` computed (after validation)."""
+  exp.context.save_cache()
+
+
+def named_params(exp: Experiment, name: str):
+  """"base": the model directory's UNet with the prompt table (theta*)."""
+  if name != BASE:
+    raise KeyError(name)
+  return exp.context.base_params
+
+
+def trainable(exp: Experiment, st=None):
+  """The trainable-leaf mask of a stage: its `trainable`, else "all" for train stages and
+  `config.sd.trainable` for the others (and for mask stages, `st=None`)."""
+  which = (st.get("trainable", "") if st is not None else "") or \
+      ("all" if st is not None and st.kind == "train" else exp.config.sd.trainable)
+  return trainable_mask(exp, which)
+
+
+def train_classifiers(exp: Experiment, name: str, workdir: str, fit: Callable) -> dict:
+  """A style and an object classifier on the data set's images, in <stage>/style and
+  <stage>/object, with `fit(stage_dir, module, train, test, seed_offset, log_name)`; none
+  (only a check that they load) with `config.eval.classifier_dir`."""
+  if exp.config.eval.classifier_dir:
+    load_classifiers(exp, workdir, name)          # checks it loads
+    return {"loaded_from": exp.config.eval.classifier_dir}
+  info = {}
+  for i, which in enumerate(("style", "object")):
+    train, test = classifier_datasets(exp, which)
+    info[f"{which}_test_accuracy"] = fit(os.path.join(workdir, name, which), exp.context.classifiers[which],
+                                         train, test, i, f"{name}/{which}")
+  return info
+
+
+def classifier_params(exp: Experiment, workdir: str) -> Dict[str, Any]:
+  """{"style": params, "object": params} (`load_classifiers`)."""
+  return load_classifiers(exp, workdir, first_stage(exp.config, "classifier"))
+
+
+def evaluate(exp: Experiment, workdir: str, model: str, params, clf, rng: jax.Array, out_dir: str) -> dict:
+  """One model's results.json entry (`evaluate_model`)."""
+  png = os.path.join(out_dir, f"{model}_samples.png")
+  res = evaluate_model(exp, params, clf, rng, png)
+  res["samples_png"] = os.path.relpath(png, workdir)
+  logging.info("[%s] %s: UA %.3f IRA %.3f CRA %.3f AR_MU(top-3) %.3f FD %.3f", os.path.basename(out_dir), model,
+               res["ua"], res["ira"], res["cra"], res["ar_mu"], res["frechet_distance"])
+  return res
+
+
+def finalize(exp: Experiment, results: dict, workdir: str) -> None:
+  """results.json's style entries: the styles and objects, the model, the autoencoder's
+  check (`autoencoder_summary`), forget prompts in place of class labels, and SFID
+  against the first evaluated model (`add_sfid`)."""
+  cfg, ctx = exp.config, exp.context
+  results.update(forget_styles=list(ctx.forget_styles), alt_style=ctx.data.styles[ctx.alt_style_id],
+                 styles=list(ctx.data.styles), objects=list(ctx.data.objects),
+                 model_dir=exp.model_cfg.model_dir, trainable=exp.model_cfg.trainable)
+  results["autoencoder"] = autoencoder_summary(exp, workdir)
+  results["forget_class_names"] = [f"{len(exp.forget_labels)} prompts of " + ", ".join(ctx.forget_styles)]
+  results["forget_classes"] = results["forget_classes"][:0]
+  results.pop("alternative_classes", None)
+  first = [cfg.stages[n].models[0] for n in cfg.stage_order
+           if cfg.stages[n].kind == "evaluate" and cfg.stages[n].models]
+  if first:
+    add_sfid(results, first[0])
+
+
+def report_tables(results: dict, workdir: str) -> list:
+  """report.md's body: the model and autoencoder lines, the CORE paper's Table 1 shape
+  (`concept_lines`), then the DiMUM paper's tables (`reporting.markdown.conditional_lines`)."""
+  lines = [f"- Stable Diffusion `{results['model_dir']}`, trainable: {results['trainable']}; "
+           f"alternative style: {results['alt_style']}"]
+  lines += [f"- autoencoder: {results['autoencoder']['summary']}"] if "autoencoder" in results else []
+  lines.append("")
+  lines += concept_lines(results)
+  return lines + markdown.conditional_lines(results, workdir)
+
+
+def concept_lines(results: dict) -> list:
+  """UnlearnCanvas metrics shaped like the CORE paper's Table 1 (UA / IRA / CRA / SFID, in %)."""
+  models_, attacks = results["models"], results.get("attacks", {})
+  lines = ["## Style unlearning (CORE paper, Table 1 shape; %)", "",
+           "UA: forget-style prompts whose images are not classified as that style; IRA: retained-style "
+           "prompts classified as their style; CRA: images classified as their prompt's object; SFID: "
+           "min(100 FD_base / FD, 100) with FD on the style classifier's features (not Inception). "
+           "AR_MU: forget-style prompts whose style is in the classifier's top 3 (DiMUM paper Sec. VI-B). "
+           "confident: images the style classifier assigns a style with probability >= "
+           "`config.eval.confidence_threshold`; (!) below `config.eval.min_confident_share`.", "",
+           "| Method | UA | IRA | CRA | SFID | Total | AR_MU (top-3) | AR_CL | max AR_DiMRA | confident (%) |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+  for n, m in models_.items():
+    cells = [100 * m.get(k, float("nan")) for k in ("ua", "ira", "cra")] + [m.get("sfid", float("nan"))]
+    worst = [a["max_ar_dimra"] for a in attacks.values() if a["model"] == n]
+    conf = m.get("confident_share")
+    lines.append(f"| {markdown.pretty(n)} | " + " | ".join(f"{v:.1f}" for v in cells) + f" | {sum(cells):.1f} | "
+                 f"{m['ar_mu']:.3f} | {m['ar_cl']:.3f} | {max(worst) if worst else float('nan'):.3f} | "
+                 f"{'–' if conf is None else f'{100 * conf:.1f}'}{markdown.flag(m)} |")
+  return lines + [""]

@@ -1,0 +1,161 @@
+"""The experiment every stage runs on, and the tools below the stages.
+
+    exp = tasks.get(config).build(config, workdir)   # data, model, process: writes nothing
+    params = load_params(exp, stage_dir)             # a stage's evaluated weights
+    params = source_params(exp, workdir, init)       # an earlier stage, a directory, a task's named model
+
+An `Experiment` holds what every task family shares (data streams, the model, the
+noise process, the forgotten labels and their alternatives) and, in `task` and
+`context`, the task module that built it (`unlearn_jax.tasks`) and that task's own parts
+(Stable Diffusion: `tasks.unlearncanvas.SDContext`).  Stages call the task's hooks;
+they never ask which family they run on.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import zlib
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from unlearn_jax import checkpoints
+from unlearn_jax import data as data_lib
+from unlearn_jax import train_state as ts
+
+#: data streams every experiment has; synthesize stages add their own (by stage name).
+STREAMS = ("all", "retain", "forget", "alternative", "test_retain")
+SYNTH_FILE = "data.npz"
+
+
+@dataclasses.dataclass
+class Experiment:
+  """Everything the stages share: data, model, process.  Built once, before any write."""
+  config: ml_collections.ConfigDict
+  train: data_lib.Dataset
+  test: data_lib.Dataset
+  streams: Dict[str, data_lib.Dataset]        # "all", "retain", "forget", "alternative", "test_retain"
+  test_forget: data_lib.Dataset
+  test_retain: data_lib.Dataset
+  forget_labels: Tuple[int, ...]
+  #: alt[c]: the alternative class of each class (itself if retained).
+  alt: np.ndarray
+  conditional: bool
+  process: Any
+  module: Any
+  model_cfg: Any
+  example_shape: Tuple[int, ...]
+  classifier: Any = None
+  #: compiled samplers / NLL functions, keyed by shape: params are arguments, so
+  #: every model of the experiment reuses one compilation.
+  compiled: Dict[Any, Callable] = dataclasses.field(default_factory=dict)
+  #: the task module that built the experiment (`unlearn_jax.tasks`): its hooks.
+  task: Any = None
+  #: the task's own parts (Stable Diffusion: `tasks.unlearncanvas.SDContext`); None otherwise.
+  context: Any = None
+  #: anchor_fn(config) -> (num_classes, K) CORE anchors in place of `core.anchor_candidates`.
+  anchor_fn: Optional[Callable] = None
+
+  @property
+  def is_image(self) -> bool:
+    return self.train.is_image
+
+  @property
+  def null_label(self) -> int:
+    return self.train.num_classes if self.conditional else 0
+
+  @property
+  def retained_classes(self) -> Tuple[int, ...]:
+    return tuple(c for c in range(self.train.num_classes) if c not in self.forget_labels)
+
+  def stream(self, name: str, workdir: str) -> data_lib.Dataset:
+    """A base stream, or the data a synthesize stage wrote."""
+    if name in self.streams:
+      return self.streams[name]
+    return load_synthetic(self, os.path.join(workdir, name))
+
+  def apply(self, variables, x, time, labels=None, train=False, rngs=None):
+    return self.module.apply(variables, x, time, labels, train=train, rngs=rngs)
+
+
+def stage_seed(config, name: str) -> int:
+  """A stable per-stage seed derived from the global seed and the stage name (mod 2^32)."""
+  return int((config.seed * 1_000_003 + zlib.crc32(name.encode())) % (1 << 32))
+
+
+def first_stage(config, kind: str) -> Optional[str]:
+  """The first stage of `kind` in config.stage_order (None if there is none)."""
+  return next((n for n in config.stage_order if config.stages[n].kind == kind), None)
+
+
+# ----------------------------------------------------------------------------
+# Weights: which ones a stage is evaluated on, and loading them.
+# ----------------------------------------------------------------------------
+def stage_ema_rate(cfg, st) -> float:
+  """The EMA rate of a train / unlearn / attack stage: its `ema_rate`, else
+  config.model.ema_rate for train stages and unlearn stages from scratch (re-training),
+  and 0 (no EMA: the evaluated weights are the trained ones) for unlearn stages that
+  fine-tune a model and for attacks (`config_lib.stage`)."""
+  rate = st.get("ema_rate", None)
+  if rate is not None:
+    return float(rate)
+  if st.kind == "train" or (st.kind == "unlearn" and st.init == "scratch"):
+    return float(cfg.model.ema_rate)
+  return 0.0
+
+
+def evaluated_weights(rate: float) -> str:
+  """Which weights of a TrainState a stage with EMA rate `rate` is evaluated on."""
+  return "ema" if rate > 0 else "params"
+
+
+def state_weights(state: ts.TrainState, rate: float):
+  """The evaluated weights of a live TrainState (`evaluated_weights`)."""
+  return state.ema_params if evaluated_weights(rate) == "ema" else state.params
+
+
+def source_dir(exp: Experiment, workdir: str, init: str) -> str:
+  return os.path.join(workdir, init) if init in exp.config.stages else init
+
+
+def load_params(exp: Experiment, stage_dir: str, ema: Optional[bool] = None):
+  """The parameters of a stage's latest checkpoint (restored as saved: nested dicts):
+  ema=None its evaluated weights (meta.json's "weights"; the EMA in directories written
+  before stages recorded it), True the EMA, False the trained parameters."""
+  del exp  # the checkpoint's own tree is the model's parameter tree
+  if ema is None:
+    meta_path = os.path.join(stage_dir, checkpoints.META)
+    meta = checkpoints.read_json(meta_path) if os.path.exists(meta_path) else {}
+    ema = meta.get("weights", "ema") == "ema"
+  raw = checkpoints.load_raw(stage_dir)     # UserError naming an unreadable checkpoint
+  return jax.tree_util.tree_map(jnp.asarray, raw["ema_params" if ema else "params"])
+
+
+def source_params(exp: Experiment, workdir: str, init: str):
+  """The evaluated weights (`stage_ema_rate`) a stage starts from: an earlier stage, a stage
+  directory, or one of the task's named models (`task.NAMED_MODELS`, e.g. Stable
+  Diffusion's "base": the model directory's weights)."""
+  if init in exp.task.NAMED_MODELS:
+    return exp.task.named_params(exp, init)
+  return load_params(exp, source_dir(exp, workdir, init))
+
+
+def weights_info(exp: Experiment, workdir: str, model: str) -> dict:
+  """What results.json records of a model's evaluated weights: {"weights", "ema_rate"}."""
+  if model in exp.task.NAMED_MODELS:
+    return {"weights": model, "ema_rate": None}
+  meta_path = os.path.join(source_dir(exp, workdir, model), checkpoints.META)
+  meta = checkpoints.read_json(meta_path) if os.path.exists(meta_path) else {}
+  return {"weights": meta.get("weights", "ema"), "ema_rate": meta.get("ema_rate")}
+
+
+def load_synthetic(exp: Experiment, stage_dir: str) -> data_lib.Dataset:
+  """The data set a synthesize stage wrote into `stage_dir`."""
+  with np.load(os.path.join(stage_dir, SYNTH_FILE)) as f:
+    images, labels = f["images"], f["labels"]
+  return data_lib.Dataset(name=exp.train.name, images=images, labels=labels,
+                          num_classes=exp.train.num_classes, class_names=exp.train.class_names,
+                          source=f"synthetic:{os.path.basename(stage_dir)}", is_image=exp.is_image)

@@ -1,0 +1,148 @@
+"""Sampling from an experiment's model, batched and pmapped over devices, and its NLL function.
+
+    x = generate(exp, params, n, rng, labels=labels)   # n samples in data space
+    nll_fn = nll_function(exp)                         # jitted probability-flow NLL
+
+The samplers are chosen by `config.eval.sampler.kind` from `SAMPLERS` (continuous SDEs:
+score_fn(x, t)) or `DDPM_SAMPLERS` (the discrete schedule: eps_fn(x, i), guided for
+class-conditional models, DiMUM paper Eq. 2-3).
+"""
+from __future__ import annotations
+
+import functools
+from typing import Callable, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from unlearn_jax import data as data_lib
+from unlearn_jax import likelihood
+from unlearn_jax import sampling
+from unlearn_jax import score as score_lib
+from unlearn_jax import sde as sde_lib
+from unlearn_jax.experiment import Experiment
+
+
+def _pc(exp, score_fn, shape, rng):
+  s = exp.config.eval.sampler
+  return sampling.pc_sample(rng, exp.process, score_fn, shape, predictor=s.predictor,
+                            corrector=s.corrector, snr=s.snr, n_steps=s.n_steps, eps=s.eps)
+
+
+def _ode(exp, score_fn, shape, rng):
+  s = exp.config.eval.sampler
+  return sampling.ode_sample(rng, exp.process, score_fn, shape, eps=s.eps)[0]
+
+
+def _ddim(exp, eps_fn, shape, rng):
+  s = exp.config.eval.sampler
+  return sampling.ddim_sample(rng, exp.process, eps_fn, shape, n_steps=s.n_steps, eta=s.eta,
+                              clip_x0=exp.config.data.centered)
+
+
+def _ancestral(exp, eps_fn, shape, rng):
+  return sampling.ddpm_ancestral_sample(rng, exp.process, eps_fn, shape, clip_x0=exp.config.data.centered)
+
+
+#: continuous SDEs: samplers of score_fn(x, t); DDPM: samplers of eps_fn(x, i) (guided
+#: by `config.eval.sampler.guidance` for conditional models, DiMUM paper Eq. 2-3).
+SAMPLERS = {"pc": _pc, "ode": _ode}
+DDPM_SAMPLERS = {"ddim": _ddim, "ancestral": _ancestral}
+
+
+def model_score_apply(exp: Experiment) -> Callable:
+  """score_apply(params, x, t) of the experiment's model."""
+  def score_apply(params, x, t):
+    out = exp.apply({"params": params}, x, score_lib.time_input(exp.process, t))
+    return score_lib.to_score(out, score_lib.marginal_std(exp.process, t), exp.config.model.output)
+  return score_apply
+
+
+def model_eps_apply(exp: Experiment, params) -> Callable:
+  """eps_apply(x, i, labels) of a DDPM model (i: integer steps)."""
+  def eps_apply(x, i, labels):
+    out = exp.apply({"params": params}, x, exp.process.time_input(i), labels)
+    return score_lib.to_eps(out, exp.process.marginal_coeffs(i)[1], exp.config.model.output)
+  return eps_apply
+
+
+def _sampler(exp: Experiment, per_dev: int) -> Callable:
+  """pmap(params broadcast, one key and label row per device) -> samples in data space;
+  built once per shape."""
+  key = ("sample", per_dev)
+  if key not in exp.compiled:
+    cfg = exp.config
+    shape = (per_dev,) + exp.example_shape
+    discrete = isinstance(exp.process, sde_lib.DDPMSchedule)
+
+    @functools.partial(jax.pmap, in_axes=(None, 0, 0))
+    def sample(params, rng, labels):
+      if discrete:
+        eps_apply = model_eps_apply(exp, params)
+        if exp.conditional:
+          eps_fn = sampling.guided_eps_fn(eps_apply, labels, exp.null_label, cfg.eval.sampler.guidance)
+        else:
+          eps_fn = lambda x, i: eps_apply(x, i, None)
+        x = DDPM_SAMPLERS[cfg.eval.sampler.kind](exp, eps_fn, shape, rng)
+      else:
+        score_apply = model_score_apply(exp)
+        x = SAMPLERS[cfg.eval.sampler.kind](exp, lambda x, t: score_apply(params, x, t), shape, rng)
+      if exp.is_image:
+        x = jnp.clip(data_lib.inverse_scaler(x, cfg.data.centered), 0.0, 1.0)
+      return x
+
+    exp.compiled[key] = sample
+  return exp.compiled[key]
+
+
+def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Optional[int] = None,
+             labels: Optional[np.ndarray] = None) -> np.ndarray:
+  """n samples in data space ([0, 1] images, raw toy points), batched and pmapped over devices.
+
+  `labels` (n,) are the conditions of a class-conditional model (required there).
+  """
+  if exp.conditional and labels is None:
+    raise ValueError("a class-conditional model needs one label per sample")
+  n_dev = jax.local_device_count()
+  batch_size = min(batch_size or exp.config.eval.sample_batch_size, max(n, 1))
+  per_dev = -(-batch_size // n_dev)
+  sample = _sampler(exp, per_dev)
+  step = per_dev * n_dev
+  labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
+  out, i = [], 0
+  while sum(len(o) for o in out) < n:
+    keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
+    lab = np.resize(labels[i * step:(i + 1) * step], step) if n else np.zeros(step, np.int32)
+    out.append(np.asarray(sample(params, keys, lab.reshape(n_dev, per_dev))).reshape((-1,) + exp.example_shape))
+    i += 1
+  return np.concatenate(out)[:n]
+
+
+def grid_labels(exp: Experiment, n: int) -> Optional[np.ndarray]:
+  """Conditions of a sample grid: each class in turn, one row per class."""
+  if not exp.conditional:
+    return None
+  k = exp.train.num_classes
+  per = max(n // k, 1)
+  return np.repeat(np.arange(k, dtype=np.int32), per)
+
+
+def nll_function(exp: Experiment) -> Callable:
+  """The jitted probability-flow NLL of the experiment's model, built once."""
+  if "nll" not in exp.compiled:
+    ncfg = exp.config.eval.nll
+    exp.compiled["nll"] = jax.jit(likelihood.get_likelihood_fn(
+        exp.process, model_score_apply(exp), rtol=ncfg.rtol, atol=ncfg.atol, eps=exp.config.sde.eps,
+        hutchinson="exact" if not exp.is_image else ncfg.hutchinson, offset=nll_offset(exp)))
+  return exp.compiled["nll"]
+
+
+def nll_offset(exp: Experiment) -> float:
+  """score_sde adds `7 - inverse_scaler(-1)` to every bits/dim (also to the SGU toy's
+  continuous data, as the paper's Table 1 magnitudes show); "density" adds only what
+  the change of variables and 8-bit dequantization call for."""
+  centered = exp.config.data.centered
+  if exp.config.eval.nll.offset == "score_sde":
+    return 7.0 - (0.0 if centered else -1.0)
+  return likelihood.bpd_offset(centered, dequantized=exp.is_image)

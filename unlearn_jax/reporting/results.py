@@ -1,0 +1,119 @@
+"""results.json: every stage's outputs gathered into one file (the schema is in the README).
+
+    results = collect(exp, workdir)   # the report stage writes it (`stages.report`)
+
+results.json schema (documented in the README):
+  {
+    "experiment": "sgu", "data_source": "...", "dataset": "mnist",
+    "forget_classes": [3], "forget_class_names": ["3"],
+    "classifier": {"test_accuracy": 0.98} | null,
+    "models": {
+      "<stage>": {"unlearning_ratio": float, "num_samples": int, "class_histogram": [...],
+                  "confident_share": float, "confidence_threshold": float, "histogram_tv": float,
+                  "retain_histogram_tv": float, "recognised": bool,      (image data)
+                  "nll": {"retain": float, "forget": float, "unit": "bits/dim",
+                          "offset": float, "convention": "score_sde" | "density",
+                          "num_examples": int},
+                  "samples_png": "evaluate/<stage>_samples.png", "wall_time_s": float,
+                  "train_wall_time_s": float}
+    },
+    "wall_time_s": {"<stage>": float}
+  }
+Class-conditional experiments (DiMUM / DiMRA) have instead, per model,
+  {"ar_mu": float, "ar_cl": float, "frechet_distance": float, "retain_accuracy": float,
+   "confident_share": float, "confidence_threshold": float, "recognised": bool,
+   "num_samples": int, "fd_num_samples": int, "forget_class_histogram": [...],
+   "samples_png": ..., "method": "dimum", "unlearn_steps": int, "seconds_per_step": float}
+and per attack stage "attacks": {"<stage>": {"model": "<unlearn stage>", "data": "<stream>",
+   "steps": [...], "ar_dimra": [...], "ar_cl": [...], "max_ar_dimra": float,
+   "max_ar_dimra_step": int, "final_ar_dimra": float, "min_ar_cl": float,
+   "csv": "<stage>/curve.csv"}}, plus "masks": {"<stage>": {"method", "kept_fraction" | "fisher_mean"}}.
+An unlearning model whose method logs diagnostics (EraseDiff: the value gap g = loss/forget,
+lambda_t, cosines of the update with grad L_r and grad g) also has
+  "training_log": {"steps": [...], "<metric>": [...], "summary": {"<metric>": {"first", "last", "mean"}}}
+from <stage>/metrics.jsonl.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from unlearn_jax import checkpoints
+from unlearn_jax import training
+
+#: logged metrics a report keeps per unlearning stage (EraseDiff's Fig. 2 diagnostics and the losses).
+LOGGED = ("loss/forget", "loss/retain", "method/lambda_t", "method/cos_update_retain",
+          "method/cos_update_forget", "method/cos_retain_forget")
+
+
+def collect(exp, workdir: str) -> dict:
+  """Gathers every stage's outputs into the results.json structure."""
+  cfg = exp.config
+  results = {"experiment": cfg.experiment, "dataset": cfg.data.name, "data_source": exp.train.source,
+             "forget_classes": list(exp.forget_labels),
+             "forget_class_names": [exp.train.class_names[i] for i in exp.forget_labels],
+             "classifier": None, "models": {}, "wall_time_s": {}}
+  if exp.conditional:
+    results["alternative_classes"] = [int(exp.alt[c]) for c in exp.forget_labels]
+    results["attacks"], results["masks"] = {}, {}
+  for name in cfg.stage_order:
+    st = cfg.stages[name]
+    done_path = os.path.join(workdir, name, checkpoints.DONE)
+    done = checkpoints.read_json(done_path) if os.path.exists(done_path) else {}
+    if "wall_time_s" in done:
+      results["wall_time_s"][name] = done["wall_time_s"]
+    if st.kind == "classifier" and done:
+      results["classifier"] = {k: v for k, v in done.items() if "accuracy" in k or k == "loaded_from"}
+    if st.kind == "mask" and done:
+      results["masks"][name] = {k: done[k] for k in ("method", "kept_fraction", "fisher_mean") if k in done}
+    if st.kind == "attack":
+      curve_path = os.path.join(workdir, name, "curve.json")
+      if os.path.exists(curve_path):
+        results["attacks"][name] = _attack_summary(name, st, checkpoints.read_json(curve_path))
+    if st.kind == "evaluate":
+      for model in st.models:                      # the config's order: Standard, Unseen, SGU...
+        path = os.path.join(workdir, name, f"{model}.json")
+        if not os.path.exists(path):
+          continue
+        entry = checkpoints.read_json(path)
+        results["wall_time_s"][f"{name}/{model}"] = entry.get("wall_time_s")
+        train_done = os.path.join(workdir, model, checkpoints.DONE)
+        if os.path.exists(train_done):
+          td = checkpoints.read_json(train_done)
+          entry["train_wall_time_s"] = td.get("wall_time_s")
+          if td.get("steps"):
+            entry["seconds_per_step"] = td["wall_time_s"] / td["steps"]
+        mst = cfg.stages.get(model)                  # None: a task's named model ("base")
+        entry["method"] = model if mst is None else (mst.method if mst.kind == "unlearn" else mst.kind)
+        entry["unlearn_steps"] = int(mst.steps) if mst is not None and mst.kind == "unlearn" else 0
+        log = training_log(os.path.join(workdir, model))
+        if mst is not None and mst.kind == "unlearn" and \
+           any(k.startswith("method/") for k in log.get("summary", {})):
+          entry["training_log"] = log
+        results["models"][model] = entry
+  exp.task.finalize(exp, results, workdir)
+  return results
+
+
+def training_log(stage_dir: str) -> dict:
+  """The stage's logged LOGGED metrics over steps, with first / last / mean of each."""
+  rows = training.read_history(stage_dir)
+  keys = [k for k in LOGGED if rows and all(k in r for r in rows)]
+  if not keys:
+    return {}
+  out = {"steps": [r["step"] for r in rows], **{k: [r[k] for r in rows] for k in keys}}
+  out["summary"] = {k: {"first": out[k][0], "last": out[k][-1], "mean": float(np.mean(out[k]))} for k in keys}
+  return out
+
+
+def _attack_summary(name: str, st, curve: dict) -> dict:
+  steps = sorted(int(k) for k in curve)
+  ar = [curve[str(k)]["ar"] for k in steps]
+  ar_cl = [curve[str(k)]["ar_cl"] for k in steps]
+  i = int(np.nanargmax(ar)) if ar else 0
+  return {"model": st.init, "data": st.data, "steps": steps, "ar_dimra": ar, "ar_cl": ar_cl,
+          "max_ar_dimra": ar[i] if ar else float("nan"), "max_ar_dimra_step": steps[i] if ar else 0,
+          "final_ar_dimra": ar[-1] if ar else float("nan"),
+          "min_ar_cl": float(np.nanmin(ar_cl)) if ar_cl else float("nan"),
+          "csv": os.path.join(name, "curve.csv")}

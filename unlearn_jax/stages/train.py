@@ -1,0 +1,172 @@
+"""The model stages: train (Standard, Unseen, pretraining), unlearn (a method of
+`unlearning.methods`) and the optimisation of attack stages (`stages.attack`).
+
+    run(exp, name, st, workdir, hooks)    # runs or resumes <workdir>/<name>/
+
+A train stage fits the ordinary denoising loss on its stream; an unlearn stage builds its
+method's objectives and transform (`objectives`), starting from scratch (re-training) or
+from the evaluated weights of an earlier stage / directory (fine-tuning); the masks,
+frozen targets and reset weights a method takes come from its mask stage and source.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import time
+from typing import Any, Callable, Dict, Optional, Tuple
+
+import jax
+import numpy as np
+import optax
+
+from unlearn_jax import checkpoints
+from unlearn_jax import data as data_lib
+from unlearn_jax import generation
+from unlearn_jax import losses
+from unlearn_jax import models
+from unlearn_jax import train_state as ts
+from unlearn_jax import training
+from unlearn_jax.experiment import (Experiment, source_params, stage_ema_rate, evaluated_weights, stage_seed,
+                                    state_weights)
+from unlearn_jax.reporting import figures
+from unlearn_jax.stages.hooks import Hooks
+from unlearn_jax.unlearning import combine
+from unlearn_jax.unlearning import methods as methods_lib
+from unlearn_jax.unlearning import saliency
+from unlearn_jax.unlearning import scissorhands as shs_lib
+
+MASK_FILE = "mask.msgpack"
+
+
+def objectives(exp: Experiment, st) -> Tuple[Dict[str, training.Objective], Any, methods_lib.Options]:
+  """(objectives, gradient transform, options) of a train, attack or unlearn stage.
+
+  Pretraining (train) and the DiMRA attack (Eq. 7) use the ordinary loss on their
+  stream, with condition dropout for classifier-free guidance; an unlearn stage's
+  objectives come from `unlearning.methods` (no condition dropout: the
+  conditions are what is being unlearned).
+  """
+  cfg = exp.config
+  if st.kind in ("train", "attack"):
+    denoise = functools.partial(losses.denoising_loss, reduce=cfg.training.reduce)
+    drop = cfg.training.cond_drop if exp.conditional else 0.0
+    name = "retain" if st.kind == "train" else "attack"
+    return {name: training.Objective(st.data, denoise, cond_drop=drop)}, None, methods_lib.Options()
+  return methods_lib.build(st.method, st.variant, cfg, alt=exp.alt, steps=st.steps,
+                           forget=exp.forget_labels, num_classes=exp.train.num_classes,
+                           anchor_fn=exp.anchor_fn)
+
+
+def meta(exp: Experiment, name: str, st=None) -> dict:
+  ema = {} if st is None else {"ema_rate": stage_ema_rate(exp.config, st),
+                               "weights": evaluated_weights(stage_ema_rate(exp.config, st))}
+  return {"stage": name, "model": dataclasses.asdict(exp.model_cfg), **ema,
+          "model_name": exp.config.model.name, "example_shape": list(exp.example_shape),
+          "sde": exp.config.sde.to_dict(), "centered": exp.config.data.centered,
+          "output": exp.config.model.output, "data_source": exp.train.source}
+
+
+def init_state(exp: Experiment, name: str, st, tx, workdir: str, reset_mask=None) -> ts.TrainState:
+  """Random init (re-training) or the evaluated weights of a stage / directory (fine-tuning);
+  the stage's EMA starts from the same weights.
+
+  With `reset_mask` (Scissorhands), the masked weights are replaced by a fresh init.
+  """
+  cfg = exp.config
+  fresh = lambda: models.init_params(exp.module, jax.random.key(stage_seed(cfg, name)), exp.example_shape,
+                                     conditional=exp.conditional)
+  if st.init == "scratch":
+    params = fresh()
+  else:
+    params = source_params(exp, workdir, st.init)
+    if reset_mask is not None:
+      params = shs_lib.reset(params, fresh(), reset_mask)
+  return ts.create(params, tx)
+
+
+def stage_decay(cfg, st) -> str:
+  """The learning-rate decay of a train/unlearn/attack stage (its own, else config.optim's)."""
+  return st.get("decay") or cfg.optim.decay
+
+
+def step_spec(exp: Experiment, objectives, alternate: bool = False, trainable=None,
+              ema_rate: Optional[float] = None) -> training.StepSpec:
+  cfg = exp.config
+  return training.StepSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
+                           objectives=objectives, weighting=cfg.training.weighting,
+                           ema_rate=cfg.model.ema_rate if ema_rate is None else ema_rate,
+                           centered=cfg.data.centered,
+                           random_flip=cfg.data.random_flip, conditional=exp.conditional,
+                           null_label=exp.null_label, alternate=alternate, trainable=trainable)
+
+
+def with_mask(method, options: methods_lib.Options, consts: dict):
+  """A SalUn saliency mask on a method that has no mask of its own: `combine.masked()`
+  after the method's combination (e.g. SalUn's mask on CORE or EraseDiff)."""
+  if "mask" not in consts or options.mask is not None:
+    return method
+  return combine.masked() if method is None else optax.chain(method, combine.masked())
+
+
+def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
+        eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0) -> None:
+  """train / unlearn / attack: runs (or resumes) the stage's optimisation."""
+  cfg = exp.config
+  stage_dir = os.path.join(workdir, name)
+  objs, method, options = objectives(exp, st)
+  lr = options.lr if options.lr is not None else st.lr if st.lr is not None else cfg.optim.lr
+  ema_rate = stage_ema_rate(cfg, st)
+  spec = step_spec(exp, objs, options.alternate, exp.task.trainable(exp, st), ema_rate=ema_rate)
+  consts, reset_mask = {}, None
+  if st.kind == "unlearn" and st.mask:
+    mask = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE))
+    if options.mask == "fisher":
+      consts["fisher"] = mask
+    elif options.mask == "shs":
+      reset_mask = mask
+    else:
+      consts["mask"] = mask
+  if options.frozen:
+    consts["frozen"] = source_params(exp, workdir, st.init)
+  tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
+                               b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
+                               trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps,
+                               name=cfg.optim.name)
+  os.makedirs(stage_dir, exist_ok=True)
+  if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
+    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), meta(exp, name, st))
+  state = init_state(exp, name, st, tx, workdir, reset_mask)
+  seed = stage_seed(cfg, name)
+  streams = {o.stream: exp.stream(o.stream, workdir) for o in objs.values()}
+  batch = st.get("batch_size", 0) or cfg.training.batch_size
+
+  def get_batches(step):
+    return {k: data_lib.batch_at_step(ds, step, batch, seed + i,
+                                      process_index=jax.process_index(),
+                                      process_count=jax.process_count())
+            for i, (k, ds) in enumerate(sorted(streams.items()))}
+
+  def sample_hook(step, state):
+    if eval_hook is not None and eval_every and step % eval_every == 0:
+      eval_hook(step, state)
+    if cfg.training.sample_every and step % cfg.training.sample_every == 0:
+      lab = generation.grid_labels(exp, cfg.eval.grid_size)
+      x = generation.generate(exp, state_weights(state, ema_rate), cfg.eval.grid_size if lab is None else len(lab),
+                   jax.random.key(step), labels=lab)
+      figures.save_samples(os.path.join(stage_dir, "samples", f"step_{step:07d}.png"), x, exp.is_image,
+                              cols=len(x) // exp.train.num_classes if exp.conditional else None)
+
+  every = [e for e in (cfg.training.sample_every, eval_every if eval_hook else 0) if e]
+  loop = training.LoopConfig(num_steps=st.steps, batch_size=batch, seed=seed,
+                             log_every=cfg.training.log_every, ckpt_every=cfg.training.ckpt_every,
+                             sample_every=int(np.gcd.reduce(every)) if every else 0,
+                             max_to_keep=cfg.training.max_to_keep)
+  t0 = time.time()
+  final = training.train_loop(stage_dir, state, functools.partial(training.train_step, spec=spec, tx=tx),
+                              loop, get_batches, sample_hook=sample_hook, step_hook=hooks.step,
+                              stage_name=name, consts=consts)
+  if eval_hook is not None:
+    eval_hook(st.steps, final)
+  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
+                         {"steps": st.steps, "wall_time_s": time.time() - t0})

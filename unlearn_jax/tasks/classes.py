@@ -1,0 +1,264 @@
+"""Forgetting classes of a labelled data set: the SGU setting (unconditional score models
+on toy 2-D Gaussians, MNIST, CIFAR-10, ...) and the DiMUM / DiMRA setting (a
+class-conditional DDPM with classifier-free guidance).
+
+Forgetting is measured by an evaluation classifier trained on the full training set (the
+toy data: the nearest mixture component):
+  unconditional      the unlearning ratio (share of samples classified as a forgotten
+                     class, SGU Sec. 5) and the probability-flow NLL of D_g / D_f in
+                     bits/dim (SGU Tables 1-2);
+  class-conditional  AR_MU / AR_CL of forget-conditioned samples and the Fréchet distance
+                     of retain-conditioned samples to D_r on the classifier's features
+                     (DiMUM paper Table I; AR_DiMRA during attacks, Tables II-III).
+Both report the samples' quality beside every rate (`evaluation.sample_quality`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import time
+from typing import Callable, Optional
+
+import jax
+import numpy as np
+
+from unlearn_jax import data as data_lib
+from unlearn_jax import evaluation
+from unlearn_jax import generation
+from unlearn_jax import metrics
+from unlearn_jax import models
+from unlearn_jax import sde as sde_lib
+from unlearn_jax.errors import UserError, check_choice
+from unlearn_jax.experiment import Experiment, first_stage, load_params
+from unlearn_jax.reporting import figures
+from unlearn_jax.reporting import markdown
+from unlearn_jax.unlearning import dimum as dimum_lib
+
+NAME = "classes"
+#: models a stage may name besides stages and directories (none here).
+NAMED_MODELS = ()
+
+
+# ----------------------------------------------------------------------------
+# Inputs and construction.
+# ----------------------------------------------------------------------------
+def validate(config) -> None:
+  """Family-specific config checks (none beyond the common ones)."""
+  del config
+
+
+def prepare(config, workdir: str):
+  """The config with its inputs in place (nothing to prepare here)."""
+  del workdir
+  return config
+
+
+def build(config, workdir: Optional[str] = None) -> Experiment:
+  """Loads the data, splits D_f / D_r, builds the model (raises UserError; writes nothing)."""
+  del workdir
+  process = sde_lib.get_sde(config.sde.name, **config.sde.to_dict())
+  discrete = isinstance(process, sde_lib.DDPMSchedule)
+  check_choice("config.eval.sampler.kind", config.eval.sampler.kind,
+               tuple(generation.DDPM_SAMPLERS) if discrete else tuple(generation.SAMPLERS))
+  train = data_lib.load_dataset(config.data, "train")
+  test = data_lib.load_dataset(config.data, "test")
+  if train.is_image:
+    h, w, ch = train.example_shape
+    if ch != config.data.num_channels:
+      raise UserError("config.data.num_channels", config.data.num_channels,
+                      f"expected {ch}: {config.data.name} images here are {h}x{w}x{ch}")
+    if (h, w) != (config.data.image_size,) * 2:
+      raise UserError("config.data.image_size", config.data.image_size,
+                      f"expected {h}: {config.data.name} images here are {h}x{w}x{ch}")
+  forget_mask = data_lib.forget_mask(train, config.data)
+  test_forget_mask = data_lib.forget_mask(test, config.data)
+  forget_labels = tuple(sorted(set(np.asarray(train.labels)[forget_mask].tolist())))
+  streams = {"all": train, "retain": data_lib.subset(train, ~forget_mask),
+             "forget": data_lib.subset(train, forget_mask)}
+  for k, ds in streams.items():
+    if len(ds) == 0:
+      raise UserError("config.data.forget_classes", tuple(config.data.forget_classes),
+                      f"leaves the {k} set empty")
+  conditional = bool(config.model.get("conditional", False))
+  alt = dimum_lib.alternative_classes(train.num_classes, forget_labels, config.unlearn.alternative,
+                                      seed=config.seed)
+  streams["alternative"] = dimum_lib.memorization_set(streams["forget"], streams["retain"], alt,
+                                                      config.unlearn.alternative, seed=config.seed)
+  streams["test_retain"] = data_lib.subset(test, ~test_forget_mask)
+  module, model_cfg = models.build_model(config.model, train.example_shape,
+                                         train.num_classes if conditional else 0)
+  models.check_image_shape(model_cfg, train.example_shape)
+  classifier = None
+  if train.is_image and first_stage(config, "classifier"):
+    classifier = models.build_classifier(config.classifier, train.example_shape, train.num_classes)[0]
+  return Experiment(config=config, train=train, test=test, streams=streams,
+                    test_forget=data_lib.subset(test, test_forget_mask),
+                    test_retain=data_lib.subset(test, ~test_forget_mask),
+                    forget_labels=forget_labels, alt=alt, conditional=conditional,
+                    process=process, module=module, model_cfg=model_cfg, example_shape=train.example_shape,
+                    classifier=classifier)
+
+
+def check(exp: Experiment) -> None:
+  """Checks of the built experiment against the config (none beyond the common ones)."""
+  del exp
+
+
+def save(exp: Experiment) -> None:
+  """Writes what `build` computed for reuse (nothing here)."""
+  del exp
+
+
+def named_params(exp: Experiment, name: str):
+  raise KeyError(name)
+
+
+def trainable(exp: Experiment, st=None):
+  """Every parameter trains (None: no trainable-leaf mask)."""
+  del exp, st
+  return None
+
+
+# ----------------------------------------------------------------------------
+# The evaluation classifier.
+# ----------------------------------------------------------------------------
+def train_classifiers(exp: Experiment, name: str, workdir: str, fit: Callable) -> Optional[dict]:
+  """Trains the evaluation classifier on the full training set with `fit(stage_dir, module,
+  train, test, seed_offset, log_name) -> test accuracy`; None where there is none (toy data)."""
+  if exp.classifier is None:
+    return None
+  return {"test_accuracy": fit(os.path.join(workdir, name), exp.classifier, exp.train, exp.test, 0, name)}
+
+
+def classifier_params(exp: Experiment, workdir: str):
+  """The trained classifier's parameters (None without a classifier: toy data)."""
+  if not exp.is_image:
+    return None
+  return load_params(exp, os.path.join(workdir, first_stage(exp.config, "classifier")), ema=False)
+
+
+# ----------------------------------------------------------------------------
+# Measurements.
+# ----------------------------------------------------------------------------
+def sample_quality(exp: Experiment, pred: np.ndarray, conf: np.ndarray) -> dict:
+  """`evaluation.sample_quality` of classified samples against the training data, from config.eval."""
+  e = exp.config.eval
+  return evaluation.sample_quality(pred, conf, exp.train.labels, exp.train.num_classes, exp.retained_classes,
+                                   threshold=e.confidence_threshold, min_confident_share=e.min_confident_share)
+
+
+def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array) -> dict:
+  """AR (share of forget-conditioned samples classified as a forgotten class) and
+  AR_CL (share classified as the alternative class of their condition)."""
+  labels = np.resize(np.asarray(exp.forget_labels, np.int32), n)
+  x = generation.generate(exp, params, n, rng, labels=labels)
+  pred = evaluation.predict(exp.classifier.apply, clf_params, x)
+  return {"ar": metrics.attack_rate(pred, exp.forget_labels),
+          "ar_cl": float(np.mean(pred == exp.alt[labels])) if n else float("nan"),
+          "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
+          "samples": x}
+
+
+def evaluate(exp: Experiment, workdir: str, model: str, params, clf_params, rng: jax.Array,
+             out_dir: str) -> dict:
+  """One model's results.json entry (`evaluate_unconditional` / `evaluate_conditional`)."""
+  if exp.conditional:
+    res = evaluate_conditional(exp, workdir, model, params, rng, clf_params, out_dir)
+    logging.info("[%s] %s: AR_MU %.3f AR_CL %.3f FD %.3f", os.path.basename(out_dir), model, res["ar_mu"],
+                 res["ar_cl"], res["frechet_distance"])
+  else:
+    res = evaluate_unconditional(exp, workdir, model, params, rng, clf_params, out_dir)
+    logging.info("[%s] %s: %s", os.path.basename(out_dir), model,
+                 {k: res[k] for k in ("unlearning_ratio", "nll") if k in res})
+  return res
+
+
+def evaluate_unconditional(exp: Experiment, workdir: str, model: str, params, rng: jax.Array, clf_params,
+                           out_dir: str) -> dict:
+  """The unlearning ratio of `config.eval.num_samples` samples with their quality, and the
+  probability-flow NLL (bits/dim) of the first `config.eval.nll.num_examples` test images of
+  D_g and D_f (none for the discrete DDPM schedule)."""
+  cfg = exp.config
+  t0 = time.time()
+  samples = generation.generate(exp, params, cfg.eval.num_samples, jax.random.fold_in(rng, 0))
+  quality = {}
+  if exp.is_image:
+    pred, conf = evaluation.classify(exp.classifier.apply, clf_params, samples)
+    quality = sample_quality(exp, pred, conf)
+  else:
+    pred = np.asarray(data_lib.nearest_component(samples))
+  result = {"unlearning_ratio": evaluation.unlearning_ratio(pred, exp.forget_labels),
+            "num_samples": int(len(samples)),
+            "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
+            **quality}
+  ncfg = cfg.eval.nll
+  if isinstance(exp.process, sde_lib.DDPMSchedule):
+    ncfg = None                           # no probability-flow NLL for the discrete schedule
+  offset = generation.nll_offset(exp)
+  nll = {}
+  for i, (key, ds) in enumerate((("retain", exp.test_retain), ("forget", exp.test_forget)) if ncfg else ()):
+    nll_fn = generation.nll_function(exp)
+    x = ds.images[:ncfg.num_examples]
+    x = data_lib.to_float(x) if exp.is_image else np.asarray(x, np.float32)
+    nll[key] = evaluation.dataset_nll(nll_fn, params, x, jax.random.fold_in(rng, 10 + i),
+                                      batch_size=min(ncfg.batch_size, len(x)), passes=ncfg.passes,
+                                      is_image=exp.is_image, centered=cfg.data.centered)
+  if ncfg:
+    nll.update(unit="bits/dim", offset=offset, num_examples=min(ncfg.num_examples, len(exp.test_forget)),
+               convention=cfg.eval.nll.offset)
+    result["nll"] = nll
+  grid = os.path.join(out_dir, f"{model}_samples.png")
+  figures.save_samples(grid, samples[:cfg.eval.grid_size] if exp.is_image else samples,
+                       exp.is_image, labels=None if exp.is_image else pred)
+  result["samples_png"] = os.path.relpath(grid, workdir)
+  result["wall_time_s"] = time.time() - t0
+  return result
+
+
+def evaluate_conditional(exp: Experiment, workdir: str, model: str, params, rng: jax.Array, clf_params,
+                         out_dir: str) -> dict:
+  """A class-conditional model: AR_MU and AR_CL from `num_samples` samples conditioned on the
+  forgotten classes; the Fréchet distance, on the evaluation classifier's features, between
+  `fd_num_samples` samples conditioned on the retained classes and as many D_r images (not
+  Inception FID); the share of those samples classified as their own condition."""
+  cfg = exp.config
+  t0 = time.time()
+  fr = forget_rates(exp, params, clf_params, cfg.eval.num_samples, jax.random.fold_in(rng, 0))
+  n = cfg.eval.fd_num_samples
+  retain_labels = np.resize(np.asarray(exp.retained_classes, np.int32), n)
+  x = generation.generate(exp, params, n, jax.random.fold_in(rng, 1), labels=retain_labels)
+  feats = evaluation.embed(exp.classifier.apply, clf_params, x)
+  pred, conf = evaluation.classify(exp.classifier.apply, clf_params, x)
+  quality = sample_quality(exp, pred, conf)
+  ref = exp.streams["retain"]
+  ref_idx = np.random.default_rng(cfg.seed).permutation(len(ref))[:n]
+  ref_feats = evaluation.embed(exp.classifier.apply, clf_params, data_lib.to_float(ref.images[ref_idx]))
+  grid_lab = generation.grid_labels(exp, cfg.eval.grid_size)
+  grid_x = generation.generate(exp, params, len(grid_lab), jax.random.fold_in(rng, 2), labels=grid_lab)
+  grid = os.path.join(out_dir, f"{model}_samples.png")
+  figures.save_samples(grid, grid_x, exp.is_image, cols=len(grid_lab) // exp.train.num_classes)
+  return {"ar_mu": fr["ar"], "ar_cl": fr["ar_cl"], "num_samples": int(cfg.eval.num_samples),
+          "forget_class_histogram": fr["class_histogram"],
+          "frechet_distance": metrics.frechet_distance_from_features(feats, ref_feats),
+          "frechet_features": "evaluation classifier (penultimate layer)",
+          "fd_num_samples": int(n), "retain_accuracy": float(np.mean(pred == retain_labels)),
+          "confident_share": quality["confident_share"], "confidence_threshold": quality["confidence_threshold"],
+          "recognised": quality["recognised"],
+          "samples_png": os.path.relpath(grid, workdir), "wall_time_s": time.time() - t0}
+
+
+# ----------------------------------------------------------------------------
+# results.json and report.md.
+# ----------------------------------------------------------------------------
+def finalize(exp: Experiment, results: dict, workdir: str) -> None:
+  """The task's own results.json entries (none beyond the common ones)."""
+  del exp, results, workdir
+
+
+def report_tables(results: dict, workdir: str) -> list:
+  """report.md's body: the DiMUM paper's Tables I-III and curves (class-conditional), or the
+  SGU paper's Table 1 (toy data) / Table 2 (images)."""
+  if "attacks" in results:
+    return markdown.conditional_lines(results, workdir)
+  return markdown.sgu_lines(results)
+
