@@ -312,14 +312,12 @@ def test_ua_ira_cra():
     cm.ua_ira_cra(style_pred[:3], object_pred, style_true, object_true, [2])
 
 
-def test_sfid_and_total():
+def test_sfid():
   assert cm.sfid(20.0, 40.0) == pytest.approx(50.0)
   assert cm.sfid(20.0, 10.0) == 100.0
   assert cm.sfid(20.0, 20.0) == 100.0
   assert cm.sfid(20.0, 0.0) == 100.0
   assert math.isnan(cm.sfid(float("nan"), 1.0))
-  # CORE Table 1, Forget06, CORE row: 90.00 + 100.00 + 97.50 + 99.56 = 387.06
-  assert cm.total_score({"UA": 0.9, "IRA": 1.0, "CRA": 0.975}, 99.56) == pytest.approx(387.06)
 
 
 def test_topk_match_rate_and_ar_cl():

@@ -18,7 +18,7 @@ UA / IRA / CRA follow CORE's wording ("images ... conditioned on the forget
 concepts, which are incorrectly classified"; IRA / CRA are the accuracies "of
 generated images prompted with retain concepts") after Zhang et al. (2024c).
 They are fractions in [0, 1] (the papers print percentages); CORE's "Total" is
-100 (UA + IRA + CRA) + SFID (`total_score`).
+100 (UA + IRA + CRA) + SFID, on a 0-400 scale.
 
 DiMUM's attack rates (Sec. VI-B) on the style classifier's logits:
   AR_MU, AR_DiMRA  `topk_match_rate(logits, forget_style, k=3)`: an image counts as
@@ -100,11 +100,6 @@ def sfid(fid_base: float, fid_model: float) -> float:
   if fm <= 0.0:
     return 100.0
   return float(min(100.0 * max(f0, 0.0) / fm, 100.0))
-
-
-def total_score(metrics: Dict[str, float], sfid_value: float) -> float:
-  """CORE Table 1's "Total": 100 (UA + IRA + CRA) + SFID, on the 0-400 scale."""
-  return 100.0 * (metrics["UA"] + metrics["IRA"] + metrics["CRA"]) + float(sfid_value)
 
 
 def _logits(logits) -> np.ndarray:
