@@ -43,7 +43,6 @@ from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import likelihood
 from unlearn_jax import losses
-from unlearn_jax import metrics
 from unlearn_jax import models
 from unlearn_jax import report as report_lib
 from unlearn_jax import sampling
@@ -53,6 +52,7 @@ from unlearn_jax import sd_experiment as sd_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax import training
 from unlearn_jax.errors import UserError, check_choice, check_range
+from unlearn_jax.reporting import figures
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import dimum as dimum_lib
 from unlearn_jax.unlearning import methods as methods_lib
@@ -758,7 +758,7 @@ def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array) ->
   labels = np.resize(np.asarray(exp.forget_labels, np.int32), n)
   x = generate(exp, params, n, rng, labels=labels)
   pred = evaluation.predict(exp.classifier.apply, clf_params, x)
-  return {"ar": metrics.attack_rate(pred, exp.forget_labels),
+  return {"ar": evaluation.attack_rate(pred, exp.forget_labels),
           "ar_cl": float(np.mean(pred == exp.alt[labels])) if n else float("nan"),
           "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
           "samples": x}
@@ -792,7 +792,7 @@ def run_attack_stage(exp: Experiment, name: str, st, workdir: str, step_hook=Non
   run_model_stage(exp, name, st, workdir, step_hook=step_hook, eval_hook=record,
                   eval_every=st.eval_every)
   steps = sorted(int(k) for k in curve)
-  metrics.write_curve_csv(os.path.join(stage_dir, "curve.csv"), steps,
+  figures.write_curve_csv(os.path.join(stage_dir, "curve.csv"), steps,
                           {"ar_dimra": [curve[str(k)]["ar"] for k in steps],
                            "ar_cl": [curve[str(k)]["ar_cl"] for k in steps]})
 
@@ -1054,7 +1054,7 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, rng: jax.Arr
   report_lib.save_samples(grid, grid_x, exp.is_image, cols=len(grid_lab) // exp.train.num_classes)
   return {"ar_mu": fr["ar"], "ar_cl": fr["ar_cl"], "num_samples": int(cfg.eval.num_samples),
           "forget_class_histogram": fr["class_histogram"],
-          "frechet_distance": metrics.frechet_distance_from_features(feats, ref_feats),
+          "frechet_distance": evaluation.frechet_distance_from_features(feats, ref_feats),
           "frechet_features": "evaluation classifier (penultimate layer)",
           "fd_num_samples": int(n), "retain_accuracy": float(np.mean(pred == retain_labels)),
           "confident_share": quality["confident_share"], "confidence_threshold": quality["confidence_threshold"],

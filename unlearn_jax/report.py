@@ -183,7 +183,7 @@ def _pretty(name: str) -> str:
 def conditional_markdown(results: dict, workdir: str) -> list:
   """Tables shaped like the DiMUM paper's Table I (FD, AR_MU) and II/III (max AR_DiMRA),
   and AR_DiMRA curves shaped like its Figs. 5-6 (one PNG per auxiliary data set)."""
-  from unlearn_jax import metrics
+  from unlearn_jax.reporting import figures
   models, attacks = results["models"], results.get("attacks", {})
   lines = ["## After unlearning (DiMUM paper, Table I shape)", "",
            "FD: Fréchet distance between retain-class samples and D_r on the evaluation classifier's "
@@ -232,7 +232,7 @@ def conditional_markdown(results: dict, workdir: str) -> list:
           curves = {label: (log["steps"], log[key])}
         else:
           curves = {k.split("/")[-1]: (log["steps"], log[k]) for k in LOGGED[3:] if k in log}
-        metrics.plot_curves(os.path.join(workdir, png), curves, title=f"{_pretty(n)}: {label or 'cosines'}",
+        figures.plot_curves(os.path.join(workdir, png), curves, title=f"{_pretty(n)}: {label or 'cosines'}",
                             xlabel="unlearning step", ylabel=label or "cosine similarity")
         pngs.append(f"![{n} {label or 'cosines'}]({png})")
       lines.append("\n" + " ".join(pngs) + "\n")
@@ -253,7 +253,7 @@ def conditional_markdown(results: dict, workdir: str) -> list:
     for d in datas:
       curves = {_pretty(a["model"]): (a["steps"], a["ar_dimra"]) for a in attacks.values() if a["data"] == d}
       png = f"attack_curves_{d}.png"
-      metrics.plot_curves(os.path.join(workdir, png), curves, title=f"DiMRA on {STREAM_NAMES.get(d, d)}",
+      figures.plot_curves(os.path.join(workdir, png), curves, title=f"DiMRA on {STREAM_NAMES.get(d, d)}",
                           xlabel="attack step", ylabel="AR_DiMRA", ylim=(0.0, 1.0))
       lines.append(f"![{d}]({png})  CSV per attack: " +
                    ", ".join(f"`{a['csv']}`" for a in attacks.values() if a["data"] == d))
