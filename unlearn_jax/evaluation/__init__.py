@@ -2,8 +2,8 @@
 
   rates.py       on the evaluation classifier's predictions / logits (host numpy):
                  `unlearning_ratio` (SGU's UR), `attack_rate` (AR_MU, AR_DiMRA on
-                 argmax predictions), `topk_match_rate` (UnlearnCanvas AR, top-3),
-                 `ar_cl`, `top_k_attack_rate`, `top_k_classes`
+                 argmax predictions), `topk_match_rate` (the one top-k rate:
+                 UnlearnCanvas's AR is k = 3, k = 1 is `attack_rate`), `ar_cl`
   frechet.py     Fréchet distance between Gaussians fitted to classifier features:
                  `gaussian_stats`, `frechet_distance`, `frechet_distance_from_features`
   concept.py     UnlearnCanvas style unlearning: `ua_ira_cra` (UA / IRA / CRA), `sfid`
@@ -32,8 +32,6 @@ from unlearn_jax.evaluation.rates import Classes
 from unlearn_jax.evaluation.rates import Labels
 from unlearn_jax.evaluation.rates import ar_cl
 from unlearn_jax.evaluation.rates import attack_rate
-from unlearn_jax.evaluation.rates import top_k_attack_rate
-from unlearn_jax.evaluation.rates import top_k_classes
 from unlearn_jax.evaluation.rates import topk_match_rate
 from unlearn_jax.evaluation.rates import unlearning_ratio
 
@@ -41,6 +39,5 @@ __all__ = [
     "Classes", "Labels",
     "ar_cl", "attack_rate", "classifier_step", "classify", "dataset_nll", "embed",
     "frechet_distance", "frechet_distance_from_features", "gaussian_stats", "histogram_tv",
-    "predict", "sample_quality", "sfid", "top_k_attack_rate", "top_k_classes",
-    "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
+    "predict", "sample_quality", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
 ]

@@ -1,4 +1,4 @@
-"""Rates on the evaluation classifier's outputs: unlearning ratio, AR, AR_CL, top-k match.
+"""Rates on the evaluation classifier's outputs: unlearning ratio, AR, one top-k match rate, AR_CL.
 
 Host-side numpy, after the evaluation classifier has produced predictions or
 logits; nothing is jitted.
@@ -7,22 +7,23 @@ logits; nothing is jitted.
   the evaluation classifier assigns to a forgotten class (the paper uses
   N = 10,000).  For the 2-D toy mixture the "classifier" is the nearest
   mixture component (`data.nearest_component`).
-* Attack rate (DiMUM/DiMRA "accuracy rate", AR): the share of samples,
-  generated conditioned on the forgotten class, that the evaluation classifier
-  assigns to one of `target_classes`.  With the forgotten class as the target
-  it is AR_MU (after unlearning) or AR_DiMRA (during a relearning attack); with
-  the alternative class as the target it is AR_CL.  `top_k_attack_rate` is the
-  UnlearnCanvas variant: a sample counts when any of its top-k classes is a
-  target (k = 3 there).
-* DiMUM's attack rates (Sec. VI-B) on the UnlearnCanvas style classifier's logits:
-    AR_MU, AR_DiMRA  `topk_match_rate(logits, forget_style, k=3)`: an image counts as
+* Attack rate (DiMUM/DiMRA "accuracy rate", AR) on argmax predictions
+  (`attack_rate`): the share of samples, generated conditioned on the forgotten
+  class, that the evaluation classifier assigns to one of `target_classes`.
+  With the forgotten class as the target it is AR_MU (after unlearning) or
+  AR_DiMRA (during a relearning attack); with the alternative class as the
+  target it is AR_CL.  This is the class-conditional digits' AR.
+* `topk_match_rate(logits, labels, k)`: the one top-k rate; a sample counts when
+  its label (or any of its labels) is among its k best classes.  k = 1 is
+  `attack_rate` on the argmax.  UnlearnCanvas (DiMUM Sec. VI-B) uses k = 3:
+    AR_MU, AR_DiMRA  `topk_match_rate(logits, prompt_style, k=3)`: an image counts as
                      the unlearned style when that style is among the top-3 classes.
     AR_CL            `ar_cl(logits, alt_style)`: top-1 share classified as the
                      alternative style (Abstractionism).
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Union
+from typing import Sequence, Union
 
 import numpy as np
 
@@ -53,65 +54,28 @@ def _target_array(target_classes: Classes) -> np.ndarray:
   return targets
 
 
-def attack_rate(predicted: np.ndarray, target_classes: Classes,
-                top_k_predictions: Optional[np.ndarray] = None) -> float:
+def attack_rate(predicted: np.ndarray, target_classes: Classes) -> float:
   """Share of samples assigned to one of `target_classes` (the papers' AR).
 
   Args:
     predicted: int (N,) argmax predictions of the evaluation classifier.
     target_classes: a class index or a sequence of them (the forgotten class
       for AR_MU / AR_DiMRA, the alternative class for AR_CL).
-    top_k_predictions: optional int (N, k) top-k class indices per sample; when
-      given, a sample counts if any of its k classes is a target (this
-      replaces the argmax rule; N must match `predicted`).
 
   Returns:
-    The rate in [0, 1], or NaN for an empty batch.
+    The rate in [0, 1], or NaN for an empty batch.  On logits, it is
+    `topk_match_rate(logits, [target_classes], k=1)`.
   """
   targets = _target_array(target_classes)
   predicted = np.asarray(predicted)
   if predicted.ndim != 1:
     raise ValueError(f"predicted must be 1-D (N,), got shape {predicted.shape}")
-  if top_k_predictions is None:
-    hits = np.isin(predicted, targets)
-  else:
-    top_k = np.asarray(top_k_predictions)
-    if top_k.ndim != 2 or top_k.shape[0] != predicted.shape[0]:
-      raise ValueError(f"top_k_predictions must have shape ({predicted.shape[0]}, k), "
-                       f"got {top_k.shape}")
-    hits = np.isin(top_k, targets).any(axis=1)
+  hits = np.isin(predicted, targets)
   return float(np.mean(hits)) if hits.size else float("nan")
 
 
-def top_k_classes(logits: np.ndarray, k: int) -> np.ndarray:
-  """Int (N, k) indices of the k largest logits per row, best first (ties: lower index first)."""
-  logits = np.asarray(logits)
-  if logits.ndim != 2:
-    raise ValueError(f"logits must be 2-D (N, C), got shape {logits.shape}")
-  num_classes = logits.shape[1]
-  if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= k <= num_classes:
-    raise UserError("k", k, f"expected an integer in [1, {num_classes}] (the number of classes)")
-  return np.argsort(-logits, axis=1, kind="stable")[:, :k]
-
-
-def top_k_attack_rate(logits: np.ndarray, target_classes: Classes, k: int) -> float:
-  """Share of samples whose top-k classes contain a target (UnlearnCanvas uses k = 3).
-
-  Args:
-    logits: (N, C) classifier logits (or probabilities; only the order matters).
-    target_classes: a class index or a sequence of them.
-    k: how many of the best classes to look at; 1 <= k <= C.
-
-  Returns:
-    The rate in [0, 1], or NaN for an empty batch.  With k = 1 it equals
-    `attack_rate` on the argmax predictions.
-  """
-  top_k = top_k_classes(logits, k)
-  return attack_rate(top_k[:, 0], target_classes, top_k_predictions=top_k)
-
-
 # ----------------------------------------------------------------------------
-# UnlearnCanvas's top-k match rate and AR_CL (DiMUM Sec. VI-B).
+# The top-k match rate (UnlearnCanvas's AR: k = 3) and AR_CL (DiMUM Sec. VI-B).
 # ----------------------------------------------------------------------------
 def _logits(logits) -> np.ndarray:
   a = np.asarray(logits, dtype=np.float64)
@@ -121,15 +85,21 @@ def _logits(logits) -> np.ndarray:
 
 
 def topk_match_rate(logits, labels: Labels, k: int = 3) -> float:
-  """Share of rows whose label is among the row's top-k logits (DiMUM Sec. VI-B: k = 3).
+  """Share of rows with a label among the row's top-k logits (DiMUM Sec. VI-B: k = 3).
 
-  Ties rank like a stable descending sort: the label's rank is the number of
+  The one top-k rate: UnlearnCanvas's AR_MU / AR_DiMRA are k = 3 with each
+  image's prompt style as its label; k = 1 with `[target_classes]` is
+  `attack_rate` on the argmax predictions.
+
+  Ties rank like a stable descending sort: a label's rank is the number of
   logits above it plus the number of equal logits at smaller class indices, so
-  k = 1 is exactly the accuracy of `argmax`.
+  k = 1 is exactly the accuracy of `argmax` (for finite logits).
 
   Args:
-    logits: (N, C) scores (logits or probabilities).
-    labels: one label for every row, or (N,) labels.
+    logits: (N, C) scores (logits or probabilities; only the order matters).
+    labels: one label for every row (an int), (N,) one label per row, or (N, T)
+      T labels per row, a row counting when any of them is in its top k; (1, T),
+      e.g. `[forget_classes]`, gives every row the same T target classes.
     k: 1 <= k <= C.
 
   Returns:
@@ -139,19 +109,26 @@ def topk_match_rate(logits, labels: Labels, k: int = 3) -> float:
   n, c = a.shape
   if not 1 <= int(k) <= c:
     raise UserError("k", k, f"expected 1..{c} (the number of classes)")
-  y = np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,))
+  y = np.asarray(labels, dtype=np.int64)
+  if y.ndim > 2 or (y.ndim == 2 and y.shape[1] == 0):
+    raise ValueError(f"labels must be an int, (N,) or (N, T) with T >= 1, got shape {y.shape}")
+  y = np.broadcast_to(y if y.ndim == 2 else y[..., None], (n, y.shape[1] if y.ndim == 2 else 1))
   if n and (y.min() < 0 or y.max() >= c):
     raise ValueError(f"labels must be in [0, {c}), got range [{y.min()}, {y.max()}]")
   if n == 0:
     return float("nan")
-  ly = a[np.arange(n), y][:, None]
-  before = (a > ly) | ((a == ly) & (np.arange(c)[None, :] < y[:, None]))
-  return _mean(before.sum(axis=1) < int(k))
+  ly = a[np.arange(n)[:, None], y][..., None]                       # (N, T, 1) the labels' scores
+  before = (a[:, None, :] > ly) | ((a[:, None, :] == ly) & (np.arange(c) < y[..., None]))
+  return _mean((before.sum(axis=-1) < int(k)).any(axis=-1))
 
 
 def ar_cl(logits, alt_labels: Labels) -> float:
   """AR_CL (DiMUM Sec. VI-B): the share of rows whose argmax class is the alternative
-  style (one label for all rows, or (N,)); NaN for N = 0."""
+  style (one label for all rows, or (N,)); NaN for N = 0.
+
+  `topk_match_rate(logits, alt_labels, k=1)` for finite logits; kept on `np.argmax`
+  so that rows with NaNs count as before (argmax picks the first NaN).
+  """
   a = _logits(logits)
   if a.shape[0] == 0:
     return float("nan")
