@@ -24,7 +24,7 @@ jobs+=("tests/test_configs.py --deselect=tests/test_configs.py::test_config_cpu_
 # The slowest files next (measured), then the rest.
 slow=(tests/test_dimum_pipeline.py tests/test_training.py tests/test_cli.py tests/test_models.py)
 for f in "${slow[@]}"; do [ -f "$f" ] && jobs+=("$f"); done
-for f in tests/test_*.py; do
+for f in tests/test_*.py tests/*/test_*.py; do
   [[ "$f" == tests/test_configs.py || " ${slow[*]} " == *" $f "* ]] || jobs+=("$f")
 done
 
