@@ -1,14 +1,12 @@
-"""UnlearnCanvas data (`unlearn_jax.canvas`) and its concept metrics (`concept_metrics`)."""
+"""UnlearnCanvas data (`unlearn_jax.canvas`); its concept metrics are in tests/evaluation/test_concept.py."""
 from __future__ import annotations
 
-import math
 import os
 
 import numpy as np
 import pytest
 
 from unlearn_jax import canvas
-from unlearn_jax import concept_metrics as cm
 from unlearn_jax.errors import UserError
 
 STY = ("Abstractionism", "Bricks", "Monet", "Van_Gogh", "Seed_Images")
@@ -284,63 +282,3 @@ def test_anchor_prompt_table(data):
   assert t[b].tolist() == [data.prompt_id("Monet", "Cats"), data.prompt_id("Seed_Images", "Cats")]
   with pytest.raises(UserError):
     canvas.anchor_prompt_table(data, {"Van_Gogh": ("Winter",)})
-
-
-# --------------------------------------------------------------------------- #
-# Metrics.
-# --------------------------------------------------------------------------- #
-def test_ua_ira_cra():
-  # styles 0, 1, 2; style 2 forgotten.  Images:      0  1  2  3  4  5  6  7
-  style_true = np.array([0, 0, 1, 1, 2, 2, 2, 2])
-  style_pred = np.array([0, 1, 1, 1, 2, 0, 1, 0])
-  object_true = np.array([0, 1, 2, 0, 1, 2, 0, 1])
-  object_pred = np.array([0, 1, 0, 0, 1, 2, 2, 2])
-  r = cm.ua_ira_cra(style_pred, object_pred, style_true, object_true, [2])
-  assert r["UA"] == pytest.approx(3 / 4)     # images 5, 6, 7 not classified as style 2
-  assert r["IRA"] == pytest.approx(3 / 4)    # images 0, 2, 3 of 0-3 correct
-  assert r["CRA"] == pytest.approx(3 / 4)    # objects of images 0, 1, 3 of 0-3 correct
-  assert (r["n_forget"], r["n_retain"]) == (4, 4)
-  r_all = cm.ua_ira_cra(style_pred, object_pred, style_true, object_true, 2, cra_images="all")
-  assert r_all["CRA"] == pytest.approx(5 / 8)
-  # the original model: everything right -> UA 0, IRA 1, CRA 1
-  r0 = cm.ua_ira_cra(style_true, object_true, style_true, object_true, (2,))
-  assert (r0["UA"], r0["IRA"], r0["CRA"]) == (0.0, 1.0, 1.0)
-  # no forget-style images -> UA is NaN
-  rn = cm.ua_ira_cra(style_pred[:4], object_pred[:4], style_true[:4], object_true[:4], [2])
-  assert math.isnan(rn["UA"]) and rn["IRA"] == pytest.approx(3 / 4)
-  with pytest.raises(ValueError):
-    cm.ua_ira_cra(style_pred[:3], object_pred, style_true, object_true, [2])
-
-
-def test_sfid_and_total():
-  assert cm.sfid(20.0, 40.0) == pytest.approx(50.0)
-  assert cm.sfid(20.0, 10.0) == 100.0
-  assert cm.sfid(20.0, 20.0) == 100.0
-  assert cm.sfid(20.0, 0.0) == 100.0
-  assert math.isnan(cm.sfid(float("nan"), 1.0))
-  # CORE Table 1, Forget06, CORE row: 90.00 + 100.00 + 97.50 + 99.56 = 387.06
-  assert cm.total_score({"UA": 0.9, "IRA": 1.0, "CRA": 0.975}, 99.56) == pytest.approx(387.06)
-
-
-def test_topk_match_rate_and_ar_cl():
-  logits = np.array([[0.1, 0.5, 0.3, 0.2],    # order 1 2 3 0
-                     [0.9, 0.0, 0.8, 0.7],    # order 0 2 3 1
-                     [0.2, 0.2, 0.1, 0.0],    # tie: order 0 1 2 3
-                     [0.0, 0.1, 0.2, 0.3]])   # order 3 2 1 0
-  labels = np.array([2, 1, 1, 1])
-  # ranks of the labels: 1, 3, 1, 2
-  assert cm.topk_match_rate(logits, labels, k=1) == 0.0
-  assert cm.topk_match_rate(logits, labels, k=2) == pytest.approx(2 / 4)
-  assert cm.topk_match_rate(logits, labels, k=3) == pytest.approx(3 / 4)
-  assert cm.topk_match_rate(logits, labels, k=4) == 1.0
-  assert cm.topk_match_rate(logits, 0, k=1) == pytest.approx(2 / 4)  # one label for all rows
-  rng = np.random.default_rng(0)
-  z = rng.normal(size=(50, 7))
-  z[:5, 3] = z[:5, 1]  # some ties
-  y = rng.integers(0, 7, 50)
-  assert cm.topk_match_rate(z, y, k=1) == pytest.approx(np.mean(np.argmax(z, 1) == y))
-  assert cm.ar_cl(logits, 0) == pytest.approx(2 / 4)
-  assert cm.ar_cl(logits, [1, 0, 0, 3]) == 1.0
-  assert math.isnan(cm.topk_match_rate(np.zeros((0, 3)), 0)) and math.isnan(cm.ar_cl(np.zeros((0, 3)), 0))
-  with pytest.raises(UserError):
-    cm.topk_match_rate(logits, labels, k=5)

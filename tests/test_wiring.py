@@ -3,9 +3,10 @@
 Each test fails when one seam is broken: a config option that does not reach its
 method (asymmetric values: 0.3 vs 0.7, never 0.5), a data stream that is the wrong
 set or ignores the step, the forward process / posterior of the DDPM path, labels and
-guidance in the evaluate stage's sampler, the NLL's offset and dequantization, and
-1 vs 2 devices.  Models are stubs (a linear per-class map, or the exact eps of one point
-per class) so every expected value is a hand computation.
+guidance in the evaluate stage's sampler, the NLL's offset (its dequantization is tested
+in tests/evaluation/test_nll.py), and 1 vs 2 devices.  Models are stubs (a linear
+per-class map, or the exact eps of one point per class) so every expected value is a
+hand computation.
 """
 import dataclasses
 import functools
@@ -21,7 +22,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from unlearn_jax import config_lib, data as data_lib, evaluation, losses, pipeline, training
+from unlearn_jax import config_lib, data as data_lib, losses, pipeline, training
 from unlearn_jax import sde as sde_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax.unlearning import dimum, methods
@@ -569,23 +570,6 @@ def test_nll_offset_per_convention_and_centering(digits_exp, monkeypatch):
     generation.nll_function(exp)
     assert seen[-1]["offset"] == want
     assert seen[-1]["hutchinson"] == (exp.config.eval.nll.hutchinson if image else "exact")
-
-
-@pytest.mark.parametrize("centered", [False, True])
-def test_dataset_nll_dequantizes_then_scales(centered):
-  """dataset_nll feeds nll_fn scaler((U + 255 x) / 256), U ~ U[0, 1): a stub nll_fn returning its
-  input's per-example mean / min / max recovers the mean (0.5 + 255 x) / 256 and the bounds."""
-  x = np.concatenate([np.full((6, 8, 8, 1), 51 / 255), np.full((4, 8, 8, 1), 200 / 255)]).astype(np.float32)
-  sc = (lambda v: 2 * v - 1) if centered else (lambda v: v)
-  stat = lambda f: (lambda params, xb, rng: (f(xb.reshape(xb.shape[0], -1), -1),))
-  run = lambda f: evaluation.dataset_nll(stat(f), None, x, jax.random.key(0), batch_size=4, passes=2,
-                                         is_image=True, centered=centered)
-  levels = np.array([51.0] * 6 + [200.0] * 4)
-  np.testing.assert_allclose(run(jnp.mean), sc((0.5 + levels) / 256).mean(), atol=3e-4)
-  assert sc(levels / 256).mean() <= run(jnp.min) and run(jnp.max) < sc((levels + 1) / 256).mean()
-  assert run(jnp.max) - run(jnp.min) > sc(0.5 / 256) - sc(0.0)           # the noise is there
-  toy = evaluation.dataset_nll(stat(jnp.mean), None, x, jax.random.key(0), batch_size=4, is_image=False)
-  np.testing.assert_allclose(toy, levels.mean() / 255, rtol=1e-6)         # toy data as is
 
 
 # ============================================================================ 4. 1 device vs 2

@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-from unlearn_jax import metrics
+from unlearn_jax.reporting import figures
 from unlearn_jax.reporting.results import LOGGED
 
 PRETTY = {"standard": "Standard", "unseen": "Unseen", "sgu_orthogonal": "SGU-Orthogonal",
@@ -114,7 +114,7 @@ def dimum_tables(results: dict, workdir: str) -> list:
           curves = {label: (log["steps"], log[key])}
         else:
           curves = {k.split("/")[-1]: (log["steps"], log[k]) for k in LOGGED[3:] if k in log}
-        metrics.plot_curves(os.path.join(workdir, png), curves, title=f"{pretty(n)}: {label or 'cosines'}",
+        figures.plot_curves(os.path.join(workdir, png), curves, title=f"{pretty(n)}: {label or 'cosines'}",
                             xlabel="unlearning step", ylabel=label or "cosine similarity")
         pngs.append(f"![{n} {label or 'cosines'}]({png})")
       lines.append("\n" + " ".join(pngs) + "\n")
@@ -135,7 +135,7 @@ def dimum_tables(results: dict, workdir: str) -> list:
     for d in datas:
       curves = {pretty(a["model"]): (a["steps"], a["ar_dimra"]) for a in attacks.values() if a["data"] == d}
       png = f"attack_curves_{d}.png"
-      metrics.plot_curves(os.path.join(workdir, png), curves, title=f"DiMRA on {STREAM_NAMES.get(d, d)}",
+      figures.plot_curves(os.path.join(workdir, png), curves, title=f"DiMRA on {STREAM_NAMES.get(d, d)}",
                           xlabel="attack step", ylabel="AR_DiMRA", ylim=(0.0, 1.0))
       lines.append(f"![{d}]({png})  CSV per attack: " +
                    ", ".join(f"`{a['csv']}`" for a in attacks.values() if a["data"] == d))

@@ -7,7 +7,7 @@ import os
 import jax
 
 from unlearn_jax import checkpoints
-from unlearn_jax import metrics
+from unlearn_jax.reporting import figures
 from unlearn_jax import train_state as ts
 from unlearn_jax.experiment import Experiment, source_params, stage_ema_rate, stage_seed, state_weights
 from unlearn_jax.stages import train as train_stage
@@ -43,6 +43,6 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
   record(0, source_params(exp, workdir, st.init))
   train_stage.run(exp, name, st, workdir, hooks, eval_hook=record, eval_every=st.eval_every)
   steps = sorted(int(k) for k in curve)
-  metrics.write_curve_csv(os.path.join(stage_dir, "curve.csv"), steps,
+  figures.write_curve_csv(os.path.join(stage_dir, "curve.csv"), steps,
                           {"ar_dimra": [curve[str(k)]["ar"] for k in steps],
                            "ar_cl": [curve[str(k)]["ar_cl"] for k in steps]})

@@ -25,7 +25,6 @@ import numpy as np
 from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import generation
-from unlearn_jax import metrics
 from unlearn_jax import models
 from unlearn_jax import sde as sde_lib
 from unlearn_jax.errors import UserError, check_choice
@@ -153,7 +152,7 @@ def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array) ->
   labels = np.resize(np.asarray(exp.forget_labels, np.int32), n)
   x = generation.generate(exp, params, n, rng, labels=labels)
   pred = evaluation.predict(exp.classifier.apply, clf_params, x)
-  return {"ar": metrics.attack_rate(pred, exp.forget_labels),
+  return {"ar": evaluation.attack_rate(pred, exp.forget_labels),
           "ar_cl": float(np.mean(pred == exp.alt[labels])) if n else float("nan"),
           "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
           "samples": x}
@@ -239,7 +238,7 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, params, rng:
   figures.save_samples(grid, grid_x, exp.is_image, cols=len(grid_lab) // exp.train.num_classes)
   return {"ar_mu": fr["ar"], "ar_cl": fr["ar_cl"], "num_samples": int(cfg.eval.num_samples),
           "forget_class_histogram": fr["class_histogram"],
-          "frechet_distance": metrics.frechet_distance_from_features(feats, ref_feats),
+          "frechet_distance": evaluation.frechet_distance_from_features(feats, ref_feats),
           "frechet_features": "evaluation classifier (penultimate layer)",
           "fd_num_samples": int(n), "retain_accuracy": float(np.mean(pred == retain_labels)),
           "confident_share": quality["confident_share"], "confidence_threshold": quality["confidence_threshold"],

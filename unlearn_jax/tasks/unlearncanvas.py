@@ -43,11 +43,9 @@ import numpy as np
 
 from unlearn_jax import canvas
 from unlearn_jax import checkpoints
-from unlearn_jax import concept_metrics
 from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import generation
-from unlearn_jax import metrics
 from unlearn_jax import models
 from unlearn_jax import sde as sde_lib
 from unlearn_jax.config_lib import UNLEARNCANVAS as DATA_NAME
@@ -423,9 +421,9 @@ def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = 
   x = decode(ctx, generation.generate(exp, params, n, rng, labels=labels))
   logits, _ = classify(ctx, "style", clf["style"], x)
   style_true = ctx.data.prompt_style[labels]
-  out = {"ar": concept_metrics.topk_match_rate(logits, style_true, k=3),
-         "ar_top1": concept_metrics.topk_match_rate(logits, style_true, k=1),
-         "ar_cl": concept_metrics.ar_cl(logits, np.full(len(labels), ctx.alt_style_id)),
+  out = {"ar": evaluation.topk_match_rate(logits, style_true, k=3),
+         "ar_top1": evaluation.topk_match_rate(logits, style_true, k=1),
+         "ar_cl": evaluation.ar_cl(logits, np.full(len(labels), ctx.alt_style_id)),
          "class_histogram": np.bincount(np.argmax(logits, -1), minlength=len(ctx.data.styles)).tolist()}
   if keep_samples:
     out.update(samples=x, labels=labels, style_logits=logits)
@@ -447,8 +445,8 @@ def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
   s_logits = np.concatenate([fr["style_logits"], r_logits])
   o_logits, _ = classify(ctx, "object", clf["object"], x)
   style_true, object_true = ctx.data.prompt_style[labels], ctx.data.prompt_object[labels]
-  result = concept_metrics.ua_ira_cra(np.argmax(s_logits, -1), np.argmax(o_logits, -1), style_true,
-                                      object_true, ctx.forget_style_ids)
+  result = evaluation.ua_ira_cra(np.argmax(s_logits, -1), np.argmax(o_logits, -1), style_true,
+                                 object_true, ctx.forget_style_ids)
   real = ctx.data.images[np.isin(ctx.data.style_ids, ctx.forget_style_ids, invert=True)]
   real = real[np.random.default_rng(cfg.seed).permutation(len(real))[:n]]
   _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(real))
@@ -461,7 +459,7 @@ def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
       "ar_mu": fr["ar"], "ar_mu_top1": fr["ar_top1"], "ar_cl": fr["ar_cl"],
       "num_samples": int(cfg.eval.num_samples), "fd_num_samples": int(n),
       "forget_class_histogram": fr["class_histogram"],
-      "frechet_distance": metrics.frechet_distance_from_features(feats, ref),
+      "frechet_distance": evaluation.frechet_distance_from_features(feats, ref),
       "frechet_features": "style classifier (penultimate layer), generated retained-style vs real images",
       "retain_accuracy": result.get("ira", float("nan")),
       "forget_styles": list(ctx.forget_styles), "alt_style": ctx.data.styles[ctx.alt_style_id],
@@ -494,7 +492,7 @@ def add_sfid(results: dict, base: str) -> None:
   fd0 = models_[base].get("frechet_distance")
   for entry in models_.values():
     if fd0 is not None and entry.get("frechet_distance") is not None:
-      entry["sfid"] = concept_metrics.sfid(fd0, entry["frechet_distance"])
+      entry["sfid"] = evaluation.sfid(fd0, entry["frechet_distance"])
 
 
 #: at most this many of the data's images are reconstructed for `autoencoder_summary`.

@@ -1,18 +1,14 @@
-"""Evaluation: the classifier used to judge samples, the unlearning ratio, NLL over data sets.
+"""The evaluation classifier: its training step, predictions, features, and sample quality.
 
-* Unlearning ratio (SGU Sec. 4.1, "UR"): the share of N generated samples that
-  the evaluation classifier assigns to a forgotten class (the paper uses
-  N = 10,000).  For the 2-D toy mixture the "classifier" is the nearest
-  mixture component (`data.nearest_component`).
+* `classifier_step`: one cross-entropy step (pure; pmapped by the train loop).
+* `predict` / `classify` / `embed`: batched, jitted inference on images in
+  [0, 1]; one jit per (kind, apply_fn), cached in `_JITTED`.
 * Sample quality beside every rate (`sample_quality`): the share of samples the
   classifier assigns to a class with probability >= 0.9, and the total-variation
   distance of the samples' class histogram from the data's (over all classes, and
   over the retained classes only, renormalised).  A rate computed on samples the
   classifier does not recognise measures nothing; `recognised` says whether the
   confident share reaches `config.eval.min_confident_share`.
-* NLL: bits/dim of test data of the retained and the forgotten classes under
-  the probability-flow ODE (`likelihood.get_likelihood_fn`), image data
-  uniformly dequantized, with score_sde's offset convention.
 """
 from __future__ import annotations
 
@@ -23,14 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from unlearn_jax import data as data_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax import training
 
 
-# ----------------------------------------------------------------------------
-# The evaluation classifier.
-# ----------------------------------------------------------------------------
 def classifier_step(state: ts.TrainState, batches, rng, consts=None, *, apply_fn: Callable, tx,
                     axis_name: Optional[str] = None):
   """One cross-entropy step of the evaluation classifier (pure; pmapped by the train loop)."""
@@ -122,39 +114,3 @@ def embed(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) ->
   f = _jitted("embed", apply_fn)
   out = [np.asarray(f(params, x01[i:i + batch_size])) for i in range(0, len(x01), batch_size)]
   return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
-
-
-def unlearning_ratio(predicted: np.ndarray, forget_labels: Sequence[int]) -> float:
-  """Share of samples assigned to any of the forgotten classes."""
-  return float(np.mean(np.isin(predicted, np.asarray(forget_labels)))) if len(predicted) else float("nan")
-
-
-# ----------------------------------------------------------------------------
-# NLL over a data set.
-# ----------------------------------------------------------------------------
-def dataset_nll(nll_fn: Callable, params, x: np.ndarray, rng: jax.Array, *, batch_size: int,
-                passes: int = 1, is_image: bool = True, centered: bool = False) -> float:
-  """Mean bits/dim of `x` over `passes` passes (fresh dequantization and Hutchinson noise each).
-
-  `nll_fn(params, x, rng) -> (bpd_B, ...)` from `likelihood.get_likelihood_fn`;
-  image data `x` in [0, 1] is dequantized as (U + 255 x) / 256 then scaled
-  (score_sde's convention); toy data is used as is.  The last partial batch
-  is padded (by repetition) so the jitted function sees one shape.
-  """
-  n = len(x)
-  total, count = 0.0, 0
-  for p in range(passes):
-    for i in range(0, n, batch_size):
-      chunk = x[i:i + batch_size]
-      m = len(chunk)
-      if m < batch_size:
-        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], batch_size - m, 0)])
-      key = jax.random.fold_in(jax.random.fold_in(rng, p), i)
-      k_deq, k_nll = jax.random.split(key)
-      xb = jnp.asarray(chunk)
-      if is_image:
-        xb = data_lib.scaler(data_lib.dequantize(k_deq, xb), centered)
-      bpd = np.asarray(nll_fn(params, xb, k_nll)[0])[:m]
-      total += float(bpd.sum())
-      count += m
-  return total / max(count, 1)

@@ -18,13 +18,10 @@ UA / IRA / CRA follow CORE's wording ("images ... conditioned on the forget
 concepts, which are incorrectly classified"; IRA / CRA are the accuracies "of
 generated images prompted with retain concepts") after Zhang et al. (2024c).
 They are fractions in [0, 1] (the papers print percentages); CORE's "Total" is
-100 (UA + IRA + CRA) + SFID (`total_score`).
+100 (UA + IRA + CRA) + SFID, on a 0-400 scale.
 
-DiMUM's attack rates (Sec. VI-B) on the style classifier's logits:
-  AR_MU, AR_DiMRA  `topk_match_rate(logits, forget_style, k=3)`: an image counts as
-                   the unlearned style when that style is among the top-3 classes.
-  AR_CL            `ar_cl(logits, alt_style)`: top-1 share classified as the
-                   alternative style (Abstractionism).
+DiMUM's attack rates on the style classifier's logits (AR_MU top-3, AR_CL) are in
+`evaluation.rates`.
 """
 from __future__ import annotations
 
@@ -33,7 +30,7 @@ from typing import Dict, Sequence, Union
 
 import numpy as np
 
-from unlearn_jax.errors import UserError, check_choice
+from unlearn_jax.errors import check_choice
 
 Labels = Union[int, Sequence[int], np.ndarray]
 
@@ -100,54 +97,3 @@ def sfid(fid_base: float, fid_model: float) -> float:
   if fm <= 0.0:
     return 100.0
   return float(min(100.0 * max(f0, 0.0) / fm, 100.0))
-
-
-def total_score(metrics: Dict[str, float], sfid_value: float) -> float:
-  """CORE Table 1's "Total": 100 (UA + IRA + CRA) + SFID, on the 0-400 scale."""
-  return 100.0 * (metrics["UA"] + metrics["IRA"] + metrics["CRA"]) + float(sfid_value)
-
-
-def _logits(logits) -> np.ndarray:
-  a = np.asarray(logits, dtype=np.float64)
-  if a.ndim != 2:
-    raise ValueError(f"logits must be 2-D (N, C), got shape {a.shape}")
-  return a
-
-
-def topk_match_rate(logits, labels: Labels, k: int = 3) -> float:
-  """Share of rows whose label is among the row's top-k logits (DiMUM Sec. VI-B: k = 3).
-
-  Ties rank like a stable descending sort: the label's rank is the number of
-  logits above it plus the number of equal logits at smaller class indices, so
-  k = 1 is exactly the accuracy of `argmax`.
-
-  Args:
-    logits: (N, C) scores (logits or probabilities).
-    labels: one label for every row, or (N,) labels.
-    k: 1 <= k <= C.
-
-  Returns:
-    The rate in [0, 1], NaN for N = 0.
-  """
-  a = _logits(logits)
-  n, c = a.shape
-  if not 1 <= int(k) <= c:
-    raise UserError("k", k, f"expected 1..{c} (the number of classes)")
-  y = np.broadcast_to(np.asarray(labels, dtype=np.int64), (n,))
-  if n and (y.min() < 0 or y.max() >= c):
-    raise ValueError(f"labels must be in [0, {c}), got range [{y.min()}, {y.max()}]")
-  if n == 0:
-    return float("nan")
-  ly = a[np.arange(n), y][:, None]
-  before = (a > ly) | ((a == ly) & (np.arange(c)[None, :] < y[:, None]))
-  return _mean(before.sum(axis=1) < int(k))
-
-
-def ar_cl(logits, alt_labels: Labels) -> float:
-  """AR_CL (DiMUM Sec. VI-B): the share of rows whose argmax class is the alternative
-  style (one label for all rows, or (N,)); NaN for N = 0."""
-  a = _logits(logits)
-  if a.shape[0] == 0:
-    return float("nan")
-  y = np.broadcast_to(np.asarray(alt_labels, dtype=np.int64), (a.shape[0],))
-  return _mean(np.argmax(a, axis=1) == y)

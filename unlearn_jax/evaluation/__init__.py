@@ -1,0 +1,43 @@
+"""Evaluation: how a run judges a model.  Callers write `evaluation.X`.
+
+  rates.py       on the evaluation classifier's predictions / logits (host numpy):
+                 `unlearning_ratio` (SGU's UR), `attack_rate` (AR_MU, AR_DiMRA on
+                 argmax predictions), `topk_match_rate` (the one top-k rate:
+                 UnlearnCanvas's AR is k = 3, k = 1 is `attack_rate`), `ar_cl`
+  frechet.py     Fréchet distance between Gaussians fitted to classifier features:
+                 `gaussian_stats`, `frechet_distance`, `frechet_distance_from_features`
+  concept.py     UnlearnCanvas style unlearning: `ua_ira_cra` (UA / IRA / CRA), `sfid`
+  nll.py         `dataset_nll`: bits/dim of a data set under the probability-flow ODE
+  classifier.py  the evaluation classifier: `classifier_step` (training), `predict`,
+                 `classify`, `embed` (jitted once per classifier), `sample_quality`,
+                 `histogram_tv`
+
+Imports point downward only (data, train_state, training, errors); nothing here
+imports pipeline, report or sd_experiment.  Curve CSVs and plots are in
+`unlearn_jax.reporting.figures`.
+"""
+from unlearn_jax.evaluation.classifier import classifier_step
+from unlearn_jax.evaluation.classifier import classify
+from unlearn_jax.evaluation.classifier import embed
+from unlearn_jax.evaluation.classifier import histogram_tv
+from unlearn_jax.evaluation.classifier import predict
+from unlearn_jax.evaluation.classifier import sample_quality
+from unlearn_jax.evaluation.concept import sfid
+from unlearn_jax.evaluation.concept import ua_ira_cra
+from unlearn_jax.evaluation.frechet import frechet_distance
+from unlearn_jax.evaluation.frechet import frechet_distance_from_features
+from unlearn_jax.evaluation.frechet import gaussian_stats
+from unlearn_jax.evaluation.nll import dataset_nll
+from unlearn_jax.evaluation.rates import Classes
+from unlearn_jax.evaluation.rates import Labels
+from unlearn_jax.evaluation.rates import ar_cl
+from unlearn_jax.evaluation.rates import attack_rate
+from unlearn_jax.evaluation.rates import topk_match_rate
+from unlearn_jax.evaluation.rates import unlearning_ratio
+
+__all__ = [
+    "Classes", "Labels",
+    "ar_cl", "attack_rate", "classifier_step", "classify", "dataset_nll", "embed",
+    "frechet_distance", "frechet_distance_from_features", "gaussian_stats", "histogram_tv",
+    "predict", "sample_quality", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
+]
