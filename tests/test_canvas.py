@@ -170,21 +170,14 @@ def test_scan_errors(tmp_path):
 # --------------------------------------------------------------------------- #
 # Forget / retain prompts, alternatives, anchors.
 # --------------------------------------------------------------------------- #
-def test_forget_retained_prompts(tree, data):
-  f = canvas.forget_prompts(data, "Van_Gogh")
-  r = canvas.retained_prompts(data, "Van_Gogh")
-  vg = data.styles.index("Van_Gogh")
-  assert f.tolist() == [vg * 3, vg * 3 + 1, vg * 3 + 2]
-  assert sorted(f.tolist() + r.tolist()) == list(range(data.num_prompts))
-  mask = canvas.forget_mask(data, ["Van_Gogh", "Monet"])
-  np.testing.assert_array_equal(mask, np.isin(data.style_ids, [vg, data.styles.index("Monet")]))
+def test_forget_styles_are_checked_against_the_loaded_data(tree, data):
   for bad in ("Winter", "Forget06", "Seed_Images"):
     with pytest.raises(UserError) as e:
-      canvas.forget_prompts(data, bad)
+      canvas.alternative_prompts(data, bad, "Abstractionism")
     assert e.value.field == "config.data.forget_styles"
   two = canvas.load(tree, image_size=8, styles="Monet,Van_Gogh", objects="Cats")
   with pytest.raises(UserError) as e:  # nothing left to retain
-    canvas.retained_prompts(two, "Monet,Van_Gogh")
+    canvas.alternative_prompts(two, "Monet,Van_Gogh", "Monet")
   assert e.value.field == "config.data.forget_styles"
 
 

@@ -86,7 +86,8 @@ def test_celeb_a_attribute_crop_resize_and_split():
   # center crop 140 of 218x178: rows 39..178, cols 19..158, then resize.
   np.testing.assert_array_equal(ds.images[0], data.prepare_image(first[39:179, 19:159], 16))
   assert 0 < attr.sum() < 10  # the mock draws both values (deterministically)
-  forget, retain = data.split_forget_retain(ds, cfg)
+  mask = data.forget_mask(ds, cfg)
+  forget, retain = data.subset(ds, mask), data.subset(ds, ~mask)
   assert forget.attributes.all() and not retain.attributes.any()
   assert len(forget) == attr.sum() and len(forget) + len(retain) == 10
 
@@ -197,7 +198,8 @@ def test_forget_retain_partition(classes):
   idx = {c if isinstance(c, int) else "abc".index(c) for c in classes}
   mask = data.forget_mask(ds, cfg)
   np.testing.assert_array_equal(mask, np.isin(ds.labels, list(idx)))
-  forget, retain = data.split_forget_retain(ds, cfg)
+  mask = data.forget_mask(ds, cfg)
+  forget, retain = data.subset(ds, mask), data.subset(ds, ~mask)
   assert set(forget.labels) == idx and not set(retain.labels) & idx
   assert len(forget) + len(retain) == len(ds)
   rows = sorted(im.tobytes() for im in np.concatenate([forget.images, retain.images]))
@@ -303,17 +305,3 @@ def test_toy_batches_are_raw_float():
   ds = data.load_dataset(make_cfg(name="toy_gmm", toy_num_samples=30), "train")
   b = data.batch_at_step(ds, 0, 6, seed=0)
   np.testing.assert_array_equal(b["x"], ds.images[data.batch_indices(30, 0, 6, 0)])
-
-
-@pytest.mark.parametrize("prefetch", [0, 2])
-def test_batches_iterator_resumes(prefetch):
-  ds = toy_ds(10)
-  got = list(data.batches(ds, 3, 4, seed=2, num_steps=4, prefetch=prefetch))
-  assert len(got) == 4
-  for k, b in enumerate(got):
-    np.testing.assert_array_equal(b["labels"], data.batch_at_step(ds, 3 + k, 4, 2)["labels"])
-    np.testing.assert_array_equal(b["x"], data.batch_at_step(ds, 3 + k, 4, 2)["x"])
-  it = data.batches(ds, 0, 4, seed=2, prefetch=prefetch)  # endless; closing stops the thread
-  first = next(it)
-  it.close()
-  np.testing.assert_array_equal(first["x"], data.batch_at_step(ds, 0, 4, 2)["x"])

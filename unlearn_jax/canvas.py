@@ -35,6 +35,7 @@ import re
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+from PIL import Image
 
 from unlearn_jax.errors import UserError, check_choice
 
@@ -342,7 +343,6 @@ class CanvasData:
 
 def _read_image(path: str, image_size: int) -> np.ndarray:
   """RGB uint8 (image_size, image_size, 3): center square crop, then bicubic resize."""
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   with Image.open(path) as img:
     if img.format == "JPEG":
       img.draft("RGB", (image_size, image_size))  # DCT-domain downscale, >= the target size
@@ -474,7 +474,6 @@ def write_fake_tree(root: str, styles=STYLES[:4], objects=OBJECTS[:3], *, n_imag
   OBJECTS).  Images vary by texture phase, shape position and scale, and pixel
   noise, seeded by (seed, style, object, idx).  Returns `root`.
   """
-  from PIL import Image  # pylint: disable=g-import-not-at-top
   style_names = resolve_styles(styles, field="styles", allowed=ALL_STYLES)
   object_names = resolve_objects(objects, field="objects")
   if n_images < 1 or size < 8:
@@ -507,26 +506,6 @@ def _loaded_forget(data: CanvasData, forget_styles) -> Tuple[str, ...]:
   if len(forget) == len(data.styles):
     raise UserError("config.data.forget_styles", forget_styles, "leaves no style to retain")
   return forget
-
-
-def forget_prompts(data: CanvasData, forget_styles) -> np.ndarray:
-  """int32 ids of the prompts whose style is forgotten."""
-  forget = _loaded_forget(data, forget_styles)
-  is_f = np.isin(data.prompt_style, [data.styles.index(s) for s in forget])
-  return np.flatnonzero(is_f).astype(np.int32)
-
-
-def retained_prompts(data: CanvasData, forget_styles) -> np.ndarray:
-  """int32 ids of the prompts whose style is retained."""
-  forget = _loaded_forget(data, forget_styles)
-  is_f = np.isin(data.prompt_style, [data.styles.index(s) for s in forget])
-  return np.flatnonzero(~is_f).astype(np.int32)
-
-
-def forget_mask(data: CanvasData, forget_styles) -> np.ndarray:
-  """bool (N,): the images of forgotten styles (D_f); the rest is D_r."""
-  forget = _loaded_forget(data, forget_styles)
-  return np.isin(data.style_ids, [data.styles.index(s) for s in forget])
 
 
 def alternative_prompts(data: CanvasData, forget_styles, alt_style: str = DIMUM_ALT_STYLE

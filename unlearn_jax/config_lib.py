@@ -247,6 +247,27 @@ def digits_ddpm(cpu: bool = False) -> ml_collections.ConfigDict:
   return c
 
 
+def _unlearn_stages(stages, order: list, methods, init: str, steps_of, extra_of=lambda m: {},
+                    mask_steps: int = 0) -> list:
+  """Adds, per method (or "method:variant", a stage `method_variant` with that variant), a
+  mask stage where the method takes one (`MASK_OF`, shared by its variants) and the unlearn
+  stage from `init` with `steps_of(m)` steps and `extra_of(m)` fields; returns their names."""
+  names = []
+  for entry in methods:
+    m, _, variant = entry.partition(":")
+    name = f"{m}_{variant}" if variant else m
+    kw = dict(extra_of(m))
+    if m in MASK_OF:
+      if f"{m}_mask" not in stages:
+        stages[f"{m}_mask"] = stage("mask", method=MASK_OF[m], init=init, steps=mask_steps)
+        order.append(f"{m}_mask")
+      kw["mask"] = f"{m}_mask"
+    stages[name] = stage("unlearn", method=m, variant=variant, init=init, steps=steps_of(m), **kw)
+    order.append(name)
+    names.append(name)
+  return names
+
+
 def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, eval_every: int,
                  methods=DIMUM_METHODS, attack_data=("retain",), pretrained: str = "",
                  sfron_steps: int = 0, synthetic: int = -1, mask_batches: int = 0,
@@ -267,20 +288,9 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
     stages.pretrained = stage("train", data="all", steps=pretrain_steps)
     order.append("pretrained")
   lr_kw = {} if unlearn_lr is None else {"lr": unlearn_lr}
-  names = []
-  for entry in methods:
-    m, _, variant = entry.partition(":")
-    name = f"{m}_{variant}" if variant else m
-    steps = sfron_steps if (m == "sfron" and sfron_steps) else unlearn_steps
-    kw = {}
-    if m in MASK_OF:
-      if f"{m}_mask" not in stages:
-        stages[f"{m}_mask"] = stage("mask", method=MASK_OF[m], init=init, steps=mask_batches)
-        order.append(f"{m}_mask")
-      kw["mask"] = f"{m}_mask"
-    stages[name] = stage("unlearn", method=m, variant=variant, init=init, steps=steps, **kw, **lr_kw)
-    order.append(name)
-    names.append(name)
+  names = _unlearn_stages(stages, order, methods, init,
+                          lambda m: sfron_steps if (m == "sfron" and sfron_steps) else unlearn_steps,
+                          lambda m: lr_kw, mask_steps=mask_batches)
   models = (() if pretrained else ("pretrained",)) + tuple(names)
   stages.evaluate = stage("evaluate", models=models)
   order.append("evaluate")
@@ -417,23 +427,9 @@ def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batc
     stages.pretrained = stage("train", data="all", init="base", steps=pretrain_steps, trainable="all")
     order.append("pretrained")
     init = "pretrained"
-  for entry in methods:
-    m, _, variant = entry.partition(":")
-    name = f"{m}_{variant}" if variant else m
-    kw = {}
-    if m in lr:
-      kw["lr"] = lr[m]
-    if m in batch:
-      kw["batch_size"] = batch[m]
-    if m in MASK_OF:
-      if f"{m}_mask" not in stages:
-        stages[f"{m}_mask"] = stage("mask", method=MASK_OF[m], init=init)
-        order.append(f"{m}_mask")
-      kw["mask"] = f"{m}_mask"
-    stages[name] = stage("unlearn", method=m, variant=variant, init=init, steps=steps.get(m, default_steps),
-                         **kw)
-    order.append(name)
-    names.append(name)
+  names += _unlearn_stages(stages, order, methods, init, lambda m: steps.get(m, default_steps),
+                           lambda m: {**({"lr": lr[m]} if m in lr else {}),
+                                      **({"batch_size": batch[m]} if m in batch else {})})
   stages.evaluate = stage("evaluate", models=(init,) + tuple(names))
   order.append("evaluate")
   if attack_steps:

@@ -34,13 +34,12 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import queue
-import threading
-from typing import Callable, Dict, Iterator, Optional, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from PIL import Image
 
 from unlearn_jax.errors import UserError, check_choice
 
@@ -194,7 +193,6 @@ def prepare_image(image: np.ndarray, size: int, crop: int = 0) -> np.ndarray:
     image = image[top:top + crop, left:left + crop]
   if image.shape[0] == size and image.shape[1] == size:
     return np.asarray(image, np.uint8)
-  from PIL import Image
   channels = image.shape[-1]
   pil = Image.fromarray(image[..., 0] if channels == 1 else image)
   out = np.asarray(pil.resize((size, size), Image.Resampling.BILINEAR), np.uint8)
@@ -486,12 +484,6 @@ def subset(ds: Dataset, mask) -> Dataset:
   return dataclasses.replace(ds, images=ds.images[mask], labels=ds.labels[mask], attributes=attrs)
 
 
-def split_forget_retain(ds: Dataset, data_cfg) -> Tuple[Dataset, Dataset]:
-  """(D_f, D_r): the forget set and its complement."""
-  mask = forget_mask(ds, data_cfg)
-  return subset(ds, mask), subset(ds, ~mask)
-
-
 # --------------------------------------------------------------------------- #
 # Preprocessing (score_sde conventions).
 # --------------------------------------------------------------------------- #
@@ -567,62 +559,3 @@ def batch_at_step(ds: Dataset, step: int, batch_size: int, seed: int, *,
   x = ds.images[idx]
   x = to_float(x) if ds.is_image else np.asarray(x, np.float32)
   return {"x": x, "labels": ds.labels[idx]}
-
-
-_DONE = object()
-
-
-def batches(ds: Dataset, start_step: int, batch_size: int, seed: int, *,
-            process_index: int = 0, process_count: int = 1,
-            num_steps: Optional[int] = None, prefetch: int = 2) -> Iterator[Dict[str, np.ndarray]]:
-  """Yields batch_at_step(ds, s, ...) for s = start_step, start_step + 1, ...
-
-  Stops after `num_steps` batches (None: never).  A background thread keeps
-  `prefetch` batches ready (0: no thread).  Closing the generator stops it.
-  """
-  end = None if num_steps is None else start_step + num_steps
-  make = functools.partial(batch_at_step, ds, batch_size=batch_size, seed=seed,
-                           process_index=process_index, process_count=process_count)
-  if prefetch <= 0:
-    step = start_step
-    while end is None or step < end:
-      yield make(step=step)
-      step += 1
-    return
-
-  q: queue.Queue = queue.Queue(maxsize=prefetch)
-  stop = threading.Event()
-
-  def put(item) -> bool:
-    while not stop.is_set():
-      try:
-        q.put(item, timeout=0.05)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def worker():
-    step = start_step
-    try:
-      while end is None or step < end:
-        if not put(make(step=step)):
-          return
-        step += 1
-      put(_DONE)
-    except BaseException as e:  # noqa: BLE001 - re-raised in the consumer
-      put(e)
-
-  thread = threading.Thread(target=worker, name="unlearn_jax-batches", daemon=True)
-  thread.start()
-  try:
-    while True:
-      item = q.get()
-      if item is _DONE:
-        return
-      if isinstance(item, BaseException):
-        raise item
-      yield item
-  finally:
-    stop.set()
-    thread.join(timeout=5.0)

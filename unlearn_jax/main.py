@@ -13,8 +13,16 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import logging as std_logging  # noqa: E402
+
+import jax  # noqa: E402
+import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
+
+from unlearn_jax import pipeline  # noqa: E402
+from unlearn_jax import training  # noqa: E402
+from unlearn_jax.errors import UserError  # noqa: E402
 
 _CONFIG_DEFAULT = "configs/sgu_mnist.py:cpu"
 
@@ -71,8 +79,6 @@ def flag_error(argv, e: BaseException):
   """The `UserError` behind a failed flag parse: a config file or argument that does not load,
   an override naming no field of the config (with the fields there are), a value that does
   not parse as the field's type; otherwise absl's own one-line message (as a str)."""
-  from unlearn_jax.errors import UserError
-  import ml_collections
   config_arg = _config_arg(argv)
   try:
     config = _load_config(config_arg)
@@ -117,10 +123,6 @@ _CONFIG = _define_config()
 
 
 def main(argv):
-  import jax
-  from unlearn_jax import pipeline
-  from unlearn_jax.errors import UserError
-  import logging as std_logging
   for name in ("absl", "orbax", "jax._src.xla_bridge"):
     std_logging.getLogger(name).setLevel(std_logging.WARNING if name != "absl" else std_logging.INFO)
   logging.get_absl_logger().addFilter(lambda r: not r.pathname.rsplit("/", 1)[-1].startswith(
@@ -140,7 +142,7 @@ def main(argv):
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
-  except pipeline.training.TrainingDiverged as e:
+  except training.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
   print(f"results: {os.path.join(workdir, 'results.json')}  report: {os.path.join(workdir, 'report.md')}")

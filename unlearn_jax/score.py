@@ -10,8 +10,6 @@ p_0t(x_t | x_0) = N(mean(t) x_0, std(t)^2 I).
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
-
 import jax
 import jax.numpy as jnp
 
@@ -50,22 +48,3 @@ def marginal_std(process, t: jax.Array) -> jax.Array:
   if isinstance(process, sde_lib.DDPMSchedule):
     return process.marginal_coeffs(t)[1]
   return process.marginal_prob(jnp.zeros((t.shape[0], 1)), t)[1]
-
-
-def _converted_fn(apply_fn: Callable, params, process, output_type: str, labels, convert) -> Callable:
-  def fn(x, t):
-    out = apply_fn(params, x, time_input(process, t), labels)
-    return convert(out, marginal_std(process, t), output_type)
-  return fn
-
-
-def get_model_fn(apply_fn: Callable, params, process, output_type: str,
-                 labels: Optional[jax.Array] = None) -> Callable:
-  """eps_fn(x, t) for a model `apply_fn(params, x, time, labels)`."""
-  return _converted_fn(apply_fn, params, process, output_type, labels, to_eps)
-
-
-def get_score_fn(apply_fn: Callable, params, process, output_type: str,
-                 labels: Optional[jax.Array] = None) -> Callable:
-  """score_fn(x, t) -> grad_x log p_t(x), for samplers and the likelihood."""
-  return _converted_fn(apply_fn, params, process, output_type, labels, to_score)

@@ -22,6 +22,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax.errors import check_choice
+
 ScoreFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -211,7 +213,6 @@ class DDPMSchedule:
   beta_schedule: str = "linear"
 
   def __post_init__(self):
-    from unlearn_jax.errors import check_choice
     check_choice("config.sde.beta_schedule", self.beta_schedule, BETA_SCHEDULES)
 
   @functools.cached_property

@@ -68,6 +68,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from unlearn_jax.errors import UserError, check_choice
 
@@ -519,7 +520,6 @@ def vae_loss(vae, params, images01: jax.Array, key: jax.Array, kl_weight: float)
 
 def _fit_fns(vae, lr: float, kl_weight: float, batch_size: int):
   """(optax Adam, jitted train step, jitted per-image stats), cached per (VAE config, settings)."""
-  import optax  # pylint: disable=g-import-not-at-top
   key = (json.dumps(dict(vae.config), sort_keys=True, default=str), float(lr), float(kl_weight),
          int(batch_size))
   if key not in _FIT_FNS:
