@@ -16,7 +16,7 @@ module lists the specs (`SPECS`, in `METHODS` order) and `build` looks one up an
 builder with a `BuildContext`.  Adding a method: its module with `SPEC`, one entry in
 `_TABLE` below, its config block (`config_lib.base`), its row in
 tests/unlearning/test_all_methods.py (`HAND`), and `report.PRETTY`/`config_lib.MASK_OF`
-entries where it has a display name / a mask (tests/unlearning/test_methods.py checks both).
+entries where it has a display name / a mask (test_all_methods.py checks both agree).
 
 Every method builds from the same three pieces: a data stream, a regression target
 (the noise; the current model under another label, stop-gradient; the frozen
