@@ -208,17 +208,9 @@ class Setup:
 
 
 def passes(method: str, objectives, opts, config) -> str:
-  """'fb+f': forward+backward and forward-only UNet passes per step (per-objective batch)."""
-  fwd_bwd = 1 if (opts.alternate and jax.default_backend() != "cpu") else len(objectives)
-  fwd_only = 0 if opts.alternate else sum(o.target is not None for o in objectives.values())
-  if method == "erasediff":      # K inner forward+backward passes, then L_f(phi^K)
-    fwd_bwd += config.erasediff.inner_steps
-    if config.erasediff.grad_form == "fixed":
-      fwd_only += 1
-    else:
-      fwd_bwd += 1
-  if method == "esd":            # two frozen targets and a guided (2B) partial DDIM
-    fwd_only += 1 + 2 * config.esd.ddim_steps
+  """'fb+f': forward+backward and forward-only UNet passes per step (per-objective batch), the
+  method's own count (`unlearning.spec.MethodSpec.passes`)."""
+  fwd_bwd, fwd_only = methods.spec(method).passes(config, objectives, opts, jax.default_backend())
   return f"{fwd_bwd}+{fwd_only}"
 
 

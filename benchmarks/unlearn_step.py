@@ -74,14 +74,8 @@ def build(config, method: str, batch: int):
   state = ts.create(params, tx)
   key = jax.random.key(0)
   compiled = step.lower(state, batches, key, consts).compile()
-  # On CPU an alternating step computes every objective and selects (training.train_step).
-  fwd_bwd = 1 if (opts.alternate and jax.default_backend() != "cpu") else len(objectives)
-  fwd_only = 0 if opts.alternate else sum(o.target is not None for o in objectives.values())
-  if method == "erasediff":      # K inner forward+backward passes and L_f(phi^K)
-    fwd_bwd += config.erasediff.inner_steps
-    fwd_only += 1
-  if method == "esd":            # two frozen targets and a guided partial DDIM
-    fwd_only += 1 + 2 * config.esd.ddim_steps
+  # the method's own count (unlearning.spec.MethodSpec.passes)
+  fwd_bwd, fwd_only = methods.spec(method).passes(config, objectives, opts, jax.default_backend())
   passes = f"{fwd_bwd}+{fwd_only}"
   n_params = sum(int(np.prod(p.shape)) for p in jax.tree_util.tree_leaves(params))
   return compiled, [state, batches, key, consts], passes, n_params

@@ -2,7 +2,8 @@
 # Runs the tests as separate Python processes (one XLA CPU client per process: in one
 # long process, jax 0.10.2 segfaulted compiling in tests/test_models.py after the
 # pipeline tests), sharing one fresh persistent compilation cache.  A job is a test
-# file, except tests/test_configs.py, whose one-step smoke runs are one job per config.
+# file (tests/test_*.py, and tests/*/test_*.py, e.g. tests/unlearning/), except
+# tests/test_configs.py, whose one-step smoke runs are one job per config.
 # TEST_JOBS jobs run at once (default 2: most of the suite is single-threaded XLA
 # compilation, so two processes use both cores of a 2-core machine), the slowest
 # first; each job's output is printed whole, in order, and the last line sums them up.
@@ -24,7 +25,8 @@ jobs+=("tests/test_configs.py --deselect=tests/test_configs.py::test_config_cpu_
 # The slowest files next (measured), then the rest.
 slow=(tests/test_dimum_pipeline.py tests/test_training.py tests/test_cli.py tests/test_models.py)
 for f in "${slow[@]}"; do [ -f "$f" ] && jobs+=("$f"); done
-for f in tests/test_*.py tests/*/test_*.py; do
+for f in tests/test_*.py tests/*/test_*.py; do   # tests/<package>/ mirror unlearn_jax/<package>/
+  [[ -f "$f" ]] || continue
   [[ "$f" == tests/test_configs.py || " ${slow[*]} " == *" $f "* ]] || jobs+=("$f")
 done
 

@@ -242,7 +242,7 @@ OPTIONS_ELSEWHERE = {
     "shs.sparsity": "test_mask_stage_options_reach_the_mask",
     "sa.fisher_samples": "test_mask_stage_options_reach_the_mask",
     "sa.fisher_t": "test_mask_stage_options_reach_the_mask",
-    "erasediff.couple_lr": "test_erasediff_couple_lr_sets_the_options_lr (and test_erasing_methods.py "
+    "erasediff.couple_lr": "test_erasediff_couple_lr_sets_the_options_lr (and tests/unlearning/test_erasediff.py "
                            "through the pipeline)",
 }
 

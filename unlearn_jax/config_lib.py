@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from unlearn_jax.unlearning import methods as methods_lib
+
 
 def base() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
@@ -175,7 +177,8 @@ def cpu_variant(c: ml_collections.ConfigDict, *, steps: int = 1000, unlearn_step
 
 DIMUM_METHODS = ("ga", "salun", "dimum")
 #: the mask stage each method takes (SA's is the Fisher of its EWC penalty).
-MASK_OF = {"salun": "salun", "sfron": "sfron", "shs": "shs", "sa": "fisher"}
+#: the mask-stage kind of each method that requires one (`MethodSpec.mask`).
+MASK_OF = methods_lib.MASKS
 
 
 def ddpm_base() -> ml_collections.ConfigDict:

@@ -13,12 +13,13 @@ from typing import Callable
 
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting.results import LOGGED
+from unlearn_jax.unlearning import methods as methods_lib
 
-PRETTY = {"standard": "Standard", "unseen": "Unseen", "sgu_orthogonal": "SGU-Orthogonal",
-          "sgu_obtuse": "SGU-Obtuse", "pretrained": "Pretrained", "ga": "Gradient ascent",
-          "salun": "SalUn", "dimum": "DiMUM", "sfron": "SFR-on (Sfront)", "finetune": "Fine-tune",
-          "erasediff": "EraseDiff", "core": "CORE", "esd": "ESD", "ca": "Concept Ablation",
-          "sa": "Selective Amnesia", "shs": "Scissorhands", "neggrad": "NegGrad", "base": "Base (pre-trained)"}
+#: display names: the stages every config names, then each method's (`MethodSpec.display`,
+#: and `stage_display` for stages named "<method>_<variant>", e.g. SGU-Obtuse).
+PRETTY = {"standard": "Standard", "unseen": "Unseen", "pretrained": "Pretrained", "base": "Base (pre-trained)",
+          **{name: s.display for name, s in methods_lib.SPECS.items()},
+          **{f"{name}_{v}": shown for name, s in methods_lib.SPECS.items() for v, shown in s.stage_display.items()}}
 STREAM_NAMES = {"retain": "D_r (assumption i)", "test_retain": "test w/o forget (assumption ii)"}
 
 

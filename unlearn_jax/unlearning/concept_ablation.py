@@ -16,7 +16,10 @@ evaluated on anchor images: the target comes from the *current* model, stop-grad
 """
 from __future__ import annotations
 
+from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.unlearning import combine
+from unlearn_jax.unlearning import salun as salun_lib
+from unlearn_jax.unlearning import spec
 
 VARIANTS = ("model", "noise")
 IMAGES = {"anchor": "alternative", "forget": "forget"}   # config.ca.images -> data stream
@@ -36,3 +39,26 @@ def images_of(variant: str, images: str) -> str:
 def concept_ablation(prior_weight: float = 1.0):
   """grad L_ablation + lambda grad L_prior: ablation objective first, `retain_grads` extra."""
   return combine.weighted_sum(1.0, retain=prior_weight)
+
+
+def build(config, ctx):
+  """{"forget": the ablation loss (Eq. 11 model-based / Eq. 12 noise-based), "retain": L_prior} and
+  `concept_ablation(config.ca.prior_weight)`; the anchor from `ctx.alternatives`."""
+  alt = ctx.alternatives(config)
+  c = config.ca
+  check_choice("config.ca.variant", c.variant, VARIANTS)
+  check_choice("config.ca.images", c.images, tuple(IMAGES))
+  check_range("config.ca.prior_weight", c.prior_weight, 0.0, 1e6)
+  images = images_of(c.variant, c.images)
+  if alt.ndim == 2 and c.variant == "model" and images == "anchor":
+    raise UserError("config.unlearn.anchors", config.unlearn.anchors,
+                    "CA-model on anchor images pairs each forget condition with one alternative's images "
+                    "(config.unlearn.alternative); set config.ca.images='forget' (CORE App. C Eq. 11) "
+                    "or config.unlearn.anchors=''")
+  target = salun_lib.random_label_target(alt) if c.variant == "model" else None
+  ablate = ctx.objective(IMAGES[images], target=target)
+  return {"forget": ablate, "retain": ctx.objective("retain")}, concept_ablation(c.prior_weight), SPEC.options()
+
+
+SPEC = spec.MethodSpec(name="ca", display="Concept Ablation", build=build, conditional=True,
+                       variant_field="ca.variant")

@@ -26,8 +26,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from unlearn_jax.errors import UserError, check_choice
+from unlearn_jax import training
+from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.unlearning import combine
+from unlearn_jax.unlearning import spec
 
 SCHEMES = ("one_to_one", "all_to_one", "groups_to_one", "random", "random_k")
 
@@ -117,3 +119,25 @@ def frozen_target(inputs) -> jax.Array:
 def core(alpha: float = 1.0):
   """grad L_f + alpha grad L_r (Eq. 4): forget objective first, `retain_grads` extra."""
   return combine.weighted_sum(1.0, retain=alpha)
+
+
+def forget_objective(config, ctx, **kw) -> training.Objective:
+  """L_f (Eq. 2) on D_f, its anchors from `ctx.anchors(config)` (`config.core`'s scheme);
+  `kw` to `training.Objective` (EraseDiff's `value_fn`)."""
+  return ctx.objective("forget", target=anchor_target(ctx.anchors(config)), **kw)
+
+
+def retain_objective(ctx) -> training.Objective:
+  """L_r (Eq. 3) on D_r: the frozen model under the example's own label."""
+  return ctx.objective("retain", target=frozen_target)
+
+
+def build(config, ctx):
+  """{"forget": L_f, "retain": L_r} and `core(config.core.alpha)` (Eq. 4)."""
+  check_range("config.core.alpha", config.core.alpha, 0.0, 1e6)
+  return ({"forget": forget_objective(config, ctx), "retain": retain_objective(ctx)}, core(config.core.alpha),
+          SPEC.options())
+
+
+SPEC = spec.MethodSpec(name="core", display="CORE", build=build, conditional=True, frozen=True,
+                       variant_field="core.scheme")

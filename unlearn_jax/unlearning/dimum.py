@@ -25,8 +25,9 @@ from typing import Dict, Sequence
 import numpy as np
 
 from unlearn_jax import data as data_lib
-from unlearn_jax.errors import UserError
+from unlearn_jax.errors import UserError, check_range
 from unlearn_jax.unlearning import combine
+from unlearn_jax.unlearning import spec
 
 SCHEMES = ("next", "random", "map:<forget>=<alternative>,...")
 
@@ -113,3 +114,14 @@ def memorization_set(forget: data_lib.Dataset, retain: data_lib.Dataset, alt: np
                           num_classes=forget.num_classes, class_names=forget.class_names,
                           source=f"memorization set: {forget.source} conditions, {retain.source} images",
                           is_image=forget.is_image)
+
+
+def build(config, ctx):
+  """{"retain": L_r (Eq. 8), "memorize": L_u on D_u' (the "alternative" stream, Eq. 10)} and
+  `dimum(config.dimum.beta)` (Eq. 11)."""
+  check_range("config.dimum.beta", config.dimum.beta, 0.0, 1e6)
+  return ({"retain": ctx.objective("retain"), "memorize": ctx.objective("alternative")},
+          dimum(config.dimum.beta), SPEC.options())
+
+
+SPEC = spec.MethodSpec(name="dimum", display="DiMUM", build=build, conditional=True)

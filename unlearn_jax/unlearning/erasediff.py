@@ -55,7 +55,7 @@ In unlearn_jax the two pieces are:
   default the step size is the stage's `lr` (or `config.optim.lr`) and eta only sets
   a_t, as the public code's separate lr 1e-4 and eta do.
 
-The forget target eps_f of L_f (Eq. 2) is chosen by `methods.build`:
+The forget target eps_f of L_f (Eq. 2) is chosen by `build` (`config.erasediff.target`):
 "rl" (eps_theta(x_t | c_m), c_m != c the alternative class, stop-gradient),
 "noise" (eps_f ~ U(0, I), EraseDiff_noise), or "core" (the frozen pre-trained
 model at an anchor class, with CORE's retain loss: EraseDiff's projection on
@@ -70,6 +70,9 @@ import jax.numpy as jnp
 import optax
 
 from unlearn_jax.errors import check_choice, check_range
+from unlearn_jax.unlearning import core as core_lib
+from unlearn_jax.unlearning import salun as salun_lib
+from unlearn_jax.unlearning import spec
 
 RULES = ("paper", "constant", "cosine")
 GRAD_FORMS = ("first_order", "unrolled", "fixed")
@@ -188,3 +191,43 @@ def uniform_target(inputs) -> jax.Array:
   """EraseDiff_noise's eps_f ~ U(0, I), one draw per example (Objective.target)."""
   shape = inputs.noised.x_t.shape[1:]
   return jax.vmap(lambda k: jax.random.uniform(jax.random.fold_in(k, 31), shape))(inputs.keys)
+
+
+def build(config, ctx):
+  """{"retain": L_r, "forget": L_f with `value_gap`'s g} and `erasediff(eta, rule, lam)` (Theorem 3.1).
+
+  The forget target per `config.erasediff.target` (module docstring); "core" takes CORE's two
+  losses (`core.forget_objective`, `core.retain_objective`: the frozen model, so
+  Options.frozen).  `couple_lr`: the paper's one eta is the step size of theta - eta delta_t as
+  well as a_t's (Options.lr).
+  """
+  alt = ctx.alternatives(config)
+  check_range("config.core.alpha", config.core.alpha, 0.0, 1e6)
+  e = config.erasediff
+  check_choice("config.erasediff.target", e.target, TARGETS)
+  check_choice("config.erasediff.couple_lr", e.couple_lr, (False, True))
+  value_fn = value_gap(e.inner_steps, e.inner_lr, e.grad_form)
+  tx = erasediff(e.eta, e.rule, e.lam)
+  lr = float(e.eta) if e.couple_lr else None
+  if e.target == "core":
+    forget = core_lib.forget_objective(config, ctx, value_fn=value_fn)
+    return {"retain": core_lib.retain_objective(ctx), "forget": forget}, tx, SPEC.options(frozen=True, lr=lr)
+  target = salun_lib.random_label_target(alt) if e.target == "rl" else uniform_target
+  forget = ctx.objective("forget", target=target, value_fn=value_fn)
+  return {"retain": ctx.objective("retain"), "forget": forget}, tx, SPEC.options(lr=lr)
+
+
+def passes(config, objectives, options, backend):
+  """The default count plus the K inner forward+backward passes and L_f(phi^K): with its
+  gradient ("first_order", "unrolled") or forward only ("fixed")."""
+  fwd_bwd, fwd_only = spec.default_passes(config, objectives, options, backend)
+  fwd_bwd += config.erasediff.inner_steps
+  if config.erasediff.grad_form == "fixed":
+    fwd_only += 1
+  else:
+    fwd_bwd += 1
+  return fwd_bwd, fwd_only
+
+
+SPEC = spec.MethodSpec(name="erasediff", display="EraseDiff", build=build, conditional=True,
+                       variant_field="erasediff.target", passes=passes)

@@ -19,7 +19,8 @@ import jax.numpy as jnp
 from unlearn_jax import losses
 from unlearn_jax import sampling
 from unlearn_jax import score as score_lib
-from unlearn_jax.errors import check_choice, check_range
+from unlearn_jax.errors import UserError, check_choice, check_range
+from unlearn_jax.unlearning import spec
 
 SOURCES = ("current", "frozen")
 
@@ -64,3 +65,25 @@ def partial_ddim_noiser(n_steps: int = 50, guidance: float = 2.0, source: str = 
     return losses.Noised(x_t, jnp.zeros_like(x_t), i, process.time_input(i), std, ones)
 
   return noiser
+
+
+def build(config, ctx):
+  """{"forget": Eq. 8 on partial-DDIM x_t}, no transform; p_0 = `config.esd.base` (-1: the null
+  class, index num_classes)."""
+  e = config.esd
+  if e.base >= ctx.num_classes or e.base in tuple(ctx.forget):
+    raise UserError("config.esd.base", e.base, f"expected -1 (the null class) or a retained class "
+                    f"in 0..{ctx.num_classes - 1}")
+  base = ctx.num_classes if e.base < 0 else e.base
+  objective = ctx.objective("forget", target=esd_target(e.eta, base),
+                            noiser=partial_ddim_noiser(e.ddim_steps, e.guidance, e.source))
+  return {"forget": objective}, None, SPEC.options()
+
+
+def passes(config, objectives, options, backend):
+  """The default count plus the second frozen target and the guided (2B) partial DDIM."""
+  fwd_bwd, fwd_only = spec.default_passes(config, objectives, options, backend)
+  return fwd_bwd, fwd_only + 1 + 2 * config.esd.ddim_steps
+
+
+SPEC = spec.MethodSpec(name="esd", display="ESD", build=build, conditional=True, frozen=True, passes=passes)

@@ -15,8 +15,10 @@ from __future__ import annotations
 import jax.numpy as jnp
 import optax
 
+from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import core as core_lib
+from unlearn_jax.unlearning import spec
 
 
 def random_label_target(alt):
@@ -37,3 +39,15 @@ def random_label_target(alt):
 def salun(beta: float = 1e-3) -> optax.GradientTransformationExtraArgs:
   """grad L_rl + beta grad L_r, masked: forget objective first, `retain_grads` extra, `mask` const."""
   return optax.chain(combine.weighted_sum(1.0, retain=beta), combine.masked())
+
+
+def build(config, ctx):
+  """{"forget": MSE to sg eps_theta(x_t, c') on D_f, "retain": L_r} and `salun(config.salun.beta)`
+  (Eq. 6); c' from `ctx.alternatives` (`config.unlearn.alternative` or `.anchors`)."""
+  alt = ctx.alternatives(config)
+  check_range("config.salun.beta", config.salun.beta, 0.0, 1e6)
+  forget = ctx.objective("forget", target=random_label_target(alt))
+  return {"forget": forget, "retain": ctx.objective("retain")}, salun(config.salun.beta), SPEC.options()
+
+
+SPEC = spec.MethodSpec(name="salun", display="SalUn", build=build, conditional=True, mask="salun")

@@ -14,7 +14,9 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
+from unlearn_jax.unlearning import spec
 
 
 def snip_scores(abs_grad_sum, params):
@@ -30,3 +32,13 @@ def reset(params, fresh, mask):
 def scissorhands(gamma: float = 0.1):
   """grad L_r - gamma grad L_f: retain objective first, `forget_grads` extra."""
   return combine.weighted_sum(1.0, forget=-gamma)
+
+
+def build(config, ctx):
+  """{"retain": L_r, "forget": L_f} and `scissorhands(config.shs.gamma)` (step 3), after the reset."""
+  check_range("config.shs.gamma", config.shs.gamma, 0.0, 1e6)
+  return ({"retain": ctx.objective("retain"), "forget": ctx.objective("forget")},
+          scissorhands(config.shs.gamma), SPEC.options())
+
+
+SPEC = spec.MethodSpec(name="shs", display="Scissorhands", build=build, mask="shs", reset=True)

@@ -30,7 +30,9 @@ import optax
 
 from unlearn_jax import losses
 from unlearn_jax import training
+from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
+from unlearn_jax.unlearning import spec
 
 
 def fisher_penalty(lam: float) -> optax.GradientTransformationExtraArgs:
@@ -111,3 +113,18 @@ def sample_fisher(params, x, labels, key, *, spec, objective, draws: int, chunk:
   batches = (((x[i:i + chunk], labels[i:i + chunk]), sample_keys(i, min(i + chunk, n)))
              for i in range(0, n, chunk))
   return diagonal_fisher(per_draw, params, batches)
+
+
+def build(config, ctx):
+  """{"forget": l(x~, c_f), "replay": l on `config.sa.replay`} and
+  `selective_amnesia(config.sa.gamma, config.sa.lam)` (Fisher from a "fisher" mask stage)."""
+  s = config.sa
+  check_range("config.sa.gamma", s.gamma, 0.0, 1e6)
+  check_range("config.sa.lam", s.lam, 0.0, 1e12)
+  forget = ctx.objective("forget", noiser=uniform_surrogate_noiser)
+  return ({"forget": forget, "replay": ctx.objective(s.replay)}, selective_amnesia(s.gamma, s.lam),
+          SPEC.options())
+
+
+SPEC = spec.MethodSpec(name="sa", display="Selective Amnesia", build=build, conditional=True, mask="fisher",
+                       frozen=True)

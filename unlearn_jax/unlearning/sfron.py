@@ -20,6 +20,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from unlearn_jax.errors import check_range
+from unlearn_jax.unlearning import spec
+
 
 def weighted_ascent(per_example: jax.Array, axis_name=None) -> jax.Array:
   """-sum_i w_i l_i with w = l^-1/2 / sum(l^-1/2), w held constant (Objective.reduce).
@@ -64,3 +67,15 @@ def sfron(iterations: int, alpha_max: float = 10.0) -> optax.GradientTransformat
     return out, SFRonState(state.count + 1)
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def build(config, ctx):
+  """{"forget": weighted ascent on D_f, "retain": L_r}, alternating, and `sfron(K, alpha_max)`
+  with K = steps // 2 iterations (two steps each)."""
+  check_range("config.sfron.alpha_max", config.sfron.alpha_max, 0.0, 1e6)
+  forget = ctx.objective("forget", reduce=weighted_ascent)
+  return ({"forget": forget, "retain": ctx.objective("retain")},
+          sfron(max(ctx.steps // 2, 1), config.sfron.alpha_max), SPEC.options())
+
+
+SPEC = spec.MethodSpec(name="sfron", display="SFR-on (Sfront)", build=build, mask="sfron", alternate=True)

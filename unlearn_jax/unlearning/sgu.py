@@ -33,8 +33,10 @@ from typing import Callable, NamedTuple
 import jax
 import optax
 
-from unlearn_jax.errors import check_choice, check_range
 from unlearn_jax import losses
+from unlearn_jax import training
+from unlearn_jax.errors import check_choice, check_range
+from unlearn_jax.unlearning import spec
 
 #: the forget objective of each SGU variant (per example, eps units).
 FORGET_LOSSES = {
@@ -91,3 +93,19 @@ def sgu(alpha: float) -> optax.GradientTransformationExtraArgs:
     return combined, state
 
   return optax.GradientTransformationExtraArgs(init_fn, update_fn)
+
+
+def build(config, ctx):
+  """{"retain": L_USGM(g), "forget": the `ctx.variant` loss on D_f} and `sgu(config.sgu.alpha)`."""
+  s = config.sgu
+  forget = forget_loss(ctx.variant, config.training.reduce, s.orthogonal_form)
+  std_power = forget_std_power(ctx.variant, config.training.weighting, s.std_power)
+  return ({"retain": ctx.objective("retain"),
+           "forget": training.Objective("forget", forget, max_std=s.max_std, std_power=std_power)},
+          sgu(s.alpha), SPEC.options())
+
+
+SPEC = spec.MethodSpec(
+    name="sgu", display="SGU", build=build, variant_field=tuple(FORGET_LOSSES),
+    variant_doc=f"the forget loss ({' | '.join(FORGET_LOSSES)})",
+    stage_display={"orthogonal": "SGU-Orthogonal", "obtuse": "SGU-Obtuse"})
