@@ -84,12 +84,13 @@ def check_config(config) -> None:
                         "config.stage_order")
     if st.kind == "unlearn":
       check_choice(f"{field}.method", st.method, methods_lib.METHODS)
-      if st.method == "sgu":
-        check_choice(f"{field}.variant", st.variant, ("orthogonal", "obtuse"))
-      if st.method in methods_lib.CONDITIONAL and not conditional:
+      spec = methods_lib.spec(st.method)
+      if isinstance(spec.variant_field, tuple):
+        check_choice(f"{field}.variant", st.variant, spec.variant_field)
+      if spec.conditional and not conditional:
         raise UserError(f"{field}.method", st.method, "needs a class-conditional model (config.model.conditional=True)")
-      want = methods_lib.MASKS.get(st.method, "salun")
-      if st.method in ("sa", "shs") and not st.mask:
+      want = spec.mask or "salun"
+      if spec.requires_mask and not st.mask:
         raise UserError(f"{field}.mask", st.mask, f"method {st.method!r} needs an earlier mask stage with "
                         f"method {want!r}")
       if st.mask:

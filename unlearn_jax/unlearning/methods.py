@@ -14,9 +14,10 @@ numbers) in the module's docstring, its optax transform, a builder `build(config
 and a `SPEC = spec.MethodSpec(...)` (name, report name, what it needs, pass count).  This
 module lists the specs (`SPECS`, in `METHODS` order) and `build` looks one up and calls its
 builder with a `BuildContext`.  Adding a method: its module with `SPEC`, one entry in
-`_TABLE` below, its config block (`config_lib.base`), its row in
-tests/unlearning/test_all_methods.py (`HAND`), and `report.PRETTY`/`config_lib.MASK_OF`
-entries where it has a display name / a mask (test_all_methods.py checks both agree).
+`_TABLE` below, its config block (`config_lib.base`) and its row in
+tests/unlearning/test_all_methods.py (`HAND`).  The report's names
+(`reporting.markdown.PRETTY`), the config builders' mask stages (`config_lib.MASK_OF`), the
+stage validation (`validation`) and the benchmarks' pass counts read the spec.
 
 Every method builds from the same three pieces: a data stream, a regression target
 (the noise; the current model under another label, stop-gradient; the frozen

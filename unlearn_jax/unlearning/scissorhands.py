@@ -41,4 +41,5 @@ def build(config, ctx):
           scissorhands(config.shs.gamma), SPEC.options())
 
 
-SPEC = spec.MethodSpec(name="shs", display="Scissorhands", build=build, mask="shs", reset=True)
+SPEC = spec.MethodSpec(name="shs", display="Scissorhands", build=build, mask="shs", requires_mask=True,
+                       reset=True)

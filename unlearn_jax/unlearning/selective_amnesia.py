@@ -127,4 +127,4 @@ def build(config, ctx):
 
 
 SPEC = spec.MethodSpec(name="sa", display="Selective Amnesia", build=build, conditional=True, mask="fisher",
-                       frozen=True)
+                       requires_mask=True, frozen=True)

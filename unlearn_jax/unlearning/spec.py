@@ -46,11 +46,13 @@ class MethodSpec:
 
   Attributes:
     name: the config name (`config.stages.<unlearn>.method`).
-    display: the report's name (`report.PRETTY`).
+    display: the report's name (`reporting.markdown.PRETTY`).
     build: `build(config, ctx) -> (objectives, transform or None, Options)`; the first
       objective's gradient is the transform's `updates`, the others arrive as `<name>_grads`.
     conditional: needs a class-conditional model.
-    mask: the mask stage kind it requires (`MASK_KINDS`); None: it optionally takes a "salun" mask.
+    mask: the mask stage kind it takes (`MASK_KINDS`); None: it optionally takes a "salun" mask.
+    requires_mask: a stage of the method must name a mask stage (the mask is its data: the
+      weights Scissorhands resets, Selective Amnesia's Fisher); otherwise the mask is optional.
     frozen: needs consts["frozen"] (the parameters it starts from) for every variant (a builder
       may also ask for them for one variant only: EraseDiff on CORE's losses).
     reset: re-initialises the masked weights before training (Scissorhands).
@@ -69,6 +71,7 @@ class MethodSpec:
   build: Callable
   conditional: bool = False
   mask: Optional[str] = None
+  requires_mask: bool = False
   frozen: bool = False
   reset: bool = False
   alternate: bool = False
@@ -80,6 +83,8 @@ class MethodSpec:
   def __post_init__(self):
     if self.mask is not None and self.mask not in MASK_KINDS:
       raise ValueError(f"{self.name}: mask {self.mask!r} is not one of {MASK_KINDS}")
+    if self.requires_mask and self.mask is None:
+      raise ValueError(f"{self.name}: requires_mask without a mask kind")
     if isinstance(self.variant_field, str) and self.variant_field.count(".") != 1:
       raise ValueError(f"{self.name}: variant_field {self.variant_field!r} is not 'section.key'")
 
