@@ -259,7 +259,6 @@ class DDPMSchedule:
 
 def get_sde(sde_name: str, **kwargs):
   """Builds an SDE (or the DDPM schedule) by name: vesde, vpsde, subvpsde, ddpm."""
-  from unlearn_jax.errors import check_choice
   classes = {"vesde": VESDE, "vpsde": VPSDE, "subvpsde": SubVPSDE, "ddpm": DDPMSchedule}
   check_choice("config.sde.name", sde_name, sorted(classes))
   cls = classes[sde_name]

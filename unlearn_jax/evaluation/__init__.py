@@ -13,7 +13,7 @@
                  `histogram_tv`
 
 Imports point downward only (data, train_state, training, errors); nothing here
-imports pipeline, report or sd_experiment.  Curve CSVs and plots are in
+imports the stages, tasks or reporting.  Curve CSVs and plots are in
 `unlearn_jax.reporting.figures`.
 """
 from unlearn_jax.evaluation.classifier import classifier_step
