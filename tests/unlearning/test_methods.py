@@ -33,8 +33,10 @@ NEW = {  # method: ([(objective, stream)], Options)
 }
 
 
-def test_every_method_is_tested():
-  assert set(methods.METHODS) == set(EXPECTED) | set(NEW)
+def test_the_tabled_methods_exist():
+  """(Every method's row is forced by test_all_methods.py's HAND table; these are its older,
+  per-objective checks of the methods before the redesign.)"""
+  assert set(EXPECTED) | set(NEW) <= set(methods.METHODS)
 
 
 @pytest.mark.parametrize("method", sorted(EXPECTED))
