@@ -63,6 +63,8 @@ def base() -> ml_collections.ConfigDict:
   c.unlearn = ml_collections.ConfigDict(dict(alternative="next", anchors=""))
   c.dimum = ml_collections.ConfigDict(dict(beta=1.0))
   c.ga = ml_collections.ConfigDict(dict(beta=1.0))
+  # NegGrad+ (`unlearning.neggrad_plus`): beta L_r - (1 - beta) L_f.
+  c.neggrad_plus = ml_collections.ConfigDict(dict(beta=0.9))
   c.salun = ml_collections.ConfigDict(dict(beta=1e-3, fraction=0.5))
   c.sfron = ml_collections.ConfigDict(dict(alpha_max=10.0))
   # EraseDiff (Algorithm 1): lambda rule ("paper" | "constant" | "cosine"), a_t = eta ||grad g||^2,

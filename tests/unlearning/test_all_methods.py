@@ -85,6 +85,8 @@ HAND = {
     "ca": lambda c: _tree(lambda f, r: f + c.ca.prior_weight * r, "forget", "retain"),
     "sa": _sa,
     "shs": lambda c: _tree(lambda r, f: r - c.shs.gamma * f, "retain", "forget"),
+    "neggrad_plus": lambda c: _tree(lambda r, f: c.neggrad_plus.beta * r - (1 - c.neggrad_plus.beta) * f,
+                                    "retain", "forget"),
 }
 CASES = [(n, v) for n, s in methods.SPECS.items()
          for v in (s.variant_field if isinstance(s.variant_field, tuple) else ("",))]

@@ -78,6 +78,7 @@ from unlearn_jax.unlearning import salun as salun_lib
 from unlearn_jax.unlearning import scissorhands as shs_lib
 from unlearn_jax.unlearning import selective_amnesia as sa_lib
 from unlearn_jax.unlearning import sfron as sfron_lib
+from unlearn_jax.unlearning import neggrad_plus
 from unlearn_jax.unlearning import sgu as sgu_lib
 from unlearn_jax.unlearning import spec as spec_lib
 
@@ -87,7 +88,7 @@ MethodSpec = spec_lib.MethodSpec
 #: every method's spec, in the order the configs and reports list them.
 _TABLE = (finetune_lib.SPEC, sgu_lib.SPEC, ga_lib.GA, ga_lib.NEGGRAD, dimum_lib.SPEC, salun_lib.SPEC,
           sfron_lib.SPEC, erasediff_lib.SPEC, core_lib.SPEC, esd_lib.SPEC, ca_lib.SPEC, sa_lib.SPEC,
-          shs_lib.SPEC)
+          shs_lib.SPEC, neggrad_plus.SPEC)
 #: name -> MethodSpec.
 SPECS = collections.OrderedDict((s.name, s) for s in _TABLE)
 assert len(SPECS) == len(_TABLE), "two specs share a name"
