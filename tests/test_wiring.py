@@ -9,6 +9,7 @@ per-class map, or the exact eps of one point per class) so every expected value 
 hand computation.
 """
 import dataclasses
+import importlib.util
 import functools
 import json
 import os
@@ -251,14 +252,31 @@ def _case_id(case):
   return f"{case[2]}={case[3]}|{case[4]}"
 
 
+def _hand_covered():
+  """The options tests/unlearning/test_all_methods.py's HAND table follows at a second value
+  (`test_a_hand_option_reaches_the_transform`)."""
+  path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "unlearning", "test_all_methods.py")
+  spec = importlib.util.spec_from_file_location("_all_methods", path)
+  sys.path.insert(0, os.path.dirname(path))
+  try:
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+  finally:
+    sys.path.remove(os.path.dirname(path))
+  return {f"{m}.{k}" for m, k in mod.hand_covered_fields()}
+
+
 def test_every_method_option_has_a_wiring_case():
-  """Every config.<method>.* of base() (methods.METHODS) is in OPTION_CASES or OPTIONS_ELSEWHERE."""
+  """Every config.<method>.* of base() (methods.METHODS) is in OPTION_CASES, OPTIONS_ELSEWHERE, or
+  followed by the HAND table of tests/unlearning/test_all_methods.py at a second value."""
   base = config_lib.base()
   fields = {f"{m}.{k}" for m in methods.METHODS if m in base for k in base[m]}
-  covered = {c[2] for c in OPTION_CASES} | set(OPTIONS_ELSEWHERE)
+  hand = _hand_covered()
+  covered = {c[2] for c in OPTION_CASES} | set(OPTIONS_ELSEWHERE) | hand
   assert fields - covered == set(), f"options without a wiring test: {sorted(fields - covered)}"
   assert covered - fields == set()
-  assert {c[0] for c in OPTION_CASES} | {"finetune", "neggrad"} == set(methods.METHODS)
+  assert {c[0] for c in OPTION_CASES} | {"finetune", "neggrad"} | {f.split(".")[0] for f in hand} \
+      == set(methods.METHODS)
 
 
 @pytest.mark.parametrize("case", OPTION_CASES, ids=_case_id)

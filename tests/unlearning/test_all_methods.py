@@ -115,8 +115,8 @@ def _consts(s):
   return consts
 
 
-def _build(name, variant):
-  return methods.build(name, variant, config(), alt=ALT, steps=4, forget=FORGET, num_classes=K)
+def _build(name, variant, cfg=None):
+  return methods.build(name, variant, cfg or config(), alt=ALT, steps=4, forget=FORGET, num_classes=K)
 
 
 def test_every_spec_has_a_hand_row():
@@ -158,8 +158,15 @@ def test_method_builds_trains_and_combines_by_hand(name, variant):
                                                     jax.tree_util.tree_leaves(PARAMS)))
 
   # the transform on fixed gradient trees (as train_step calls it) is the hand combination
+  _check_combination(name, variant, config())
+
+
+def _check_combination(name, variant, cfg):
+  """The built transform's update on the fixed gradient trees equals HAND[name](cfg)."""
+  objectives, tx, options = _build(name, variant, cfg)
+  consts = _consts(methods.spec(name))
   names = list(objectives)
-  expected = HAND[name](config())
+  expected = HAND[name](cfg)
   if tx is None:
     assert not options.alternate
     close(GRADS[names[0]], expected)
@@ -173,6 +180,44 @@ def test_method_builds_trains_and_combines_by_hand(name, variant):
   extras = {f"{n}_grads": GRADS[n] for n in names[1:]}
   out, _ = tx.update(GRADS[names[0]], tx_state, PARAMS, **extras, **consts)
   close(out, expected)
+
+
+def _perturbed(name, field):
+  """config() with config.<name>.<field> moved to another valid value (ints + 1)."""
+  c = config()
+  v = c[name][field]
+  c[name][field] = v + 1 if isinstance(v, int) else (0.5 * v + 0.05 if v <= 1.0 else 0.5 * v)
+  return c
+
+
+def _differs(a, b):
+  la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
+  return any(not np.allclose(x, y) for x, y in zip(la, lb))
+
+
+def hand_covered_fields():
+  """The numeric options config.<method>.<field> whose value changes HAND[method]'s combination:
+  `test_a_hand_option_reaches_the_transform` checks the built transform follows each of them
+  (tests/test_wiring.py counts them as wired)."""
+  out = []
+  for name in HAND:
+    section = config().get(name)
+    for field, v in (section.items() if section is not None else ()):
+      if isinstance(v, bool) or not isinstance(v, (int, float)):
+        continue
+      try:
+        moved = HAND[name](_perturbed(name, field))
+      except AssertionError:          # a HAND row that checks its own regime (EraseDiff's lambda_t)
+        continue
+      if _differs(moved, HAND[name](config())):
+        out.append((name, field))
+  return out
+
+
+@pytest.mark.parametrize("name,field", hand_covered_fields())
+def test_a_hand_option_reaches_the_transform(name, field):
+  variant = next(v for n, v in CASES if n == name)
+  _check_combination(name, variant, _perturbed(name, field))
 
 
 def test_config_builders_give_each_method_its_specs_mask_stage():
