@@ -2,8 +2,9 @@
 # Runs the tests as separate Python processes (one XLA CPU client per process: in one
 # long process, jax 0.10.2 segfaulted compiling in tests/test_models.py after the
 # pipeline tests), sharing one fresh persistent compilation cache.  A job is a test
-# file (tests/test_*.py, and tests/*/test_*.py, e.g. tests/unlearning/), except
-# tests/test_configs.py, whose one-step smoke runs are one job per config.
+# file of tests/, tests/tasks/ or tests/stages/, or one of the other folders mirroring
+# the package (tests/unlearning/, tests/evaluation/, ...) whole; tests/test_configs.py's
+# one-step smoke runs are one job per config.
 # TEST_JOBS jobs run at once (default 2: most of the suite is single-threaded XLA
 # compilation, so two processes use both cores of a 2-core machine), the slowest
 # first; each job's output is printed whole, in order, and the last line sums them up.
@@ -23,11 +24,18 @@ for c in configs/*.py; do
 done
 jobs+=("tests/test_configs.py --deselect=tests/test_configs.py::test_config_cpu_variant_one_step")
 # The slowest files next (measured), then the rest.
-slow=(tests/test_dimum_pipeline.py tests/test_training.py tests/test_cli.py tests/test_models.py)
+slow=(tests/test_dimum_pipeline.py tests/tasks/test_unlearncanvas.py tests/test_training.py tests/test_cli.py
+      tests/test_models.py)
 for f in "${slow[@]}"; do [ -f "$f" ] && jobs+=("$f"); done
-for f in tests/test_*.py tests/*/test_*.py; do   # tests/<package>/ mirror unlearn_jax/<package>/
+for f in tests/test_*.py tests/tasks/test_*.py tests/stages/test_*.py; do
   [[ -f "$f" ]] || continue
   [[ "$f" == tests/test_configs.py || " ${slow[*]} " == *" $f "* ]] || jobs+=("$f")
+done
+# The other folders mirroring unlearn_jax/<package>/ hold small unit tests: one job per folder.
+for d in tests/*/; do
+  d=${d%/}
+  [[ "$d" == tests/tasks || "$d" == tests/stages ]] && continue
+  compgen -G "$d/test_*.py" > /dev/null && jobs+=("$d")
 done
 
 run_job() {  # $1: index, $2: job (pytest arguments, space-separated); $TEST_ARGS: extra ones
