@@ -62,14 +62,17 @@ def resume_config(workdir: str, stored: Optional[dict], new: dict) -> dict:
   Raises UserError (before anything is written) if `stored`, the config of the run that
   wrote the workdir, differs from `new` in a field `RESUME_MAY_DIFFER` does not name, once
   a stage has started there (a stage entry: once that stage has), naming the first fields
-  and the stages they concern.
+  and the stages they concern.  Fields `stored` does not have (added to the configs since
+  that run, e.g. a new method's section) may take any value.
   """
   if stored is None:
     return new
   a, b = _flatten(stored), _flatten(new)
   ran = [n for n in stored.get("stages", {}) if os.path.isdir(os.path.join(workdir, n))]
   def allowed(k):
-    if k in RESUME_MAY_DIFFER or not ran:
+    # a field the stored config lacks was added by a later version of the code with the
+    # behaviour of the code before it as its default: the run there did not depend on it.
+    if k in RESUME_MAY_DIFFER or not ran or k not in a:
       return True
     return k.startswith("stages.") and k.split(".")[1] not in ran
   diffs = sorted(k for k in a.keys() | b.keys() if a.get(k, _ABSENT) != b.get(k, _ABSENT) and not allowed(k))
