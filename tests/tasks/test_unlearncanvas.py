@@ -14,6 +14,7 @@ from unlearn_jax.models import stable_diffusion as sd
 from unlearn_jax import experiment as exp_lib
 from unlearn_jax import generation
 from unlearn_jax.tasks import unlearncanvas
+from unlearn_jax.stages import classifier as classifier_stage
 
 
 def tiny_config(methods=("core", "dimum"), attack=2):
@@ -242,6 +243,30 @@ def test_trainable_masks_of_the_stages(run):
       exp.task.trainable(exp, exp.config.stages.core)))
   assert training.split_trainable(exp.context.base_params, mask)["prompts"]["embeddings"] is None
   assert sd.TRAINABLE == ("all", "cross_attn", "cross_attn_kv", "non_cross_attn")
+  # the defaults: a train stage trains every leaf, the others (and mask stages: st=None)
+  # config.sd.trainable; a stage's own `trainable` wins
+  same = lambda a, b: jax.tree_util.tree_leaves(a) == jax.tree_util.tree_leaves(b)
+  everything = unlearncanvas.trainable_mask(exp, "all")
+  configured = unlearncanvas.trainable_mask(exp, exp.config.sd.trainable)
+  assert not same(everything, configured)
+  assert same(exp.task.trainable(exp, config_lib.stage("train", data="all", init="base")), everything)
+  assert same(exp.task.trainable(exp, config_lib.stage("unlearn", method="core", init="base")), configured)
+  assert same(exp.task.trainable(exp, None), configured)
+  assert same(exp.task.trainable(exp, config_lib.stage("unlearn", method="core", trainable="cross_attn_kv")), kv)
+
+
+def test_the_style_and_object_classifiers_get_their_own_seeds(run, monkeypatch, tmp_path):
+  exp, _ = run
+  seen = []
+  monkeypatch.setattr(classifier_stage, "train_classifier",
+                      lambda exp, stage_dir, module, train, test, seed, name, hook: seen.append(
+                          (os.path.basename(stage_dir), seed, name, module.config.num_classes)) or 0.5)
+  classifier_stage.run(exp, "classifier", exp.config.stages.classifier, str(tmp_path))
+  base = exp_lib.stage_seed(exp.config, "classifier")
+  assert seen == [("style", base, "classifier/style", len(exp.context.data.styles)),
+                  ("object", base + 1, "classifier/object", len(exp.context.data.objects))]
+  done = json.load(open(tmp_path / "classifier" / "DONE.json"))
+  assert done["style_test_accuracy"] == done["object_test_accuracy"] == 0.5
 
 
 def test_baselines_anchors_on_canvas_are_the_same_object_in_other_styles(run):
