@@ -15,7 +15,10 @@ Arguments (comma-separated): cpu, forget=<digit>, steps=<unlearning steps>, atta
 Scale choices (measured on the cpu variant, see the issue notes): gradient ascent
 gets a tenth of the other methods' steps, as the paper gives Sfront 1K/2K against
 10K/20K, because its divergent loss otherwise wrecks the model (500 steps: FD 116
-vs 11.6 pretrained, and a wrecked model is not "unlearned"); SalUn's retain weight
+vs 11.6 pretrained, and a wrecked model is not "unlearned").  Scored on its own
+weights (no EMA, since issue 12) even the 100 cpu steps wreck it (FD 124, 36% of its
+samples confident, flagged in the report): a shorter or weaker GA stage is still to be
+chosen for a meaningful comparison.  SalUn's retain weight
 is beta = 1 here, since SalUn's CIFAR-10 value 1e-3 left retain quality
 unprotected at this scale (1e-3: FD 170).
 """
