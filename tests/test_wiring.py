@@ -115,14 +115,9 @@ def _spec(objectives, options):
 
 
 def _consts(options):
-  consts = {}
-  if options.mask in ("salun", "sfron"):
-    consts["mask"] = MASK
-  if options.mask == "fisher":
-    consts["fisher"] = FISHER
-  if options.frozen:
-    consts["frozen"] = FROZEN
-  return consts
+  """`train_stage.method_consts` of the mask the method's kind reads (FISHER / MASK)."""
+  mask = FISHER if options.mask == "fisher" else MASK if options.mask in ("salun", "sfron") else None
+  return train_stage.method_consts(options, mask, FROZEN)[0]
 
 
 def method_parts(method, variant="", **overrides):

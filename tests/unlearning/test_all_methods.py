@@ -14,6 +14,7 @@ from unlearn_jax import config_lib, training
 from unlearn_jax import train_state as ts
 from unlearn_jax.unlearning import dimum, methods, spec as spec_lib
 from unlearn_jax.reporting import markdown
+from unlearn_jax.stages import train as train_stage
 from method_fixtures import FROZEN, K, PARAMS, close, make_spec
 
 FORGET = (1,)
@@ -104,15 +105,10 @@ BATCHES = {  # every stream a method reads by default, each distinct
 
 
 def _consts(s):
-  """The consts `train_stage.run` gives a method with this spec (the mask kind it declares)."""
-  consts = {}
-  if s.mask in ("salun", "sfron"):
-    consts["mask"] = MASK
-  if s.mask == "fisher":
-    consts["fisher"] = FISHER
-  if s.frozen:
-    consts["frozen"] = FROZEN
-  return consts
+  """The consts `train_stage.run` gives a method with this spec (`train_stage.method_consts`
+  of the mask its kind reads: FISHER for Selective Amnesia, MASK for SalUn / SFR-on)."""
+  mask = FISHER if s.mask == "fisher" else MASK if s.mask in ("salun", "sfron") else None
+  return train_stage.method_consts(s.options(), mask, FROZEN)[0]
 
 
 def _build(name, variant, cfg=None):

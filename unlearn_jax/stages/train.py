@@ -101,6 +101,25 @@ def step_spec(exp: Experiment, objectives, alternate: bool = False, trainable=No
                            null_label=exp.null_label, alternate=alternate, trainable=trainable)
 
 
+def method_consts(options: methods_lib.Options, mask=None, frozen=None) -> Tuple[dict, Any]:
+  """(consts, reset_mask): what a method's transform and its stage's init take.  `mask` (its
+  mask stage's output) goes where the method's mask kind says: Selective Amnesia's Fisher to
+  consts["fisher"], Scissorhands' to the weights to reset, any other (SalUn, SFR-on, or a
+  SalUn mask on a method without one) to the gradient mask consts["mask"]; `frozen` (the
+  weights it starts from) to consts["frozen"] when the method needs them."""
+  consts, reset_mask = {}, None
+  if mask is not None:
+    if options.mask == "fisher":
+      consts["fisher"] = mask
+    elif options.mask == "shs":
+      reset_mask = mask
+    else:
+      consts["mask"] = mask
+  if options.frozen:
+    consts["frozen"] = frozen
+  return consts, reset_mask
+
+
 def with_mask(method, options: methods_lib.Options, consts: dict):
   """A SalUn saliency mask on a method that has no mask of its own: `combine.masked()`
   after the method's combination (e.g. SalUn's mask on CORE or EraseDiff)."""
@@ -118,17 +137,10 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
   lr = options.lr if options.lr is not None else st.lr if st.lr is not None else cfg.optim.lr
   ema_rate = stage_ema_rate(cfg, st)
   spec = step_spec(exp, objs, options.alternate, exp.task.trainable(exp, st), ema_rate=ema_rate)
-  consts, reset_mask = {}, None
-  if st.kind == "unlearn" and st.mask:
-    mask = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE))
-    if options.mask == "fisher":
-      consts["fisher"] = mask
-    elif options.mask == "shs":
-      reset_mask = mask
-    else:
-      consts["mask"] = mask
-  if options.frozen:
-    consts["frozen"] = source_params(exp, workdir, st.init)
+  mask = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE)) if st.kind == "unlearn" and st.mask \
+      else None
+  consts, reset_mask = method_consts(options, mask,
+                                     source_params(exp, workdir, st.init) if options.frozen else None)
   tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
                                b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
                                trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps,
