@@ -56,7 +56,7 @@ for i in "${!jobs[@]}"; do
   echo "=== ${jobs[$i]}"
   cat "$logs/$i.log"
   rc=$(cat "$logs/$i.rc" 2>/dev/null || echo 1)
-  line=$(tail -n 1 "$logs/$i.log")
+  line=$(grep -E "[0-9]+ (passed|failed|errors?)" "$logs/$i.log" | tail -n 1)   # the summary (an atexit warning may follow it)
   p=$(grep -oE '[0-9]+ passed' <<<"$line" | grep -oE '^[0-9]+' || true)
   e=$(grep -oE '[0-9]+ (failed|errors?)' <<<"$line" | awk '{s += $1} END {if (NR) print s}')
   passed=$((passed + ${p:-0}))

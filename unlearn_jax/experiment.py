@@ -1,6 +1,6 @@
 """The experiment every stage runs on, and the tools below the stages.
 
-    exp = tasks.get(config).build(config, workdir)   # data, model, process: writes nothing
+    exp = tasks.build(config, workdir)               # data, model, process: writes nothing
     params = load_params(exp, stage_dir)             # a stage's evaluated weights
     params = source_params(exp, workdir, init)       # an earlier stage, a directory, a task's named model
 
