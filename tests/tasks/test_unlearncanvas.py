@@ -307,3 +307,35 @@ def test_sd_sample_quality_hand_values():
   assert q["confident_share"] == pytest.approx(0.75) and q["object_confident_share"] == pytest.approx(0.25)
   assert q["histogram_tv"] == pytest.approx(0.25) and q["recognised"]
   assert q["retain_histogram_tv"] == pytest.approx(1 / 3)    # retained b, c: (2, 1)/3 vs (3, 0)/3
+
+
+def test_forget_rates_count_the_forget_style_in_the_top_3_and_ar_cl_at_top_1(run, monkeypatch):
+  """AR_MU / AR_DiMRA: the prompt's (forgotten) style among the style classifier's 3 best
+  (DiMUM paper Sec. VI-B); ar_top1 and AR_CL (the alternative style) at top 1.  Stub logits:
+  the alternative style first, the prompt's style third, for every sample."""
+  exp, _ = run
+  ctx = exp.context
+  n_styles = len(ctx.data.styles)
+  assert n_styles >= 4
+  seen = {}
+
+  def logits_for(ctx_, which, params, x):
+    labels = seen["labels"]
+    out = np.zeros((len(labels), n_styles), np.float32)
+    for i, p in enumerate(labels):
+      true, alt = ctx.data.prompt_style[p], ctx.alt_style_id
+      other = next(s for s in range(n_styles) if s not in (true, alt))
+      out[i, alt], out[i, other], out[i, true] = 3.0, 2.0, 1.0
+    return out, np.zeros((len(labels), 1), np.float32)
+
+  def fake_generate(exp_, params, n, rng, labels=None):
+    seen["labels"] = np.asarray(labels)
+    return np.zeros((n,) + exp.example_shape, np.float32)
+
+  monkeypatch.setattr(unlearncanvas.generation, "generate", fake_generate)
+  monkeypatch.setattr(unlearncanvas, "decode", lambda ctx_, z: z)
+  monkeypatch.setattr(unlearncanvas, "classify", logits_for)
+  r = exp.task.forget_rates(exp, None, {"style": None}, 6, jax.random.key(0))
+  assert set(seen["labels"]) <= set(exp.forget_labels) and len(seen["labels"]) == 6
+  assert r["ar"] == 1.0 and r["ar_top1"] == 0.0 and r["ar_cl"] == 1.0
+  assert r["class_histogram"][ctx.alt_style_id] == 6
