@@ -10,7 +10,6 @@ hand computation.
 """
 import dataclasses
 import importlib.util
-import functools
 import json
 import os
 import subprocess
@@ -19,7 +18,6 @@ import textwrap
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 

@@ -105,7 +105,6 @@ def test_build_variants_override_the_config_for_one_stage():
 
 
 def test_a_salun_mask_composes_with_core():
-  from unlearn_jax import pipeline
   _, tx, options = methods.build("core", "", method_config(), alt=np.arange(10), steps=4, forget=(3,),
                                  num_classes=10)
   composed = train_stage.with_mask(tx, options, {"mask": MASK})

@@ -504,9 +504,9 @@ def _classifier_root(exp, workdir: str) -> Optional[str]:
   cfg = exp.config
   if cfg.eval.classifier_dir:
     return cfg.eval.classifier_dir
-  stages = [n for n in cfg.stage_order if cfg.stages[n].kind == "classifier"]
-  if stages and checkpoints.is_done(os.path.join(workdir, stages[0])):
-    return os.path.join(workdir, stages[0])
+  stage = first_stage(cfg, "classifier")
+  if stage and checkpoints.is_done(os.path.join(workdir, stage)):
+    return os.path.join(workdir, stage)
   return None
 
 
@@ -537,7 +537,7 @@ def autoencoder_summary(exp, workdir: str) -> dict:
   model directory's own VAE), its scaling_factor, `_reconstruction_check` and a one-line
   "summary" (report.md).  The check is cached in `<workdir>/sd_cache/` per (latent cache
   key, classifier checkpoints)."""
-  ctx, comp = exp.context, exp.context.comp
+  comp = exp.context.comp
   record = sd.vae_fit_record(comp.model_dir)
   root = _classifier_root(exp, workdir)
   stamp = [] if root is None else sorted(
