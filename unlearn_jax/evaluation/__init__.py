@@ -11,6 +11,14 @@
   classifier.py  the evaluation classifier: `classifier_step` (training), `predict`,
                  `classify`, `embed` (jitted once per classifier), `sample_quality`,
                  `histogram_tv`
+  fid.py         Inception FID the standard way, on `models.inception.InceptionV3`:
+                 `inception_features` (batched, jitted; pool3 / spatial / logits),
+                 `fid` (FID on pool3, sFID on spatial features), `save_fid_stats`,
+                 `load_fid_stats`, `cached_fid_stats` (.npz with mu, sigma),
+                 `inception_score`, `precision_recall` / `manifold_radii` (k-NN
+                 manifolds), `inception_metrics` (all by name)
+  inception_weights.py  pytorch-fid's .pth -> Flax variables (`convert_state_dict`),
+                 `save_npz`, `load_inception_variables` (.npz or .pth; torch optional)
 
 Imports point downward only (data, train_state, training, errors); nothing here
 imports the stages, tasks or reporting.  Curve CSVs and plots are in
@@ -24,9 +32,20 @@ from unlearn_jax.evaluation.classifier import predict
 from unlearn_jax.evaluation.classifier import sample_quality
 from unlearn_jax.evaluation.concept import sfid
 from unlearn_jax.evaluation.concept import ua_ira_cra
+from unlearn_jax.evaluation.fid import cached_fid_stats
+from unlearn_jax.evaluation.fid import fid
+from unlearn_jax.evaluation.fid import inception_features
+from unlearn_jax.evaluation.fid import inception_metrics
+from unlearn_jax.evaluation.fid import inception_score
+from unlearn_jax.evaluation.fid import load_fid_stats
+from unlearn_jax.evaluation.fid import manifold_radii
+from unlearn_jax.evaluation.fid import precision_recall
+from unlearn_jax.evaluation.fid import save_fid_stats
 from unlearn_jax.evaluation.frechet import frechet_distance
 from unlearn_jax.evaluation.frechet import frechet_distance_from_features
 from unlearn_jax.evaluation.frechet import gaussian_stats
+from unlearn_jax.evaluation.inception_weights import convert_state_dict
+from unlearn_jax.evaluation.inception_weights import load_inception_variables
 from unlearn_jax.evaluation.nll import dataset_nll
 from unlearn_jax.evaluation.rates import Classes
 from unlearn_jax.evaluation.rates import Labels
@@ -37,7 +56,9 @@ from unlearn_jax.evaluation.rates import unlearning_ratio
 
 __all__ = [
     "Classes", "Labels",
-    "ar_cl", "attack_rate", "classifier_step", "classify", "dataset_nll", "embed",
-    "frechet_distance", "frechet_distance_from_features", "gaussian_stats", "histogram_tv",
-    "predict", "sample_quality", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
+    "ar_cl", "attack_rate", "cached_fid_stats", "classifier_step", "classify", "convert_state_dict",
+    "dataset_nll", "embed", "fid", "frechet_distance", "frechet_distance_from_features", "gaussian_stats",
+    "histogram_tv", "inception_features", "inception_metrics", "inception_score", "load_fid_stats",
+    "load_inception_variables", "manifold_radii", "precision_recall", "predict", "sample_quality",
+    "save_fid_stats", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
 ]
