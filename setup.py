@@ -34,5 +34,6 @@ setup(
     packages=find_packages(include=["unlearn_jax", "unlearn_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={"test": ["pytest==9.2.0"],
+                    "convert": ["torch==2.13.0"]},  # evaluation.inception_weights reads a .pth
 )
