@@ -434,4 +434,5 @@ def test_inception_metrics_by_name():
   out = evaluation.inception_metrics(real, real, k=3, splits=4)
   assert set(out) == {"fid", "sfid", "inception_score", "inception_score_std", "precision", "recall"}
   assert out["fid"] < 1e-8 and out["sfid"] < 1e-8 and out["precision"] == out["recall"] == 1.0
-  assert out["inception_score"] > 1.0
+  assert out["inception_score"] == evaluation.inception_score(real.logits_unbiased, 4)[0]  # the reference's IS
+  assert out["inception_score"] != evaluation.inception_score(real.logits, 4)[0]

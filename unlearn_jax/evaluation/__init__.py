@@ -20,7 +20,7 @@
   inception_weights.py  pytorch-fid's .pth -> Flax variables (`convert_state_dict`),
                  `save_npz`, `load_inception_variables` (.npz or .pth; torch optional)
 
-Imports point downward only (data, train_state, training, errors); nothing here
+Imports point downward only (data, train_state, training, errors, models); nothing here
 imports the stages, tasks or reporting.  Curve CSVs and plots are in
 `unlearn_jax.reporting.figures`.
 """

@@ -60,6 +60,7 @@ Input conventions (pytorch-fid's):
 """
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple, Optional, Tuple
 
 import flax.linen as nn
@@ -156,7 +157,7 @@ class InceptionA(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)  # noqa: E731
+    conv = functools.partial(BasicConv, precision=self.precision)
     b1 = conv(64, name="branch1x1")(x)
     b5 = conv(48, name="branch5x5_1")(x)
     b5 = conv(64, (5, 5), padding=(2, 2), name="branch5x5_2")(b5)
@@ -173,7 +174,7 @@ class InceptionB(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)  # noqa: E731
+    conv = functools.partial(BasicConv, precision=self.precision)
     b3 = conv(384, (3, 3), (2, 2), name="branch3x3")(x)
     bd = conv(64, name="branch3x3dbl_1")(x)
     bd = conv(96, (3, 3), padding=(1, 1), name="branch3x3dbl_2")(bd)
@@ -188,7 +189,7 @@ class InceptionC(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)  # noqa: E731
+    conv = functools.partial(BasicConv, precision=self.precision)
     c7 = self.channels_7x7
     row, col = dict(kernel=(1, 7), padding=(0, 3)), dict(kernel=(7, 1), padding=(3, 0))
     b1 = conv(192, name="branch1x1")(x)
@@ -210,7 +211,7 @@ class InceptionD(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)  # noqa: E731
+    conv = functools.partial(BasicConv, precision=self.precision)
     b3 = conv(192, name="branch3x3_1")(x)
     b3 = conv(320, (3, 3), (2, 2), name="branch3x3_2")(b3)
     b7 = conv(192, name="branch7x7x3_1")(x)
@@ -227,7 +228,7 @@ class InceptionE(nn.Module):
 
   @nn.compact
   def __call__(self, x):
-    conv = lambda *a, **k: BasicConv(*a, precision=self.precision, **k)  # noqa: E731
+    conv = functools.partial(BasicConv, precision=self.precision)
     row, col = dict(kernel=(1, 3), padding=(0, 1)), dict(kernel=(3, 1), padding=(1, 0))
     b1 = conv(320, name="branch1x1")(x)
     b3 = conv(384, name="branch3x3_1")(x)
