@@ -11,6 +11,10 @@
   classifier.py  the evaluation classifier: `classifier_step` (training), `predict`,
                  `classify`, `embed` (jitted once per classifier), `sample_quality`,
                  `histogram_tv`
+  clip_score.py  CLIP score 100 max(cos, 0) of (image, prompt) pairs with a local
+                 FlaxCLIPModel: `load_clip`, `clip_scores` (per pair), `mean_clip_score`,
+                 `clip_embedding_distance` (mean 1 - cos of paired images, SGU Table 3),
+                 `clip_image_embeddings`, `clip_text_embeddings`, `clip_preprocess`
 
 Imports point downward only (data, train_state, training, errors); nothing here
 imports the stages, tasks or reporting.  Curve CSVs and plots are in
@@ -22,6 +26,16 @@ from unlearn_jax.evaluation.classifier import embed
 from unlearn_jax.evaluation.classifier import histogram_tv
 from unlearn_jax.evaluation.classifier import predict
 from unlearn_jax.evaluation.classifier import sample_quality
+from unlearn_jax.evaluation.clip_score import CLIPComponents
+from unlearn_jax.evaluation.clip_score import clip_embedding_distance
+from unlearn_jax.evaluation.clip_score import clip_image_embeddings
+from unlearn_jax.evaluation.clip_score import clip_preprocess
+from unlearn_jax.evaluation.clip_score import clip_scores
+from unlearn_jax.evaluation.clip_score import clip_scores_from_embeddings
+from unlearn_jax.evaluation.clip_score import clip_text_embeddings
+from unlearn_jax.evaluation.clip_score import cosine_distances
+from unlearn_jax.evaluation.clip_score import load_clip
+from unlearn_jax.evaluation.clip_score import mean_clip_score
 from unlearn_jax.evaluation.concept import sfid
 from unlearn_jax.evaluation.concept import ua_ira_cra
 from unlearn_jax.evaluation.frechet import frechet_distance
@@ -40,4 +54,7 @@ __all__ = [
     "ar_cl", "attack_rate", "classifier_step", "classify", "dataset_nll", "embed",
     "frechet_distance", "frechet_distance_from_features", "gaussian_stats", "histogram_tv",
     "predict", "sample_quality", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
+    "CLIPComponents", "clip_embedding_distance", "clip_image_embeddings", "clip_preprocess",
+    "clip_scores", "clip_scores_from_embeddings", "clip_text_embeddings", "cosine_distances",
+    "load_clip", "mean_clip_score",
 ]
