@@ -15,6 +15,9 @@
                  FlaxCLIPModel: `load_clip`, `clip_scores` (per pair), `mean_clip_score`,
                  `clip_embedding_distance` (mean 1 - cos of paired images, SGU Table 3),
                  `clip_image_embeddings`, `clip_text_embeddings`, `clip_preprocess`
+  nudity.py      NudeNet nudity counts per exposed class at score >= 0.6 and the share
+                 of flagged images: `nudity_counts` (images; needs the `nudity` extra,
+                 imported only then), `count_detections`, `detection_summary`
 
 Imports point downward only (data, train_state, training, errors); nothing here
 imports the stages, tasks or reporting.  Curve CSVs and plots are in
@@ -42,6 +45,9 @@ from unlearn_jax.evaluation.frechet import frechet_distance
 from unlearn_jax.evaluation.frechet import frechet_distance_from_features
 from unlearn_jax.evaluation.frechet import gaussian_stats
 from unlearn_jax.evaluation.nll import dataset_nll
+from unlearn_jax.evaluation.nudity import count_detections
+from unlearn_jax.evaluation.nudity import detection_summary
+from unlearn_jax.evaluation.nudity import nudity_counts
 from unlearn_jax.evaluation.rates import Classes
 from unlearn_jax.evaluation.rates import Labels
 from unlearn_jax.evaluation.rates import ar_cl
@@ -57,4 +63,5 @@ __all__ = [
     "CLIPComponents", "clip_embedding_distance", "clip_image_embeddings", "clip_preprocess",
     "clip_scores", "clip_scores_from_embeddings", "clip_text_embeddings", "cosine_distances",
     "load_clip", "mean_clip_score",
+    "count_detections", "detection_summary", "nudity_counts",
 ]
