@@ -34,5 +34,9 @@ setup(
     packages=find_packages(include=["unlearn_jax", "unlearn_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"]},
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        # evaluation.nudity: NudeNet's bundled 320n detector (tested together on py3.11, CPU)
+        "nudity": ["nudenet==3.4.2", "onnxruntime==1.32.0", "opencv-python-headless==4.14.0.94"],
+    },
 )
