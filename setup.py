@@ -34,6 +34,10 @@ setup(
     packages=find_packages(include=["unlearn_jax", "unlearn_jax.*"]),
     python_requires=">=3.11",
     install_requires=INSTALL_REQUIRES,
-    extras_require={"test": ["pytest==9.2.0"],
-                    "convert": ["torch==2.13.0"]},  # evaluation.inception_weights reads a .pth
+    extras_require={
+        "test": ["pytest==9.2.0"],
+        "convert": ["torch==2.13.0"],  # evaluation.inception_weights reads a .pth
+        # evaluation.nudity: NudeNet's bundled 320n detector (tested together on py3.11, CPU)
+        "nudity": ["nudenet==3.4.2", "onnxruntime==1.32.0", "opencv-python-headless==4.14.0.94"],
+    },
 )

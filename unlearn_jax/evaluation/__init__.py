@@ -19,6 +19,13 @@
                  manifolds), `inception_metrics` (all by name)
   inception_weights.py  pytorch-fid's .pth -> Flax variables (`convert_state_dict`),
                  `save_npz`, `load_inception_variables` (.npz or .pth; torch optional)
+  clip_score.py  CLIP score 100 max(cos, 0) of (image, prompt) pairs with a local
+                 FlaxCLIPModel: `load_clip`, `clip_scores` (per pair), `mean_clip_score`,
+                 `clip_embedding_distance` (mean 1 - cos of paired images, SGU Table 3),
+                 `clip_image_embeddings`, `clip_text_embeddings`, `clip_preprocess`
+  nudity.py      NudeNet nudity counts per exposed class at score >= 0.6 and the share
+                 of flagged images: `nudity_counts` (images; needs the `nudity` extra,
+                 imported only then), `count_detections`, `detection_summary`
 
 Imports point downward only (data, train_state, training, errors, models); nothing here
 imports the stages, tasks or reporting.  Curve CSVs and plots are in
@@ -30,6 +37,16 @@ from unlearn_jax.evaluation.classifier import embed
 from unlearn_jax.evaluation.classifier import histogram_tv
 from unlearn_jax.evaluation.classifier import predict
 from unlearn_jax.evaluation.classifier import sample_quality
+from unlearn_jax.evaluation.clip_score import CLIPComponents
+from unlearn_jax.evaluation.clip_score import clip_embedding_distance
+from unlearn_jax.evaluation.clip_score import clip_image_embeddings
+from unlearn_jax.evaluation.clip_score import clip_preprocess
+from unlearn_jax.evaluation.clip_score import clip_scores
+from unlearn_jax.evaluation.clip_score import clip_scores_from_embeddings
+from unlearn_jax.evaluation.clip_score import clip_text_embeddings
+from unlearn_jax.evaluation.clip_score import cosine_distances
+from unlearn_jax.evaluation.clip_score import load_clip
+from unlearn_jax.evaluation.clip_score import mean_clip_score
 from unlearn_jax.evaluation.concept import sfid
 from unlearn_jax.evaluation.concept import ua_ira_cra
 from unlearn_jax.evaluation.fid import cached_fid_stats
@@ -47,6 +64,9 @@ from unlearn_jax.evaluation.frechet import gaussian_stats
 from unlearn_jax.evaluation.inception_weights import convert_state_dict
 from unlearn_jax.evaluation.inception_weights import load_inception_variables
 from unlearn_jax.evaluation.nll import dataset_nll
+from unlearn_jax.evaluation.nudity import count_detections
+from unlearn_jax.evaluation.nudity import detection_summary
+from unlearn_jax.evaluation.nudity import nudity_counts
 from unlearn_jax.evaluation.rates import Classes
 from unlearn_jax.evaluation.rates import Labels
 from unlearn_jax.evaluation.rates import ar_cl
@@ -56,9 +76,12 @@ from unlearn_jax.evaluation.rates import unlearning_ratio
 
 __all__ = [
     "Classes", "Labels",
-    "ar_cl", "attack_rate", "cached_fid_stats", "classifier_step", "classify", "convert_state_dict",
-    "dataset_nll", "embed", "fid", "frechet_distance", "frechet_distance_from_features", "gaussian_stats",
-    "histogram_tv", "inception_features", "inception_metrics", "inception_score", "load_fid_stats",
-    "load_inception_variables", "manifold_radii", "precision_recall", "predict", "sample_quality",
+    "CLIPComponents", "ar_cl", "attack_rate", "cached_fid_stats", "classifier_step", "classify",
+    "clip_embedding_distance", "clip_image_embeddings", "clip_preprocess", "clip_scores",
+    "clip_scores_from_embeddings", "clip_text_embeddings", "convert_state_dict", "cosine_distances",
+    "count_detections", "dataset_nll", "detection_summary", "embed", "fid", "frechet_distance",
+    "frechet_distance_from_features", "gaussian_stats", "histogram_tv", "inception_features",
+    "inception_metrics", "inception_score", "load_clip", "load_fid_stats", "load_inception_variables",
+    "manifold_radii", "mean_clip_score", "nudity_counts", "precision_recall", "predict", "sample_quality",
     "save_fid_stats", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
 ]
