@@ -78,6 +78,7 @@ from unlearn_jax import sde as sde_lib  # noqa: E402
 from unlearn_jax import train_state as ts  # noqa: E402
 from unlearn_jax.models import stable_diffusion as sd  # noqa: E402
 from unlearn_jax.unlearning import methods  # noqa: E402
+from unlearn_jax import settings  # noqa: E402
 
 #: the text-to-image methods, fine-tuning (the reference) first.
 METHODS = ("finetune", "core", "dimum", "erasediff", "esd", "salun", "ca")
@@ -256,7 +257,7 @@ class Runner:
     self.method, self.which = method, which
     config = setup.config
     objectives, method_tx, opts = methods.build(
-        method, "", config, alt=setup.alt, steps=1000, forget=setup.forget,
+        method, "", settings.of(config), alt=setup.alt, steps=1000, forget=setup.forget,
         num_classes=setup.num_prompts, anchor_fn=lambda cfg: setup.anchors)
     trainable = sd.trainable_mask(setup.params, which)
     consts = {}

@@ -33,6 +33,7 @@ from unlearn_jax import sde as sde_lib  # noqa: E402
 from unlearn_jax import train_state as ts  # noqa: E402
 from unlearn_jax.unlearning import dimum as dimum_lib  # noqa: E402
 from unlearn_jax.unlearning import methods  # noqa: E402
+from unlearn_jax import settings
 
 #: every class-conditional method (SGU is for unconditional score models: benchmarks/train_step.py).
 METHODS = tuple(m for m in methods.METHODS if m != "sgu")
@@ -52,7 +53,7 @@ def build(config, method: str, batch: int):
   module, _ = models.build_model(config.model, shape, k)
   params = models.init_params(module, jax.random.key(0), shape, conditional=True)
   alt = dimum_lib.alternative_classes(k, tuple(config.data.forget_classes), "next")
-  objectives, method_tx, opts = methods.build(method, "", config, alt=alt, steps=1000,
+  objectives, method_tx, opts = methods.build(method, "", settings.of(config), alt=alt, steps=1000,
                                               forget=tuple(config.data.forget_classes), num_classes=k)
   tx = training.make_optimizer(1e-4, grad_clip=1.0, method=method_tx)
   apply = lambda v, x, t, l=None, train=False, rngs=None: module.apply(v, x, t, l, train=train, rngs=rngs)

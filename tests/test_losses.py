@@ -9,6 +9,7 @@ from unlearn_jax import losses, score
 from unlearn_jax import sde as sde_lib
 from unlearn_jax.errors import UserError
 from unlearn_jax.unlearning import sgu
+from unlearn_jax import settings
 
 EPS = jnp.array([[1.0, -2.0, 0.5], [0.0, 3.0, -1.0]])
 Z = jnp.array([[0.5, 1.0, -2.0], [1.0, -1.0, 2.0]])
@@ -123,7 +124,7 @@ def _sgu_setup(variant, sde, weighting="sigma", reduce="mean", alpha=0.5, std_po
   c = config_lib.base()
   c.training.update(dict(reduce=reduce, weighting=weighting))
   c.sgu.update(dict(alpha=alpha, std_power=std_power, max_std=max_std, orthogonal_form=form))
-  objectives, tx, _ = methods.build("sgu", variant, c, alt=None, steps=4)
+  objectives, tx, _ = methods.build("sgu", variant, settings.of(c), alt=None, steps=4)
   apply_fn = lambda v, x, t, labels, train=False, rngs=None: x * v["params"]["w"] + v["params"]["b"]
   spec = training.StepSpec(apply_fn=apply_fn, process=sde, output_type="eps", objectives=objectives,
                            weighting=weighting)

@@ -29,6 +29,7 @@ from unlearn_jax import experiment as exp_lib
 from unlearn_jax import generation
 from unlearn_jax.stages import train as train_stage
 from unlearn_jax.stages import mask as mask_stage
+from unlearn_jax import settings
 from test_dimum_pipeline import tiny_config
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -123,7 +124,7 @@ def method_parts(method, variant="", **overrides):
   config, under plain SGD at rate 1 without clipping (so theta_0 - theta_1 is the method's
   combined gradient), with the consts its options ask for (as `train_stage.run`)."""
   cfg = method_config(**overrides)
-  objectives, tx, options = methods.build(method, variant, cfg, alt=ALT, steps=4, forget=FORGET, num_classes=K)
+  objectives, tx, options = methods.build(method, variant, settings.of(cfg), alt=ALT, steps=4, forget=FORGET, num_classes=K)
   consts = _consts(options)
   spec = _spec(objectives, options)
   opt = training.make_optimizer(1.0, warmup=0, grad_clip=0.0, method=train_stage.with_mask(tx, options, consts),
@@ -308,8 +309,8 @@ def test_masked_and_alternating_methods_hand_values():
 
 def test_erasediff_couple_lr_sets_the_options_lr():
   cfg = lambda couple: method_config(**{"erasediff.couple_lr": couple, "erasediff.eta": 0.3})
-  assert methods.build("erasediff", "", cfg(True), alt=ALT, steps=1, forget=FORGET, num_classes=K)[2].lr == 0.3
-  assert methods.build("erasediff", "", cfg(False), alt=ALT, steps=1, forget=FORGET, num_classes=K)[2].lr is None
+  assert methods.build("erasediff", "", settings.of(cfg(True)), alt=ALT, steps=1, forget=FORGET, num_classes=K)[2].lr == 0.3
+  assert methods.build("erasediff", "", settings.of(cfg(False)), alt=ALT, steps=1, forget=FORGET, num_classes=K)[2].lr is None
 
 
 # ---------------------------------------------------------------------------- mask-stage options
@@ -323,13 +324,9 @@ def digits_exp():
 
 def stub_exp(exp, module, **config_overrides):
   """`exp` with its model replaced by `module` and config fields {"a.b": v} set (fresh caches)."""
-  cfg = exp.config.copy_and_resolve_references()
+  cfg = exp.config
   for path, value in config_overrides.items():
-    *parents, key = path.split(".")
-    node = cfg
-    for p in parents:
-      node = node[p]
-    node[key] = value
+    cfg = settings.replace(cfg, path, value)
   return dataclasses.replace(exp, config=cfg, module=module, compiled={})
 
 
@@ -573,7 +570,7 @@ def test_nll_offset_per_convention_and_centering(digits_exp, monkeypatch):
   monkeypatch.setattr(likelihood, "get_likelihood_fn", lambda *a, **kw: seen.append(kw) or (lambda *b: None))
   for (conv, centered, image), want in expected.items():
     exp = stub_exp(digits_exp, LinearModule(), **{"eval.nll.offset": conv, "data.centered": centered})
-    exp.config.sde = config_lib.base().sde                  # an SDE experiment (the DDPM path has no NLL)
+    exp.config = dataclasses.replace(exp.config, sde=settings.SDE())                 # an SDE experiment (the DDPM path has no NLL)
     exp = dataclasses.replace(exp, process=sde_lib.VPSDE())
     if not image:
       exp = dataclasses.replace(exp, train=toy)

@@ -1,5 +1,9 @@
 """Shared config building blocks.  Experiment files in `configs/` start from these.
 
+A config is an `ml_collections.ConfigDict` (what config files, `--config.x=y` overrides and
+config.json hold); `settings.of` turns it into the typed `settings.Settings` that everything
+below the driver reads, and refuses a field it does not declare.
+
 Schema (every field is read by exactly one module; see the README):
   seed                      global seed; every key derives from it by fold_in
   data.*                    `unlearn_jax.data.load_dataset` + the forget split
@@ -11,13 +15,16 @@ Schema (every field is read by exactly one module; see the README):
   sgu.*                     SGU's alpha (Eq. 11) and lambda(t) of Eq. 9/10 (std_power, max_std)
   unlearn.alternative       the alternative of each forgotten class (DiMUM's D_u', SalUn's c', AR_CL)
   unlearn.anchors           "" or a CORE scheme: SalUn / EraseDiff-rl / CA-model draw c' from it
-  dimum.* ga.* salun.* sfron.* erasediff.* core.* esd.* ca.* sa.* shs.*
-                            the other methods' coefficients (`unlearning.methods`)
+  dimum.* ga.* salun.* sfron.* erasediff.* core.* esd.* ca.* sa.* shs.* neggrad_plus.*
+                            the other methods' coefficients: each the `Config` dataclass
+                            of its method's module (`unlearning.methods.SECTIONS`)
   classifier.*              the evaluation classifier (image data only)
   eval.*                    sampler, number of samples, NLL settings
   stages.<name>.*           one entry per stage; `stage_order` runs them in order
 """
 from __future__ import annotations
+
+import dataclasses
 
 import ml_collections
 
@@ -52,43 +59,15 @@ def base() -> ml_collections.ConfigDict:
       batch_size=128, weighting="sigma", reduce="sum", log_every=100, ckpt_every=1000,
       sample_every=0, max_to_keep=2, cond_drop=0.1))
 
-  # SGU Eq. 11: alpha * L_retain + (1 - alpha) * L_forget.
-  # std_power p: lambda(t) of Eq. 9/10 such that the eps-unit weight is std(t)^-p
-  # (p = 0: lambda = std^2 for obtuse, the DSM weighting of the retain loss);
-  # max_std > 0: lambda(t) = 0 where std(t) > max_std (the forget loss acts at small t only).
-  c.sgu = ml_collections.ConfigDict(dict(alpha=0.99, std_power=0.0, max_std=0.0, orthogonal_form="elementwise"))
-  # DiMUM / SalUn / gradient ascent / SFR-on (DiMUM paper Eq. 5, 6, 11; REFERENCE.md).
-  # anchors: "" = the baselines' c' is `alternative`'s one class; a CORE scheme (core.SCHEMES)
-  # = c' drawn per example and step from that scheme's candidates (CORE App. C).
+  # unlearn.alternative: the alternative of each forgotten class (DiMUM's D_u', SalUn's c', AR_CL);
+  # unlearn.anchors: "" = the baselines' c' is `alternative`'s one class; a CORE scheme
+  # (core.SCHEMES) = c' drawn per example and step from that scheme's candidates (CORE App. C).
   c.unlearn = ml_collections.ConfigDict(dict(alternative="next", anchors=""))
-  c.dimum = ml_collections.ConfigDict(dict(beta=1.0))
-  c.ga = ml_collections.ConfigDict(dict(beta=1.0))
-  # NegGrad+ (`unlearning.neggrad_plus`): beta L_r - (1 - beta) L_f.
-  c.neggrad_plus = ml_collections.ConfigDict(dict(beta=0.9))
-  c.salun = ml_collections.ConfigDict(dict(beta=1e-3, fraction=0.5))
-  c.sfron = ml_collections.ConfigDict(dict(alpha_max=10.0))
-  # EraseDiff (Algorithm 1): lambda rule ("paper" | "constant" | "cosine"), a_t = eta ||grad g||^2,
-  # K inner steps at rate xi (inner_lr), the forget target eps_f, and how phi^K enters grad g:
-  # "first_order" (default: grad L_f(theta) - grad L_f(phi^K), phi^K(theta)'s Jacobian taken as I,
-  # so K and xi change the update; K = 0 erases nothing), "unrolled" (exact, through the K steps)
-  # or "fixed" (grad L_f(theta): Algorithm 1's literal phi^K, K and xi then change only the logged g).
-  # couple_lr: the step size is eta too (the paper's theta - eta delta_t); False: the stage's lr.
-  c.erasediff = ml_collections.ConfigDict(dict(
-      eta=0.1, rule="paper", lam=0.1, inner_steps=2, inner_lr=1e-3, grad_form="first_order", target="rl",
-      couple_lr=False))
-  # CORE (Eq. 2-4): alpha, the anchor scheme of Table 4 (group size, k, base class; -1 = first retained).
-  c.core = ml_collections.ConfigDict(dict(alpha=1.0, scheme="one_to_one", group_size=5, k=5, base=-1))
-  # ESD (CORE App. C Eq. 8): eta, p_0 (-1: the null class), partial-DDIM x_t (steps, guidance, sampler).
-  c.esd = ml_collections.ConfigDict(dict(eta=1.0, base=-1, ddim_steps=50, guidance=3.0, source="current"))
-  # Concept Ablation (Eq. 11-12): model- or noise-based, anchor or forget images, prior weight.
-  c.ca = ml_collections.ConfigDict(dict(variant="model", images="anchor", prior_weight=1.0))
-  # Selective Amnesia: replay weight gamma, EWC lambda, the replay stream, and the Fisher
-  # F = mean over fisher_samples generated samples of (grad of the sample's loss summed over t)^2,
-  # each square estimated without bias from fisher_t >= 2 random (t, z) draws.
-  c.sa = ml_collections.ConfigDict(dict(gamma=1.0, lam=10.0, replay="retain", fisher_samples=5000,
-                                        fisher_t=8))
-  # Scissorhands: the kept share (1 - sparsity is reset) and the forget weight of L_r - gamma L_f.
-  c.shs = ml_collections.ConfigDict(dict(sparsity=0.99, gamma=0.1))
+  # Each method's coefficients: the defaults of its module's `Config` dataclass (sgu, ga,
+  # dimum, salun, sfron, erasediff, core, esd, ca, sa, shs, neggrad_plus; their docstrings
+  # say what each field is).
+  for section, cls in methods_lib.SECTIONS.items():
+    c[section] = ml_collections.ConfigDict(dataclasses.asdict(cls()))
 
   c.classifier = ml_collections.ConfigDict(dict(
       features=(32, 64), dense=128, dropout=0.0, steps=2000, batch_size=128, lr=1e-3))

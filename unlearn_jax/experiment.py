@@ -19,7 +19,6 @@ from typing import Any, Callable, Dict, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 
 from unlearn_jax import checkpoints
@@ -34,7 +33,7 @@ SYNTH_FILE = "data.npz"
 @dataclasses.dataclass
 class Experiment:
   """Everything the stages share: data, model, process.  Built once, before any write."""
-  config: ml_collections.ConfigDict
+  config: Any                                 # a `settings.Settings`
   train: data_lib.Dataset
   test: data_lib.Dataset
   streams: Dict[str, data_lib.Dataset]        # "all", "retain", "forget", "alternative", "test_retain"
@@ -99,7 +98,7 @@ def stage_ema_rate(cfg, st) -> float:
   config.model.ema_rate for train stages and unlearn stages from scratch (re-training),
   and 0 (no EMA: the evaluated weights are the trained ones) for unlearn stages that
   fine-tune a model and for attacks (`config_lib.stage`)."""
-  rate = st.get("ema_rate", None)
+  rate = st.ema_rate
   if rate is not None:
     return float(rate)
   if st.kind == "train" or (st.kind == "unlearn" and st.init == "scratch"):

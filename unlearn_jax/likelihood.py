@@ -48,8 +48,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import data as data_lib
+from unlearn_jax import lazy
 from unlearn_jax import sde as sde_lib
 from unlearn_jax.errors import check_choice, check_range
+
+integrate = lazy.load("scipy.integrate")   # host-only dependency
 
 # score_apply(params, x_B..., t_B) -> score_B...
 ScoreApply = Callable[[Any, jax.Array, jax.Array], jax.Array]
@@ -287,8 +290,6 @@ def nll_scipy(sde, score_apply: ScoreApply, params, x, rng, *, rtol: float = 1e-
   Returns:
     (bpd, z, nfe) as numpy arrays / int; bpd is NaN if the solver failed.
   """
-  from scipy import integrate  # host-only dependency
-
   check_choice("likelihood.hutchinson", hutchinson, DIVERGENCES)
   x = np.asarray(x, np.float32)
   shape, batch = x.shape, x.shape[0]

@@ -19,6 +19,7 @@ from typing import Optional
 import ml_collections
 
 from unlearn_jax import checkpoints
+from unlearn_jax import settings
 from unlearn_jax import stages
 from unlearn_jax import tasks
 from unlearn_jax import validation
@@ -27,10 +28,12 @@ from unlearn_jax.experiment import Experiment
 
 
 def build_experiment(config, workdir: Optional[str] = None) -> Experiment:
-  """Validates and builds the experiment; raises UserError on any bad input.  Writes nothing
-  (a Stable Diffusion experiment reads its latent cache from `workdir` if there is one)."""
-  validation.check_config(config)
-  exp = tasks.build(config, workdir)
+  """Validates the config dict, types it (`settings.of`) and builds the experiment on the
+  `Settings`; raises UserError on any bad input.  Writes nothing (a Stable Diffusion
+  experiment reads its latent cache from `workdir` if there is one)."""
+  if not isinstance(config, settings.Settings):      # a Settings was typed from a checked dict
+    validation.check_config(config)
+  exp = tasks.build(settings.of(config), workdir)
   validation.check_experiment(exp)
   return exp
 
@@ -109,8 +112,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Expe
   if merged != stored:
     checkpoints.write_json(cfg_path, merged)
   hooks = stages.Hooks(step=step_hook)
-  for name in config.stage_order:
-    st = config.stages[name]
+  for name in exp.config.stage_order:
+    st = exp.config.stages[name]
     if checkpoints.is_done(os.path.join(workdir, name)) and st.kind != "report":
       logging.info("[%s] done, skipping", name)
       continue

@@ -43,10 +43,14 @@ import optax
 
 from unlearn_jax import checkpoints
 from unlearn_jax import data as data_lib
+from unlearn_jax import lazy
 from unlearn_jax import losses
 from unlearn_jax import score as score_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax.errors import UserError, check_choice, check_range
+
+metric_writers = lazy.load("clu.metric_writers")     # TensorFlow: imported on first use
+periodic_actions = lazy.load("clu.periodic_actions")
 
 AXIS = "batch"
 
@@ -453,8 +457,6 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   scalars (TensorBoard, <stage_dir>/metrics.jsonl) are means over the steps since the
   previous log.
   """
-  from clu import metric_writers, periodic_actions
-
   os.makedirs(stage_dir, exist_ok=True)
   restored, start = checkpoints.restore_latest(stage_dir, state, loop.max_to_keep)   # skips unreadable ones
   if start is not None:

@@ -15,6 +15,7 @@ from unlearn_jax import experiment as exp_lib
 from unlearn_jax import generation
 from unlearn_jax.tasks import unlearncanvas
 from unlearn_jax.stages import classifier as classifier_stage
+from unlearn_jax import settings
 
 
 def tiny_config(methods=("core", "dimum"), attack=2):
@@ -237,10 +238,10 @@ def test_trainable_masks_of_the_stages(run):
   kv = unlearncanvas.trainable_mask(exp, "cross_attn_kv")
   names = [jax.tree_util.keystr(p) for p, m in jax.tree_util.tree_leaves_with_path(kv) if m]
   assert names and all("attn2" in n and ("to_k" in n or "to_v" in n) for n in names)
-  train_st = exp.config.stages.pretrained
+  train_st = exp.config.stages["pretrained"]
   mask = exp.task.trainable(exp, train_st)
   assert sum(jax.tree_util.tree_leaves(mask)) > sum(jax.tree_util.tree_leaves(
-      exp.task.trainable(exp, exp.config.stages.core)))
+      exp.task.trainable(exp, exp.config.stages["core"])))
   assert training.split_trainable(exp.context.base_params, mask)["prompts"]["embeddings"] is None
   assert sd.TRAINABLE == ("all", "cross_attn", "cross_attn_kv", "non_cross_attn")
   # the defaults: a train stage trains every leaf, the others (and mask stages: st=None)
@@ -261,7 +262,7 @@ def test_the_style_and_object_classifiers_get_their_own_seeds(run, monkeypatch, 
   monkeypatch.setattr(classifier_stage, "train_classifier",
                       lambda exp, stage_dir, module, train, test, seed, name, hook: seen.append(
                           (os.path.basename(stage_dir), seed, name, module.config.num_classes)) or 0.5)
-  classifier_stage.run(exp, "classifier", exp.config.stages.classifier, str(tmp_path))
+  classifier_stage.run(exp, "classifier", exp.config.stages["classifier"], str(tmp_path))
   base = exp_lib.stage_seed(exp.config, "classifier")
   assert seen == [("style", base, "classifier/style", len(exp.context.data.styles)),
                   ("object", base + 1, "classifier/object", len(exp.context.data.objects))]
@@ -280,7 +281,7 @@ def test_baselines_anchors_on_canvas_are_the_same_object_in_other_styles(run):
   n = len(data.prompts)
   for scheme in ("random", "all_to_one"):
     cfg.unlearn.anchors = scheme
-    table = methods.baseline_alternatives(cfg, exp.alt, exp.forget_labels, n, exp.anchor_fn)
+    table = methods.baseline_alternatives(settings.of(cfg), exp.alt, exp.forget_labels, n, exp.anchor_fn)
     assert table.shape[0] == n
     for p in range(n):
       cands = {int(a) for a in table[p]}

@@ -15,6 +15,7 @@ from unlearn_jax import train_state as ts
 from unlearn_jax.unlearning import dimum, methods, spec as spec_lib
 from unlearn_jax.reporting import markdown
 from unlearn_jax.stages import train as train_stage
+from unlearn_jax import settings
 from method_fixtures import FROZEN, K, PARAMS, close, make_spec
 
 FORGET = (1,)
@@ -112,7 +113,7 @@ def _consts(s):
 
 
 def _build(name, variant, cfg=None):
-  return methods.build(name, variant, cfg or config(), alt=ALT, steps=4, forget=FORGET, num_classes=K)
+  return methods.build(name, variant, settings.of(cfg or config()), alt=ALT, steps=4, forget=FORGET, num_classes=K)
 
 
 def test_every_spec_has_a_hand_row():

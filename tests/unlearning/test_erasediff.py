@@ -13,6 +13,7 @@ from unlearn_jax import train_state as ts
 from unlearn_jax.errors import UserError
 from unlearn_jax.unlearning import erasediff, methods
 from unlearn_jax.stages import train as train_stage
+from unlearn_jax import settings
 from method_fixtures import (BATCH, DENOISE, DROPOUT, G, K, KEYS, LABELS, PARAMS, PROCESS, R, X, X_T, close, eps_np,
                              flat, loss_of, make_spec, method_config, tiny_model_grads)
 
@@ -157,7 +158,7 @@ def _erasediff_step(lr=0.05, **options):
   """One train step of methods.build("erasediff") (eps_f ~ U(0, I)) with config.optim.name="sgd"."""
   c = method_config()
   c.erasediff.update(dict(target="noise", **options))
-  objectives, method, _ = methods.build("erasediff", "", c, alt=np.arange(K + 1), steps=1, forget=(3,),
+  objectives, method, _ = methods.build("erasediff", "", settings.of(c), alt=np.arange(K + 1), steps=1, forget=(3,),
                                         num_classes=K)
   spec = make_spec(**objectives)
   tx = training.make_optimizer(lr, warmup=0, grad_clip=0.0, method=method, name="sgd")
@@ -255,11 +256,11 @@ def test_erasediff_couple_lr_makes_eta_the_stage_step_size(monkeypatch, tmp_path
 
   monkeypatch.setattr(training, "make_optimizer", fake)
   for couple, lr in ((False, 3e-3), (True, 0.25)):
-    exp.config.erasediff.couple_lr = couple
+    exp.config = settings.replace(exp.config, "erasediff.couple_lr", couple)
     with pytest.raises(Stop):
-      train_stage.run(exp, "erasediff", exp.config.stages.erasediff, str(tmp_path))
+      train_stage.run(exp, "erasediff", exp.config.stages["erasediff"], str(tmp_path))
     assert seen[-1] == (lr, "sgd")
-  assert methods.build("erasediff", "", method_config(), alt=np.arange(10), steps=1, forget=(3,),
+  assert methods.build("erasediff", "", settings.of(method_config()), alt=np.arange(10), steps=1, forget=(3,),
                        num_classes=10)[2].lr is None
 
 

@@ -8,6 +8,7 @@ from unlearn_jax import losses, training
 from unlearn_jax.errors import UserError
 from unlearn_jax.unlearning import core, dimum, methods, sfron
 from unlearn_jax.stages import train as train_stage
+from unlearn_jax import settings
 from method_fixtures import (F, G, K, KEYS, LABELS, MASK, PARAMS, R, U, anchor_cfg, close, combo, eps_np, method_config,
                              noised, update)
 
@@ -43,7 +44,7 @@ def test_the_tabled_methods_exist():
 def test_build_objectives_and_options(method):
   variant = "obtuse" if method == "sgu" else ""
   alt = dimum.alternative_classes(10, (3,), "next")
-  objectives, tx, options = methods.build(method, variant, method_config(), alt=alt, steps=8)
+  objectives, tx, options = methods.build(method, variant, settings.of(method_config()), alt=alt, steps=8)
   names, mask, alternate = EXPECTED[method]
   assert [(n, o.stream) for n, o in objectives.items()] == names
   assert options.mask == mask and options.alternate == alternate
@@ -68,19 +69,19 @@ def test_build_objectives_and_options(method):
 ])
 def test_build_transforms_use_the_config(method, extras, expected):
   variant = "orthogonal" if method == "sgu" else ""
-  _, tx, _ = methods.build(method, variant, method_config(), alt=np.arange(10), steps=8)
+  _, tx, _ = methods.build(method, variant, settings.of(method_config()), alt=np.arange(10), steps=8)
   close(update(tx, U, **extras), combo(expected, U, F))
 
 
 @pytest.mark.parametrize("method,variant", [("bogus", ""), ("sgu", "bogus")])
 def test_build_rejects_unknown_names(method, variant):
   with pytest.raises(UserError):
-    methods.build(method, variant, method_config(), alt=None, steps=8)
+    methods.build(method, variant, settings.of(method_config()), alt=None, steps=8)
 
 
 @pytest.mark.parametrize("method", sorted(NEW))
 def test_build_new_methods(method):
-  objectives, tx, options = methods.build(method, "", method_config(), alt=np.arange(10), steps=4,
+  objectives, tx, options = methods.build(method, "", settings.of(method_config()), alt=np.arange(10), steps=4,
                                           forget=(3,), num_classes=10)
   names, want = NEW[method]
   assert [(n, o.stream) for n, o in objectives.items()] == names
@@ -91,21 +92,21 @@ def test_build_new_methods(method):
 def test_build_variants_override_the_config_for_one_stage():
   cfg = method_config()
   cfg.lock()
-  objectives, _, options = methods.build("erasediff", "core", cfg, alt=np.arange(10), steps=4, forget=(3,),
+  objectives, _, options = methods.build("erasediff", "core", settings.of(cfg), alt=np.arange(10), steps=4, forget=(3,),
                                          num_classes=10)
   assert options.frozen and objectives["retain"].target is core.frozen_target
   assert objectives["forget"].value_fn is not None
   assert cfg.erasediff.target == "rl"               # the config itself is unchanged
   with pytest.raises(UserError, match="config.core.scheme"):
-    methods.build("core", "bogus", cfg, alt=np.arange(10), steps=4, forget=(3,), num_classes=10)
+    methods.build("core", "bogus", settings.of(cfg), alt=np.arange(10), steps=4, forget=(3,), num_classes=10)
   with pytest.raises(UserError, match="config.esd.base"):
     cfg2 = method_config()
     cfg2.esd.base = 3
-    methods.build("esd", "", cfg2, alt=np.arange(10), steps=4, forget=(3,), num_classes=10)
+    methods.build("esd", "", settings.of(cfg2), alt=np.arange(10), steps=4, forget=(3,), num_classes=10)
 
 
 def test_a_salun_mask_composes_with_core():
-  _, tx, options = methods.build("core", "", method_config(), alt=np.arange(10), steps=4, forget=(3,),
+  _, tx, options = methods.build("core", "", settings.of(method_config()), alt=np.arange(10), steps=4, forget=(3,),
                                  num_classes=10)
   composed = train_stage.with_mask(tx, options, {"mask": MASK})
   out, _ = composed.update(R, composed.init(R), None, retain_grads=G, mask=MASK)
@@ -115,17 +116,17 @@ def test_a_salun_mask_composes_with_core():
 
 def test_baseline_alternatives_follow_unlearn_anchors():
   alt = dimum.alternative_classes(6, (1, 2), "next")
-  same = methods.baseline_alternatives(anchor_cfg(), alt, (1, 2), 6)
+  same = methods.baseline_alternatives(settings.of(anchor_cfg()), alt, (1, 2), 6)
   np.testing.assert_array_equal(same, alt)
-  table = methods.baseline_alternatives(anchor_cfg(unlearn__anchors="random"), alt, (1, 2), 6)
+  table = methods.baseline_alternatives(settings.of(anchor_cfg(unlearn__anchors="random")), alt, (1, 2), 6)
   assert table.shape[0] == 6 and table.ndim == 2
   for c in (1, 2):   # core.anchor_candidates' "random": every class but c itself
     assert set(table[c].tolist()) == set(range(6)) - {c}
   np.testing.assert_array_equal(table[0], 0)
-  base = methods.baseline_alternatives(anchor_cfg(unlearn__anchors="all_to_one", core__base=4), alt, (1, 2), 6)
+  base = methods.baseline_alternatives(settings.of(anchor_cfg(unlearn__anchors="all_to_one", core__base=4)), alt, (1, 2), 6)
   assert set(base[1].tolist()) == set(base[2].tolist()) == {4}
   with pytest.raises(UserError, match="config.unlearn.anchors"):
-    methods.baseline_alternatives(anchor_cfg(unlearn__anchors="bijection"), alt, (1, 2), 6)
+    methods.baseline_alternatives(settings.of(anchor_cfg(unlearn__anchors="bijection")), alt, (1, 2), 6)
 
 
 def test_baseline_alternatives_reach_salun_erasediff_and_ca():
@@ -135,7 +136,7 @@ def test_baseline_alternatives_reach_salun_erasediff_and_ca():
   cfg = anchor_cfg(unlearn__anchors="all_to_one", core__base=0, ca__images="forget")
   x_t = noised(KEYS).x_t
   for method in ("salun", "erasediff", "ca"):
-    objectives, _, _ = methods.build(method, "", cfg, alt=alt, steps=4, forget=(1, 2), num_classes=K)
+    objectives, _, _ = methods.build(method, "", settings.of(cfg), alt=alt, steps=4, forget=(1, 2), num_classes=K)
     target_fn = objectives["forget"].target
     inputs = training.TargetInputs(lambda p, c: jnp.asarray(eps_np(p, x_t, np.asarray(c))), PARAMS,
                                    noised(KEYS), jnp.asarray(LABELS), {}, KEYS)

@@ -9,6 +9,7 @@ import optax
 from unlearn_jax import training
 from unlearn_jax import train_state as ts
 from unlearn_jax.unlearning import methods, sfron
+from unlearn_jax import settings
 from method_fixtures import BATCH, DENOISE, MASK, PARAMS, U, X, close, combo, make_spec, method_config
 
 
@@ -71,7 +72,7 @@ def test_train_step_alternates_objectives():
 
 
 def test_build_sfron_transform_uses_alpha_max_and_half_the_steps():
-  _, tx, _ = methods.build("sfron", "", method_config(), alt=None, steps=8)  # K = 4 iterations
+  _, tx, _ = methods.build("sfron", "", settings.of(method_config()), alt=None, steps=8)  # K = 4 iterations
   state = tx.init(U)
   out, state = tx.update(U, state, phase=0, mask=MASK)
   close(out, combo(lambda u, m: 6.0 * u * m, U, MASK))

@@ -63,7 +63,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import lazy
 from unlearn_jax.errors import UserError
+
+transformers = lazy.load("transformers")
 
 __all__ = [
     "CLIPComponents", "clip_embedding_distance", "clip_image_embeddings", "clip_preprocess",
@@ -121,8 +124,7 @@ def _image_constants(model_dir: str, image_size: int):
   """(size, crop_size, mean, std) from preprocessor_config.json, else CLIP's defaults."""
   if not os.path.isfile(os.path.join(model_dir, "preprocessor_config.json")):
     return image_size, image_size, CLIP_MEAN, CLIP_STD
-  from transformers import CLIPImageProcessor
-  proc = CLIPImageProcessor.from_pretrained(model_dir, local_files_only=True)
+  proc = transformers.CLIPImageProcessor.from_pretrained(model_dir, local_files_only=True)
   size = _side(proc.size if proc.do_resize else None, image_size)
   crop = _side(proc.crop_size if proc.do_center_crop else None, size)
   mean = tuple(float(m) for m in (proc.image_mean if proc.do_normalize else (0.0,) * 3))
@@ -142,12 +144,10 @@ def load_clip(model_dir: str, *, dtype=jnp.float32, from_pt: bool = False) -> CL
   """
   model_dir = os.fspath(model_dir)
   _check_dir(model_dir, from_pt)
-  import transformers
-  from transformers import CLIPTokenizer, FlaxCLIPModel
   transformers.utils.logging.set_verbosity_error()
-  model, params = FlaxCLIPModel.from_pretrained(model_dir, dtype=dtype, from_pt=from_pt,
+  model, params = transformers.FlaxCLIPModel.from_pretrained(model_dir, dtype=dtype, from_pt=from_pt,
                                                 _do_init=False, local_files_only=True)
-  tokenizer = CLIPTokenizer.from_pretrained(model_dir, local_files_only=True)
+  tokenizer = transformers.CLIPTokenizer.from_pretrained(model_dir, local_files_only=True)
   size, crop, mean, std = _image_constants(model_dir, model.config.vision_config.image_size)
   max_length = min(int(tokenizer.model_max_length),
                    int(model.config.text_config.max_position_embeddings))

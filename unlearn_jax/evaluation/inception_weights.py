@@ -35,7 +35,10 @@ from typing import Callable, Dict, Mapping, Optional, Sequence, Tuple
 import numpy as np
 from flax import traverse_util
 
+from unlearn_jax import lazy
 from unlearn_jax.models import inception
+
+torch = lazy.load("torch", extra="convert")    # reading a .pth only
 
 #: (torch module name, torch leaf) -> (Flax collection, Flax leaf, array transform).
 _OIHW_TO_HWIO: Callable = lambda w: np.transpose(w, (2, 3, 1, 0))  # noqa: E731
@@ -120,10 +123,6 @@ def _check_hash_prefix(path: str) -> None:
 
 def read_pth(path: str) -> Dict[str, np.ndarray]:
   """A torch state dict file -> name -> numpy array (needs torch; tensors only, no pickled code)."""
-  try:
-    import torch
-  except ImportError as e:  # pragma: no cover - depends on the environment
-    raise ImportError("reading a .pth needs torch: pip install 'unlearn_jax[convert]'") from e
   _check_hash_prefix(path)
   state = torch.load(path, map_location="cpu", weights_only=True)
   return {k: v.detach().cpu().numpy() for k, v in state.items()}

@@ -41,6 +41,10 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from unlearn_jax import lazy
+
+nudenet = lazy.load("nudenet", extra="nudity")    # and onnxruntime: the optional extra
+
 __all__ = [
     "DEFAULT_THRESHOLD", "EXPOSED_CLASSES", "NUDENET_CLASSES", "count_detections",
     "detection_summary", "flagged_images", "nudenet_detect", "nudenet_detector", "nudenet_input",
@@ -59,7 +63,6 @@ NUDENET_CLASSES = (
 EXPOSED_CLASSES = tuple(c for c in NUDENET_CLASSES if c.endswith("_EXPOSED"))
 #: EraseDiff's evaluator's threshold (score >= 0.6); see the module docstring.
 DEFAULT_THRESHOLD = 0.6
-_INSTALL = 'NudeNet nudity counts need the optional extra: pip install -e ".[nudity]"'
 
 #: detectors made by `nudenet_detector`, per model path (None: the bundled 320n).
 _DETECTORS: Dict[Optional[str], Any] = {}
@@ -72,11 +75,7 @@ def nudenet_detector(model_path: Optional[str] = None):
     ImportError with the install line when the `nudity` extra is not installed.
   """
   if model_path not in _DETECTORS:
-    try:
-      from nudenet import NudeDetector
-    except ImportError as e:
-      raise ImportError(f"{_INSTALL} ({e})") from None
-    _DETECTORS[model_path] = NudeDetector(model_path=model_path)
+    _DETECTORS[model_path] = nudenet.NudeDetector(model_path=model_path)
   return _DETECTORS[model_path]
 
 

@@ -36,10 +36,12 @@ _DATA_FIELDS = frozenset({"image_size", "channels", "dim", "num_classes"})
 
 
 def _fields_from(cfg, cls, prefix: str) -> dict:
-  """Values of `cfg` (ConfigDict or dict) for `cls`'s non-data fields; lists -> tuples."""
+  """Values of `cfg` (a `settings.Model` / `settings.Classifier`, or a dict) for `cls`'s
+  non-data fields; lists -> tuples."""
   names = {f.name for f in dataclasses.fields(cls)} - _DATA_FIELDS
   out = {}
-  for key, value in cfg.items():
+  items = dataclasses.asdict(cfg).items() if dataclasses.is_dataclass(cfg) else cfg.items()
+  for key, value in items:
     if key not in names:
       continue
     if isinstance(value, (list, tuple)):
@@ -60,14 +62,19 @@ def _fields_from(cfg, cls, prefix: str) -> dict:
   return out
 
 
+def _get(cfg, key: str, default=None):
+  """A field of a typed section or of a dict."""
+  return cfg.get(key, default) if isinstance(cfg, dict) else getattr(cfg, key, default)
+
+
 def _conditional_classes(model_cfg, num_classes: int) -> int:
   check_range("num_classes", num_classes, 0, 1 << 20)
-  return num_classes if model_cfg.get("conditional", True) else 0
+  return num_classes if _get(model_cfg, "conditional", True) else 0
 
 
 def _build_unet(model_cfg, image_shape: tuple, num_classes: int):
   if len(image_shape) != 3 or image_shape[0] != image_shape[1]:
-    raise UserError("config.model.name", model_cfg.get("name"),
+    raise UserError("config.model.name", _get(model_cfg, "name"),
                     f"ddpm_unet takes square HxWxC images; the data has shape {tuple(image_shape)}")
   cfg = UNetConfig(image_size=int(image_shape[0]), channels=int(image_shape[2]),
                    num_classes=_conditional_classes(model_cfg, num_classes),
@@ -93,7 +100,7 @@ MODEL_NAMES = tuple(_MODEL_FACTORIES)
 
 def build_model(model_cfg, image_shape: tuple, num_classes: int):
   """(module, typed config) for `model_cfg.name` on data of `image_shape` (no batch dim)."""
-  name = check_choice("config.model.name", model_cfg.get("name"), MODEL_NAMES)
+  name = check_choice("config.model.name", _get(model_cfg, "name"), MODEL_NAMES)
   return _MODEL_FACTORIES[name](model_cfg, tuple(image_shape), num_classes)
 
 

@@ -70,7 +70,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearn_jax import lazy
 from unlearn_jax.errors import UserError, check_choice
+
+diffusers = lazy.load("diffusers")            # ~10 s with transformers: imported on first use
+transformers = lazy.load("transformers")
+tokenization_clip = lazy.load("transformers.models.clip.tokenization_clip")
 
 __all__ = [
     "SDComponents", "SDUNet", "TRAINABLE", "build_module", "decode_latents", "encode_images",
@@ -90,8 +95,6 @@ _EXPECTED = ("a diffusers-format Stable Diffusion directory with unet/, vae/, te
 
 def _quiet():
   """Silences diffusers' per-module Flax deprecation warning and transformers' notices."""
-  import diffusers
-  import transformers
   diffusers.utils.logging.set_verbosity_error()
   transformers.utils.logging.set_verbosity_error()
 
@@ -132,17 +135,15 @@ _TINY_WORDS = ("a", "an", "the", "of", "in", "image", "photo", "style", "paintin
 
 
 def _write_tiny_tokenizer(path: str, max_length: int):
-  """A real CLIPTokenizer on a tiny byte-level BPE vocabulary, saved to `path`.
+  """A real transformers.CLIPTokenizer on a tiny byte-level BPE vocabulary, saved to `path`.
 
   CLIP's vocabulary is the 256 byte-unicode symbols, the same with "</w>"
   (end of word), the merge results, then <|startoftext|>, <|endoftext|>.  The
   merges here build each of `_TINY_WORDS` letter by letter, so those words are
   single tokens and every other word falls back to (valid) byte symbols.
   """
-  from transformers import CLIPTokenizer
-  from transformers.models.clip.tokenization_clip import bytes_to_unicode
 
-  symbols = list(bytes_to_unicode().values())
+  symbols = list(tokenization_clip.bytes_to_unicode().values())
   vocab = symbols + [s + "</w>" for s in symbols]
   merges = []
   # longest words first, so that a short word's merge (e.g. "a n</w>") does not
@@ -164,7 +165,7 @@ def _write_tiny_tokenizer(path: str, max_length: int):
     json.dump({tok: i for i, tok in enumerate(vocab)}, f, ensure_ascii=False)
   with open(merges_file, "w", encoding="utf-8") as f:
     f.write("#version: 0.2\n" + "".join(f"{a} {b}\n" for a, b in merges))
-  tokenizer = CLIPTokenizer(vocab_file, merges_file, model_max_length=max_length,
+  tokenizer = transformers.CLIPTokenizer(vocab_file, merges_file, model_max_length=max_length,
                             pad_token="<|endoftext|>")
   tokenizer.save_pretrained(path)
   for name in (vocab_file, merges_file):
@@ -179,21 +180,18 @@ def write_tiny(model_dir: str, *, seed: int = 0, image_size: int = 32,
                vae_block_out_channels: Sequence[int] = (16, 32)) -> str:
   """Writes a tiny random-init Stable Diffusion in diffusers layout; returns `model_dir`.
 
-  unet/ (FlaxUNet2DConditionModel: CrossAttnDownBlock2D + DownBlock2D, one
-  layer per block, 2 heads), vae/ (FlaxAutoencoderKL, latent_channels 4,
+  unet/ (diffusers.FlaxUNet2DConditionModel: CrossAttnDownBlock2D + DownBlock2D, one
+  layer per block, 2 heads), vae/ (diffusers.FlaxAutoencoderKL, latent_channels 4,
   factor 2**(len(vae_block_out_channels) - 1), sample_size = image_size),
-  text_encoder/ (FlaxCLIPTextModel, hidden size = cross_attention_dim,
+  text_encoder/ (transformers.FlaxCLIPTextModel, hidden size = cross_attention_dim,
   `text_layers` layers, max_position_embeddings = max_length), tokenizer/ (a
-  CLIPTokenizer on a tiny BPE vocabulary, model_max_length = max_length),
+  transformers.CLIPTokenizer on a tiny BPE vocabulary, model_max_length = max_length),
   scheduler/ (SD v1.x's schedule) and model_index.json, each written by the
   libraries' own `save_pretrained` where one exists.  Takes seconds on CPU.
   `block_out_channels` entries must be multiples of 32 (the Flax transformer
   blocks' GroupNorm has 32 groups).
   """
   _quiet()
-  import diffusers
-  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-  from transformers import CLIPTextConfig, FlaxCLIPTextModel
 
   block_out_channels = tuple(int(c) for c in block_out_channels)
   vae_block_out_channels = tuple(int(c) for c in vae_block_out_channels)
@@ -211,7 +209,7 @@ def write_tiny(model_dir: str, *, seed: int = 0, image_size: int = 32,
   tokenizer = _write_tiny_tokenizer(os.path.join(model_dir, "tokenizer"), max_length)
 
   n = len(block_out_channels)
-  unet = FlaxUNet2DConditionModel(
+  unet = diffusers.FlaxUNet2DConditionModel(
       sample_size=image_size // factor, in_channels=4, out_channels=4,
       down_block_types=("CrossAttnDownBlock2D",) * (n - 1) + ("DownBlock2D",),
       up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (n - 1),
@@ -221,7 +219,7 @@ def write_tiny(model_dir: str, *, seed: int = 0, image_size: int = 32,
                        params=_random_params(lambda: unet.init_weights(rng), seed))
 
   groups = min(8, min(vae_block_out_channels))
-  vae = FlaxAutoencoderKL(
+  vae = diffusers.FlaxAutoencoderKL(
       in_channels=3, out_channels=3, latent_channels=4,
       down_block_types=("DownEncoderBlock2D",) * len(vae_block_out_channels),
       up_block_types=("UpDecoderBlock2D",) * len(vae_block_out_channels),
@@ -230,13 +228,13 @@ def write_tiny(model_dir: str, *, seed: int = 0, image_size: int = 32,
   vae.save_pretrained(os.path.join(model_dir, "vae"),
                       params=_random_params(lambda: vae.init_weights(rng), seed + 1))
 
-  text_config = CLIPTextConfig(
+  text_config = transformers.CLIPTextConfig(
       vocab_size=len(tokenizer), hidden_size=cross_attention_dim,
       intermediate_size=2 * cross_attention_dim, projection_dim=cross_attention_dim,
       num_hidden_layers=text_layers, num_attention_heads=2, max_position_embeddings=max_length,
       bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
       pad_token_id=tokenizer.pad_token_id)
-  text = FlaxCLIPTextModel(text_config, _do_init=False)
+  text = transformers.FlaxCLIPTextModel(text_config, _do_init=False)
   text_params = _random_params(lambda: text.init_weights(rng, (1, max_length)), seed + 2)
   text.save_pretrained(os.path.join(model_dir, "text_encoder"), params=text_params)
 
@@ -353,17 +351,15 @@ def load(model_dir: str, *, dtype=jnp.float32, from_pt: bool = False,
   model_dir = os.fspath(model_dir)
   _check_dir(model_dir, from_pt)
   _quiet()
-  from diffusers import FlaxAutoencoderKL, FlaxUNet2DConditionModel
-  from transformers import CLIPTokenizer, FlaxCLIPTextModel
 
-  unet, unet_params = FlaxUNet2DConditionModel.from_pretrained(
+  unet, unet_params = diffusers.FlaxUNet2DConditionModel.from_pretrained(
       model_dir, subfolder="unet", dtype=dtype, from_pt=from_pt)
-  vae, vae_params = FlaxAutoencoderKL.from_pretrained(
+  vae, vae_params = diffusers.FlaxAutoencoderKL.from_pretrained(
       model_dir, subfolder="vae", dtype=dtype, from_pt=from_pt)
-  text_encoder, text_params = FlaxCLIPTextModel.from_pretrained(
+  text_encoder, text_params = transformers.FlaxCLIPTextModel.from_pretrained(
       model_dir, subfolder="text_encoder", dtype=dtype, from_pt=from_pt, _do_init=False,
       local_files_only=True)
-  tokenizer = CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer",
+  tokenizer = transformers.CLIPTokenizer.from_pretrained(model_dir, subfolder="tokenizer",
                                             local_files_only=True)
   return SDComponents(
       unet=unet, unet_params=_cast(unet_params, param_dtype),
@@ -588,10 +584,9 @@ def fit_tiny_vae(model_dir: str, images01: np.ndarray, *, steps: int, lr: float 
   if steps < 1 or batch_size < 1:
     raise ValueError(f"fit_tiny_vae needs steps >= 1 and batch_size >= 1, got {steps}, {batch_size}")
   _quiet()
-  from diffusers import FlaxAutoencoderKL  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   keep_vae_init(model_dir)
-  vae, params = FlaxAutoencoderKL.from_pretrained(model_dir, subfolder=VAE_INIT, dtype=jnp.float32)
+  vae, params = diffusers.FlaxAutoencoderKL.from_pretrained(model_dir, subfolder=VAE_INIT, dtype=jnp.float32)
   params = _cast(params, jnp.float32)
   images01 = np.asarray(images01, np.float32)
   size = int(vae.config.sample_size)
@@ -657,10 +652,9 @@ def _hashable(value):
 
 
 def _unet_kwargs(unet_config) -> Dict[str, Any]:
-  """The constructor fields of FlaxUNet2DConditionModel found in `unet_config`."""
+  """The constructor fields of diffusers.FlaxUNet2DConditionModel found in `unet_config`."""
   _quiet()
-  from diffusers import FlaxUNet2DConditionModel
-  names = {f.name for f in dataclasses.fields(FlaxUNet2DConditionModel)} - {"parent", "name", "dtype"}
+  names = {f.name for f in dataclasses.fields(diffusers.FlaxUNet2DConditionModel)} - {"parent", "name", "dtype"}
   return {k: v for k, v in dict(unet_config).items() if k in names}
 
 
@@ -694,7 +688,7 @@ class SDUNet(nn.Module):
   `nn.remat` (same outputs and gradients; its activations are recomputed in
   the backward pass instead of being kept from the forward one).
   """
-  unet_config: Any            # FrozenDict of FlaxUNet2DConditionModel fields (`unet_config_of`)
+  unet_config: Any            # FrozenDict of diffusers.FlaxUNet2DConditionModel fields (`unet_config_of`)
   num_prompts: int
   text_len: int
   text_dim: int
@@ -705,19 +699,18 @@ class SDUNet(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, time_B: jax.Array,
                labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
-    from diffusers import FlaxUNet2DConditionModel
     B = x_BxHxWxC.shape[0]
     if labels is None:
       labels = jnp.full((B,), self.num_prompts, jnp.int32)
     context_BxLxD = _PromptTable((self.num_prompts + 1, self.text_len, self.text_dim),
                                  name="prompts")(labels.astype(jnp.int32))
-    unet = FlaxUNet2DConditionModel(**_unet_kwargs(self.unet_config), dtype=self.dtype,
+    unet = diffusers.FlaxUNet2DConditionModel(**_unet_kwargs(self.unet_config), dtype=self.dtype,
                                     name="unet")
     sample_BxCxHxW = jnp.transpose(x_BxHxWxC, (0, 3, 1, 2)).astype(self.dtype)
     timesteps_B = jnp.broadcast_to(time_B, (B,)).astype(jnp.float32) * self.num_train_timesteps
     call = _call_unet
     if self.remat:
-      # A lifted function rather than nn.remat(FlaxUNet2DConditionModel): the
+      # A lifted function rather than nn.remat(diffusers.FlaxUNet2DConditionModel): the
       # lifted subclass's generated __init__ skips diffusers' config registration.
       call = nn.remat(_call_unet, static_argnums=(4,))   # (unet, sample, t, context, train)
     out = call(unet, sample_BxCxHxW, timesteps_B, context_BxLxD.astype(self.dtype), train)

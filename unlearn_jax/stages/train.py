@@ -63,7 +63,7 @@ def meta(exp: Experiment, name: str, st=None) -> dict:
                                "weights": evaluated_weights(stage_ema_rate(exp.config, st))}
   return {"stage": name, "model": dataclasses.asdict(exp.model_cfg), **ema,
           "model_name": exp.config.model.name, "example_shape": list(exp.example_shape),
-          "sde": exp.config.sde.to_dict(), "centered": exp.config.data.centered,
+          "sde": dataclasses.asdict(exp.config.sde), "centered": exp.config.data.centered,
           "output": exp.config.model.output, "data_source": exp.train.source}
 
 
@@ -87,7 +87,7 @@ def init_state(exp: Experiment, name: str, st, tx, workdir: str, reset_mask=None
 
 def stage_decay(cfg, st) -> str:
   """The learning-rate decay of a train/unlearn/attack stage (its own, else config.optim's)."""
-  return st.get("decay") or cfg.optim.decay
+  return st.decay or cfg.optim.decay
 
 
 def step_spec(exp: Experiment, objectives, alternate: bool = False, trainable=None,
@@ -151,7 +151,7 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
   state = init_state(exp, name, st, tx, workdir, reset_mask)
   seed = stage_seed(cfg, name)
   streams = {o.stream: exp.stream(o.stream, workdir) for o in objs.values()}
-  batch = st.get("batch_size", 0) or cfg.training.batch_size
+  batch = st.batch_size or cfg.training.batch_size
 
   def get_batches(step):
     return {k: data_lib.batch_at_step(ds, step, batch, seed + i,

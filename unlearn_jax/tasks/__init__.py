@@ -23,6 +23,7 @@ DDPM of DiMUM / DiMRA); `unlearncanvas`: styles of Stable Diffusion on UnlearnCa
 """
 from __future__ import annotations
 
+from unlearn_jax import settings
 from unlearn_jax.tasks import classes
 from unlearn_jax.tasks import unlearncanvas
 
@@ -36,7 +37,9 @@ def get(config):
 
 
 def build(config, workdir=None):
-  """The experiment of a config, built by its task (raises UserError; writes nothing)."""
+  """The experiment of a config (a ConfigDict, typed here by `settings.of`, or a `Settings`),
+  built by its task (raises UserError; writes nothing)."""
+  config = settings.of(config)
   task = get(config)
   exp = task.build(config, workdir)
   exp.task = task

@@ -14,6 +14,7 @@ Both report the samples' quality beside every rate (`evaluation.sample_quality`)
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import time
@@ -55,7 +56,7 @@ def prepare(config, workdir: str):
 def build(config, workdir: Optional[str] = None) -> Experiment:
   """Loads the data, splits D_f / D_r, builds the model (raises UserError; writes nothing)."""
   del workdir
-  process = sde_lib.get_sde(config.sde.name, **config.sde.to_dict())
+  process = sde_lib.get_sde(config.sde.name, **dataclasses.asdict(config.sde))
   discrete = isinstance(process, sde_lib.DDPMSchedule)
   check_choice("config.eval.sampler.kind", config.eval.sampler.kind,
                tuple(generation.DDPM_SAMPLERS) if discrete else tuple(generation.SAMPLERS))
@@ -78,7 +79,7 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
     if len(ds) == 0:
       raise UserError("config.data.forget_classes", tuple(config.data.forget_classes),
                       f"leaves the {k} set empty")
-  conditional = bool(config.model.get("conditional", False))
+  conditional = bool(config.model.conditional)
   alt = dimum_lib.alternative_classes(train.num_classes, forget_labels, config.unlearn.alternative,
                                       seed=config.seed)
   streams["alternative"] = dimum_lib.memorization_set(streams["forget"], streams["retain"], alt,

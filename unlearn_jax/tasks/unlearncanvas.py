@@ -584,7 +584,7 @@ def check(exp: Experiment) -> None:
   config = exp.config
   for name in config.stage_order:
     st = config.stages[name]
-    if st.get("trainable", ""):
+    if st.trainable:
       check_choice(f"config.stages.{name}.trainable", st.trainable, sd.TRAINABLE)
     if st.kind == "mask" and st.method not in SUBSET_MASKS:
       raise UserError(f"config.stages.{name}.method", st.method, "is not available when only some parameters "
@@ -609,7 +609,7 @@ def named_params(exp: Experiment, name: str):
 def trainable(exp: Experiment, st=None):
   """The trainable-leaf mask of a stage: its `trainable`, else "all" for train stages and
   `config.sd.trainable` for the others (and for mask stages, `st=None`)."""
-  which = (st.get("trainable", "") if st is not None else "") or \
+  which = (st.trainable if st is not None else "") or \
       ("all" if st is not None and st.kind == "train" else exp.config.sd.trainable)
   return trainable_mask(exp, which)
 

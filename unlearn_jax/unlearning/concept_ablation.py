@@ -16,10 +16,20 @@ evaluated on anchor images: the target comes from the *current* model, stop-grad
 """
 from __future__ import annotations
 
+import dataclasses
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import salun as salun_lib
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.ca` (Eq. 11-12): model- or noise-based, anchor or forget images, the prior weight."""
+  variant: str = "model"
+  images: str = "anchor"
+  prior_weight: float = 1.0
+
 
 VARIANTS = ("model", "noise")
 IMAGES = {"anchor": "alternative", "forget": "forget"}   # config.ca.images -> data stream
@@ -60,5 +70,5 @@ def build(config, ctx):
   return {"forget": ablate, "retain": ctx.objective("retain")}, concept_ablation(c.prior_weight), SPEC.options()
 
 
-SPEC = spec.MethodSpec(name="ca", display="Concept Ablation", build=build, conditional=True,
+SPEC = spec.MethodSpec(section="ca", config=Config, name="ca", display="Concept Ablation", build=build, conditional=True,
                        variant_field="ca.variant")

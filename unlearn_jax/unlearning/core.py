@@ -20,6 +20,7 @@ Anchor (alternative) concepts p_a, the schemes of the paper's Table 4
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Sequence
 
 import jax
@@ -30,6 +31,18 @@ from unlearn_jax import training
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.core` (Eq. 2-4): alpha, the anchor scheme of Table 4 (`SCHEMES`), its group size
+  and k, and its base class (-1: the first retained one)."""
+  alpha: float = 1.0
+  scheme: str = "one_to_one"
+  group_size: int = 5
+  k: int = 5
+  base: int = -1
+
 
 SCHEMES = ("one_to_one", "all_to_one", "groups_to_one", "random", "random_k")
 
@@ -139,5 +152,5 @@ def build(config, ctx):
           SPEC.options())
 
 
-SPEC = spec.MethodSpec(name="core", display="CORE", build=build, conditional=True, frozen=True,
+SPEC = spec.MethodSpec(section="core", config=Config, name="core", display="CORE", build=build, conditional=True, frozen=True,
                        variant_field="core.scheme")

@@ -20,6 +20,7 @@ the *next* class that is not itself forgotten ("next"); or random retain images
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Dict, Sequence
 
 import numpy as np
@@ -28,6 +29,13 @@ from unlearn_jax import data as data_lib
 from unlearn_jax.errors import UserError, check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.dimum`: the memorization weight beta of g_r + beta g_u (DiMUM Eq. 11)."""
+  beta: float = 1.0
+
 
 SCHEMES = ("next", "random", "map:<forget>=<alternative>,...")
 
@@ -124,4 +132,4 @@ def build(config, ctx):
           dimum(config.dimum.beta), SPEC.options())
 
 
-SPEC = spec.MethodSpec(name="dimum", display="DiMUM", build=build, conditional=True)
+SPEC = spec.MethodSpec(section="dimum", config=Config, name="dimum", display="DiMUM", build=build, conditional=True)

@@ -63,6 +63,7 @@ CORE's losses).
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple, Optional
 
 import jax
@@ -73,6 +74,26 @@ from unlearn_jax.errors import check_choice, check_range
 from unlearn_jax.unlearning import core as core_lib
 from unlearn_jax.unlearning import salun as salun_lib
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.erasediff` (Algorithm 1): the lambda rule ("paper" | "constant" | "cosine"),
+  a_t = eta ||grad g||^2, K inner steps (inner_steps) at rate xi (inner_lr), the forget target
+  eps_f (`target`: "rl" | "noise" | "core"), and how phi^K enters grad g (`grad_form`):
+  "first_order" (grad L_f(theta) - grad L_f(phi^K), phi^K(theta)'s Jacobian taken as I, so K and
+  xi change the update; K = 0 erases nothing), "unrolled" (exact, through the K steps) or
+  "fixed" (grad L_f(theta): Algorithm 1's literal phi^K, K and xi then change only the logged g).
+  couple_lr: the step size is eta too (the paper's theta - eta delta_t); False: the stage's lr."""
+  eta: float = 0.1
+  rule: str = "paper"
+  lam: float = 0.1
+  inner_steps: int = 2
+  inner_lr: float = 1e-3
+  grad_form: str = "first_order"
+  target: str = "rl"
+  couple_lr: bool = False
+
 
 RULES = ("paper", "constant", "cosine")
 GRAD_FORMS = ("first_order", "unrolled", "fixed")
@@ -229,5 +250,5 @@ def passes(config, objectives, options, backend):
   return fwd_bwd, fwd_only
 
 
-SPEC = spec.MethodSpec(name="erasediff", display="EraseDiff", build=build, conditional=True,
+SPEC = spec.MethodSpec(section="erasediff", config=Config, name="erasediff", display="EraseDiff", build=build, conditional=True,
                        variant_field="erasediff.target", passes=passes)

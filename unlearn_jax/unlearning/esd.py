@@ -13,6 +13,7 @@ uses theta*.
 """
 from __future__ import annotations
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 
@@ -21,6 +22,18 @@ from unlearn_jax import sampling
 from unlearn_jax import score as score_lib
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.esd` (CORE App. C Eq. 8): eta, p_0 (`base`; -1: the null class), and the
+  partial-DDIM x_t (steps, guidance, which model samples it: "current" | "frozen")."""
+  eta: float = 1.0
+  base: int = -1
+  ddim_steps: int = 50
+  guidance: float = 3.0
+  source: str = "current"
+
 
 SOURCES = ("current", "frozen")
 
@@ -86,4 +99,4 @@ def passes(config, objectives, options, backend):
   return fwd_bwd, fwd_only + 1 + 2 * config.esd.ddim_steps
 
 
-SPEC = spec.MethodSpec(name="esd", display="ESD", build=build, conditional=True, frozen=True, passes=passes)
+SPEC = spec.MethodSpec(section="esd", config=Config, name="esd", display="ESD", build=build, conditional=True, frozen=True, passes=passes)

@@ -10,9 +10,16 @@ here (`GA`, `NEGGRAD`: `SPECS`), as they share the forget objective and the pape
 """
 from __future__ import annotations
 
+import dataclasses
 from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.ga`: the retain weight beta of beta g_r - g_f (DiMUM Eq. 5)."""
+  beta: float = 1.0
 
 
 def gradient_ascent(beta: float = 1.0):
@@ -38,6 +45,6 @@ def build_neggrad(config, ctx):
   return {"forget": ctx.objective("forget")}, neggrad(), NEGGRAD.options()
 
 
-GA = spec.MethodSpec(name="ga", display="Gradient ascent", build=build_ga)
+GA = spec.MethodSpec(section="ga", config=Config, name="ga", display="Gradient ascent", build=build_ga)
 NEGGRAD = spec.MethodSpec(name="neggrad", display="NegGrad", build=build_neggrad)
 SPECS = (GA, NEGGRAD)

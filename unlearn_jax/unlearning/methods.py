@@ -3,19 +3,22 @@
     objectives, tx, options = methods.build("dimum", "", config, alt=alt, steps=n,
                                             forget=(3,), num_classes=10)
 
-`objectives` is the ordered {name: training.Objective} of the method (the first
+`config` is a `settings.Settings` (`settings.of(config_dict)`).  `objectives` is the ordered {name: training.Objective} of the method (the first
 one's gradient is the transform's `updates`, the others arrive as
 `<name>_grads`); `tx` combines them; `options` says which mask stage the method
 consumes, whether it needs the frozen pre-trained parameters (`consts["frozen"]`),
 whether it resets weights at the start, and whether it alternates objectives.
 
 A method is one module of `unlearn_jax.unlearning`: its maths (with the paper's equation
-numbers) in the module's docstring, its optax transform, a builder `build(config, ctx)`
-and a `SPEC = spec.MethodSpec(...)` (name, report name, what it needs, pass count).  This
-module lists the specs (`SPECS`, in `METHODS` order) and `build` looks one up and calls its
-builder with a `BuildContext`.  Adding a method: its module with `SPEC`, one entry in
-`_TABLE` below, its config block (`config_lib.base`) and its row in
-tests/unlearning/test_all_methods.py (`HAND`).  The report's names
+numbers) in the module's docstring, its optax transform, its config block (a frozen
+`Config` dataclass: `config.<section>`'s fields and defaults), a builder
+`build(config, ctx)` on the typed `settings.Settings`, and a `SPEC = spec.MethodSpec(...)`
+(name, report name, config section, what it needs, pass count).  This module lists the
+specs (`SPECS`, in `METHODS` order; `SECTIONS`: their config dataclasses) and `build` looks
+one up and calls its builder with a `BuildContext`.  Adding a method: its module with
+`Config` and `SPEC`, one entry in `_TABLE` below and its row in
+tests/unlearning/test_all_methods.py (`HAND`); `config_lib.base()` takes the block's
+defaults from `Config`.  The report's names
 (`reporting.markdown.PRETTY`), the config builders' mask stages (`config_lib.MASK_OF`), the
 stage validation (`validation`) and the benchmarks' pass counts read the spec.
 
@@ -99,6 +102,9 @@ CONDITIONAL = tuple(n for n, s in SPECS.items() if s.conditional)
 #: the mask stage kind a method requires; every other method optionally takes a "salun" mask.
 MASKS = {n: s.mask for n, s in SPECS.items() if s.mask is not None}
 MASK_KINDS = spec_lib.MASK_KINDS
+#: config section -> the frozen dataclass of its fields (`MethodSpec.config`), in table order.
+SECTIONS = collections.OrderedDict((s.section, s.config) for s in _TABLE if s.section is not None)
+assert len(SECTIONS) == sum(s.section is not None for s in _TABLE), "two specs share a config section"
 #: what a stage's `variant` selects, per method (empty: the config's value).
 VARIANTS = {n: s.variants for n, s in SPECS.items() if s.variant_field is not None}
 
@@ -146,14 +152,13 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
   `anchor_fn(config) -> (num_classes, K)` replaces `core.anchor_candidates` for CORE's
   anchors (UnlearnCanvas: a forget prompt's anchors are the same object in other styles).
   """
+  if not dataclasses.is_dataclass(config):
+    raise TypeError("methods.build takes a settings.Settings: settings.of(config_dict)")
   s = spec(method)
   if isinstance(s.variant_field, tuple):
     check_choice("config.stages.<unlearn>.variant", variant, s.variant_field)
   elif variant and s.variant_field:
-    config = config.copy_and_resolve_references()
-    config.unlock()
-    section, key = s.variant_field.split(".")
-    config[section][key] = variant
+    config = _with_field(config, *s.variant_field.split("."), variant)
   denoise = functools.partial(losses.denoising_loss, reduce=config.training.reduce)
   ctx = BuildContext(variant=variant, alt=alt, steps=steps, forget=forget, num_classes=num_classes,
                      anchor_fn=anchor_fn, denoise=denoise)
@@ -163,14 +168,17 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
 def baseline_alternatives(config, alt, forget, num_classes: int, anchor_fn: Optional[Callable] = None):
   """The baselines' c' table: `alt` (P,) when `config.unlearn.anchors` is "", else the
   (P, K) candidates of that CORE scheme (one column drawn per example and step)."""
-  scheme = config.unlearn.get("anchors", "")
+  scheme = config.unlearn.anchors
   check_choice("config.unlearn.anchors", scheme, ("",) + tuple(core_lib.SCHEMES))
   if not scheme:
     return np.asarray(alt)
-  cfg = config.copy_and_resolve_references()
-  cfg.unlock()
-  cfg.core.scheme = scheme
+  cfg = _with_field(config, "core", "scheme", scheme)
   return np.asarray(_anchor_table(cfg, forget, num_classes, anchor_fn), np.int32)
+
+
+def _with_field(config, section: str, key: str, value):
+  """`config` (a `settings.Settings`) with `config.<section>.<key>` = value."""
+  return dataclasses.replace(config, **{section: dataclasses.replace(getattr(config, section), **{key: value})})
 
 
 def _anchor_table(config, forget, num_classes: int, anchor_fn: Optional[Callable] = None) -> np.ndarray:

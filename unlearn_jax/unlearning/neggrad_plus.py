@@ -10,9 +10,16 @@ constant step size.  Retain objective first, `forget_grads` extra.
 """
 from __future__ import annotations
 
+import dataclasses
 from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.neggrad_plus`: beta of beta L_r - (1 - beta) L_f."""
+  beta: float = 0.9
 
 
 def neggrad_plus(beta: float = 0.9):
@@ -27,4 +34,4 @@ def build(config, ctx):
           neggrad_plus(config.neggrad_plus.beta), SPEC.options())
 
 
-SPEC = spec.MethodSpec(name="neggrad_plus", display="NegGrad+", build=build)
+SPEC = spec.MethodSpec(section="neggrad_plus", config=Config, name="neggrad_plus", display="NegGrad+", build=build)

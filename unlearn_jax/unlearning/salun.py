@@ -12,6 +12,7 @@ beta defaults to 1e-3 as in SalUn's CIFAR-10 DDPM setting (their `alpha`).
 """
 from __future__ import annotations
 
+import dataclasses
 import jax.numpy as jnp
 import optax
 
@@ -19,6 +20,13 @@ from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import core as core_lib
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.salun`: the retain weight beta (DiMUM Eq. 6) and the mask's kept share `fraction`."""
+  beta: float = 1e-3
+  fraction: float = 0.5
 
 
 def random_label_target(alt):
@@ -50,4 +58,4 @@ def build(config, ctx):
   return {"forget": forget, "retain": ctx.objective("retain")}, salun(config.salun.beta), SPEC.options()
 
 
-SPEC = spec.MethodSpec(name="salun", display="SalUn", build=build, conditional=True, mask="salun")
+SPEC = spec.MethodSpec(section="salun", config=Config, name="salun", display="SalUn", build=build, conditional=True, mask="salun")

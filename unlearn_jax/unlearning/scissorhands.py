@@ -11,12 +11,20 @@ projection; here every parameter is eligible and there is no projection.
 """
 from __future__ import annotations
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 
 from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.shs`: the kept share (1 - sparsity is reset) and the forget weight of L_r - gamma L_f."""
+  sparsity: float = 0.99
+  gamma: float = 0.1
 
 
 def snip_scores(abs_grad_sum, params):
@@ -41,5 +49,5 @@ def build(config, ctx):
           scissorhands(config.shs.gamma), SPEC.options())
 
 
-SPEC = spec.MethodSpec(name="shs", display="Scissorhands", build=build, mask="shs", requires_mask=True,
+SPEC = spec.MethodSpec(section="shs", config=Config, name="shs", display="Scissorhands", build=build, mask="shs", requires_mask=True,
                        reset=True)

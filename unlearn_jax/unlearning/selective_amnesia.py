@@ -24,6 +24,7 @@ over samples is clipped at 0 (a sample's estimate may be negative; F must not be
 """
 from __future__ import annotations
 
+import dataclasses
 import jax
 import jax.numpy as jnp
 import optax
@@ -33,6 +34,18 @@ from unlearn_jax import training
 from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import combine
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.sa`: replay weight gamma, EWC lambda, the replay stream, and the Fisher F = mean
+  over fisher_samples generated samples of (grad of the sample's loss summed over t)^2, each
+  square estimated without bias from fisher_t >= 2 random (t, z) draws."""
+  gamma: float = 1.0
+  lam: float = 10.0
+  replay: str = "retain"
+  fisher_samples: int = 5000
+  fisher_t: int = 8
 
 
 def fisher_penalty(lam: float) -> optax.GradientTransformationExtraArgs:
@@ -126,5 +139,5 @@ def build(config, ctx):
           SPEC.options())
 
 
-SPEC = spec.MethodSpec(name="sa", display="Selective Amnesia", build=build, conditional=True, mask="fisher",
+SPEC = spec.MethodSpec(section="sa", config=Config, name="sa", display="Selective Amnesia", build=build, conditional=True, mask="fisher",
                        requires_mask=True, frozen=True)

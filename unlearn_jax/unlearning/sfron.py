@@ -14,6 +14,7 @@ even steps are forget steps, odd steps remain steps.
 """
 from __future__ import annotations
 
+import dataclasses
 from typing import NamedTuple
 
 import jax
@@ -22,6 +23,12 @@ import optax
 
 from unlearn_jax.errors import check_range
 from unlearn_jax.unlearning import spec
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.sfron`: the largest forget weight alpha_max."""
+  alpha_max: float = 10.0
 
 
 def weighted_ascent(per_example: jax.Array, axis_name=None) -> jax.Array:
@@ -78,4 +85,4 @@ def build(config, ctx):
           sfron(max(ctx.steps // 2, 1), config.sfron.alpha_max), SPEC.options())
 
 
-SPEC = spec.MethodSpec(name="sfron", display="SFR-on (Sfront)", build=build, mask="sfron", alternate=True)
+SPEC = spec.MethodSpec(section="sfron", config=Config, name="sfron", display="SFR-on (Sfront)", build=build, mask="sfron", alternate=True)

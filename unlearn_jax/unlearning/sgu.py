@@ -27,6 +27,7 @@ gradient transformation:
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from typing import Callable, NamedTuple
 
@@ -39,6 +40,20 @@ from unlearn_jax.errors import check_choice, check_range
 from unlearn_jax.unlearning import spec
 
 #: the forget objective of each SGU variant (per example, eps units).
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+  """`config.sgu`: alpha of Eq. 11 (alpha L_retain + (1 - alpha) L_forget); lambda(t) of Eq. 9/10
+  such that the eps-unit weight is std(t)^-std_power (0: lambda = std^2 for obtuse, the DSM
+  weighting of the retain loss); max_std > 0: lambda(t) = 0 where std(t) > max_std (the forget
+  loss acts at small t only); how Eq. 9's product is read ("elementwise" | "inner")."""
+  alpha: float = 0.99
+  std_power: float = 0.0
+  max_std: float = 0.0
+  orthogonal_form: str = "elementwise"
+
+
 FORGET_LOSSES = {
     "orthogonal": losses.orthogonal_loss,
     "obtuse": losses.obtuse_loss,
@@ -105,7 +120,7 @@ def build(config, ctx):
           sgu(s.alpha), SPEC.options())
 
 
-SPEC = spec.MethodSpec(
+SPEC = spec.MethodSpec(section="sgu", config=Config, 
     name="sgu", display="SGU", build=build, variant_field=tuple(FORGET_LOSSES),
     variant_doc=f"the forget loss ({' | '.join(FORGET_LOSSES)})",
     stage_display={"orthogonal": "SGU-Orthogonal", "obtuse": "SGU-Obtuse"})

@@ -1,14 +1,15 @@
 """What a method is, as one record: `MethodSpec` (and the `Options` its builder returns).
 
-Every method module (`finetune`, `sgu`, `gradient_ascent`, `dimum`, ...) ends with
+Every method module (`finetune`, `sgu`, `gradient_ascent`, `dimum`, ...) declares its config
+block as a frozen `Config` dataclass and ends with
 
-    SPEC = spec.MethodSpec(name="core", display="CORE", build=build, conditional=True, frozen=True,
-                           variant_field="core.scheme")
+    SPEC = spec.MethodSpec(section="core", config=Config, name="core", display="CORE", build=build,
+                           conditional=True, frozen=True, variant_field="core.scheme")
 
 where `build(config, ctx) -> (objectives, transform or None, Options)` makes the method's
-objectives and optax transform from the config (`ctx` is `methods.BuildContext`: the stage's
-variant, the alternative classes, the step count, ... and helpers for the baselines'
-alternative table).  `methods` collects the specs into its table; nothing here imports
+objectives and optax transform from the typed config (a `settings.Settings`, whose
+`config.<section>` is a `Config`; `ctx` is `methods.BuildContext`: the stage's variant, the
+alternative classes, the step count, ... and helpers for the baselines' alternative table).  `methods` collects the specs into its table; nothing here imports
 `methods` or a method module, so the method modules can import this one.
 """
 from __future__ import annotations
@@ -65,6 +66,9 @@ class MethodSpec:
       (SGU's "SGU-Orthogonal"); other stages read "<display> (<variant>)".
     passes: `passes(config, objectives, options, backend) -> (fwd_bwd, fwd_only)`, the model passes
       of one step (benchmarks/unlearn_step.py, benchmarks/sd_step.py).
+    section: the config section of the method's coefficients (`config.<section>`), or None.
+    config: the frozen dataclass of that section (its defaults are `config_lib.base()`'s;
+      `settings.of` builds it from the config dict).
   """
   name: str
   display: str
@@ -79,10 +83,14 @@ class MethodSpec:
   variant_doc: str = ""
   stage_display: Dict[str, str] = dataclasses.field(default_factory=dict)
   passes: Callable = default_passes
+  section: Optional[str] = None
+  config: Optional[type] = None
 
   def __post_init__(self):
     if self.mask is not None and self.mask not in MASK_KINDS:
       raise ValueError(f"{self.name}: mask {self.mask!r} is not one of {MASK_KINDS}")
+    if (self.section is None) != (self.config is None):
+      raise ValueError(f"{self.name}: section and config go together")
     if self.requires_mask and self.mask is None:
       raise ValueError(f"{self.name}: requires_mask without a mask kind")
     if isinstance(self.variant_field, str) and self.variant_field.count(".") != 1:
