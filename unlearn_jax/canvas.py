@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image
 
 from unlearn_jax.errors import UserError, check_choice
+from unlearn_jax.unlearning import core as core_lib
 
 # --------------------------------------------------------------------------- #
 # Constants.
@@ -74,7 +75,7 @@ TRAIN_IMAGE_INDICES = (1, 2, 3)
 DIMUM_FORGET_STYLE = "Van_Gogh"
 DIMUM_ALT_STYLE = "Abstractionism"
 #: the anchor schemes of CORE Table 4.
-SCHEMES = ("one_to_one", "all_to_one", "groups_to_one", "random", "random_k")
+SCHEMES = core_lib.SCHEMES
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _FAKE_MARKER = "FAKE_UNLEARNCANVAS.txt"
@@ -539,22 +540,16 @@ def anchor_styles(forget_styles, retain_styles, scheme: str = "one_to_one", *, b
                   seed: int = 0, k: int = 5, group_size: int = 5) -> Dict[str, Tuple[str, ...]]:
   """Anchor (alternative) styles p_a of CORE Eq. 2 for each forget style, CORE Table 4.
 
-  Returns {forget style: tuple of anchor styles}; with more than one anchor, one
-  is drawn at every gradient step.  Schemes:
-    one_to_one     (CORE's default) a bijection: each forget style to its own
-                   retained style, the next free one after it in ALL_STYLES order
-                   (cyclically); when fewer styles are retained than forgotten, a
-                   cyclic one-to-one map among the forget styles themselves
-                   (CORE Sec. 3.1, "Alternative concepts").
-    all_to_one     every forget style to one base style: `base` (a retained style
-                   name, or its index in ALL_STYLES), None or -1 = retain_styles[0].
-    groups_to_one  consecutive groups of `group_size` forget styles (in the order
-                   given), group g to retain_styles[g mod R].
-    random         every retained style is a candidate (one drawn per step).
-    random_k       `k` distinct retained styles, drawn once with `seed`.
+  Returns {forget style: tuple of anchor styles}; with more than one anchor, one is drawn
+  at every gradient step.  The schemes are `unlearning.core.anchor_candidates`'s (one
+  implementation for classes and styles), on the styles of `forget_styles` + `retain_styles`
+  indexed in ALL_STYLES order: one_to_one walks that order (each forget style to the next
+  free retained style after it, cyclically); all_to_one maps to `base` (a retained style's
+  name, or its index in ALL_STYLES; None or -1: retain_styles[0]); groups_to_one, random
+  and random_k take the retained styles in the order given.
 
-  The baselines' pairings in CORE App. C are all_to_one (Forget01), random
-  (Forget06) and one_to_one (Forget25).
+  The baselines' pairings in CORE App. C are all_to_one (Forget01), random (Forget06) and
+  one_to_one (Forget25).
   """
   check_choice("config.core.scheme", scheme, SCHEMES)
   forget = resolve_styles(forget_styles)
@@ -566,43 +561,23 @@ def anchor_styles(forget_styles, retain_styles, scheme: str = "one_to_one", *, b
                     f"styles {tuple(overlap)} are also retained")
   if not retain:
     raise UserError("config.data.forget_styles", forget_styles, "leaves no style to retain")
-  if scheme == "one_to_one":
-    if len(forget) <= len(retain):
-      order = sorted(forget + retain, key=_style_rank)
-      used = set()
-      out = {}
-      for f in forget:
-        start = order.index(f)
-        for j in range(1, len(order) + 1):
-          c = order[(start + j) % len(order)]
-          if c in retain and c not in used:
-            out[f] = (c,)
-            used.add(c)
-            break
-      return out
-    return {f: (forget[(i + 1) % len(forget)],) for i, f in enumerate(forget)}
-  if scheme == "all_to_one":
-    if base is None or (isinstance(base, (int, np.integer)) and base < 0):
-      b = retain[0]
-    else:
-      name = ALL_STYLES[base] if isinstance(base, (int, np.integer)) and base < len(ALL_STYLES) \
-          else base
-      if name not in retain:
-        raise UserError("config.core.base", base,
-                        f"expected a retained style {retain}, its index in ALL_STYLES, or -1")
-      b = name
-    return {f: (b,) for f in forget}
-  if scheme == "groups_to_one":
-    if group_size < 1:
-      raise UserError("config.core.group_size", group_size, "expected a positive integer")
-    return {f: (retain[(i // group_size) % len(retain)],) for i, f in enumerate(forget)}
-  if scheme == "random":
-    return {f: retain for f in forget}
-  if not 1 <= k <= len(retain):
-    raise UserError("config.core.k", k, f"expected 1..{len(retain)} anchor styles per forget style")
-  rng = np.random.default_rng([seed, 31])
-  return {f: tuple(retain[j] for j in rng.choice(len(retain), size=k, replace=False))
-          for f in forget}
+  order = sorted(forget + retain, key=_style_rank)
+  b = -1
+  if scheme == "all_to_one" and base is not None and not (isinstance(base, (int, np.integer)) and base < 0):
+    name = ALL_STYLES[base] if isinstance(base, (int, np.integer)) and base < len(ALL_STYLES) else base
+    if name not in retain:
+      raise UserError("config.core.base", base,
+                      f"expected a retained style {retain}, its index in ALL_STYLES, or -1")
+    b = order.index(name)
+  try:
+    table = core_lib.anchor_candidates(len(order), [order.index(f) for f in forget], scheme,
+                                       group_size=group_size, k=k, base=b, seed=seed,
+                                       retained=[order.index(r) for r in retain])
+  except UserError as e:
+    if e.field == "config.core.k":
+      raise UserError("config.core.k", k, f"expected 1..{len(retain)} anchor styles per forget style") from None
+    raise
+  return {f: tuple(order[j] for j in table[order.index(f)]) for f in forget}
 
 
 def anchor_prompt_table(data: CanvasData, style_map: Mapping[str, Sequence[str]]) -> np.ndarray:

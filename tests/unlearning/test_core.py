@@ -44,6 +44,33 @@ def test_core_random_and_random_k_candidates():
     core.anchor_candidates(4, (1,), "random_k", k=4)
 
 
+def test_random_schemes_draw_from_the_retained_concepts_only():
+  """CORE App. C: an anchor is a retained concept, never another forgotten one."""
+  forget = (1, 2, 7)
+  cand = core.anchor_candidates(10, forget, "random")
+  for c in forget:
+    assert sorted(cand[c]) == [0, 3, 4, 5, 6, 8, 9]
+  ck = core.anchor_candidates(10, forget, "random_k", k=7, seed=2)
+  for c in forget:
+    assert sorted(ck[c]) == [0, 3, 4, 5, 6, 8, 9]
+  with pytest.raises(UserError, match="config.core.k"):
+    core.anchor_candidates(10, forget, "random_k", k=8)
+  # an explicit retained order: groups and candidates follow it
+  g = core.anchor_candidates(6, (0, 1, 2), "groups_to_one", group_size=2, retained=(5, 3))
+  assert g[:3, 0].tolist() == [5, 5, 3]
+  r = core.anchor_candidates(6, (0,), "random", retained=(5, 3))
+  assert r[0].tolist() == [5, 3] and r[4].tolist() == [4, 4]
+
+
+def test_canvas_styles_and_class_labels_share_one_scheme_implementation(monkeypatch):
+  from unlearn_jax import canvas
+  seen = []
+  real = core.anchor_candidates
+  monkeypatch.setattr(core, "anchor_candidates", lambda *a, **kw: seen.append((a, kw)) or real(*a, **kw))
+  m = canvas.anchor_styles(("Van_Gogh", "Monet"), ("Winter", "Pop_Art", "Cubism"), "groups_to_one", group_size=1)
+  assert seen and m == {"Van_Gogh": ("Winter",), "Monet": ("Pop_Art",)}
+
+
 def test_core_draws_cover_the_candidates_and_vary_with_the_key():
   cand = core.anchor_candidates(6, (2,), "random")
   labels = jnp.full((600,), 2, jnp.int32)

@@ -21,7 +21,7 @@ Anchor (alternative) concepts p_a, the schemes of the paper's Table 4
 from __future__ import annotations
 
 import dataclasses
-from typing import Sequence
+from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -56,16 +56,31 @@ def _next_free(start: int, num_classes: int, allowed, used) -> int:
 
 
 def anchor_candidates(num_classes: int, forget: Sequence[int], scheme: str = "one_to_one", *,
-                      group_size: int = 5, k: int = 5, base: int = -1, seed: int = 0) -> np.ndarray:
-  """(num_classes, K) int32: row c lists the anchor classes a forget class c may be mapped to
-  (one is drawn per example when K > 1); a retained class's row is itself.
+                      group_size: int = 5, k: int = 5, base: int = -1, seed: int = 0,
+                      retained: Optional[Sequence[int]] = None) -> np.ndarray:
+  """(num_classes, K) int32: row c lists the anchor concepts a forget concept c may be mapped
+  to (one is drawn per example and step when K > 1); a retained concept's row is itself.
+  CORE Table 4 / App. C; the one implementation of the schemes, for class labels and for
+  UnlearnCanvas styles (`canvas.anchor_styles` indexes styles in ALL_STYLES order).
 
-  `base` (all_to_one): the base class; -1 is the first retained class.
+    one_to_one     a bijection: each forget concept (in the order given) to the next free
+                   retained one after it, cyclically in index order; with fewer retained
+                   than forgotten, a cycle among the forget concepts themselves (CORE Sec. 3.1)
+    all_to_one     every forget concept to `base` (-1: the first retained one)
+    groups_to_one  consecutive groups of `group_size` forget concepts, group g to retained[g mod R]
+    random         every retained concept is a candidate (CORE App. C: "we randomly sample one
+                   alternative concept from the retain set" at every step)
+    random_k       `k` distinct retained concepts per forget concept, drawn once with `seed`
+
+  `forget` keeps its order (callers on class labels pass it sorted); `retained`: the retained
+  concepts in the order groups and candidates use (None: every other index, ascending).
   """
   field = "config.core.scheme"
   check_choice(field, scheme, SCHEMES)
-  forget = sorted(set(int(c) for c in forget))
-  retained = [c for c in range(num_classes) if c not in forget]
+  forget = [int(c) for c in dict.fromkeys(int(c) for c in forget)]
+  if retained is None:
+    retained = [c for c in range(num_classes) if c not in forget]
+  retained = [int(c) for c in retained]
   if not retained:
     raise UserError("config.data.forget_classes", tuple(forget), "leaves no class to retain")
   identity = np.arange(num_classes, dtype=np.int32)[:, None]
@@ -94,17 +109,16 @@ def anchor_candidates(num_classes: int, forget: Sequence[int], scheme: str = "on
         for c in forget[g:g + group_size]:
           out[c, 0] = b
     return out
-  others = [[d for d in range(num_classes) if d != c] for c in range(num_classes)]
   if scheme == "random":
-    out = np.array(others, np.int32)
-    out[retained] = np.array(retained, np.int32)[:, None]
+    out = np.repeat(identity, len(retained), axis=1)
+    out[forget] = np.asarray(retained, np.int32)[None, :]
     return out
-  if not 1 <= k <= num_classes - 1:
-    raise UserError("config.core.k", k, f"expected 1..{num_classes - 1} alternatives per forget class")
+  if not 1 <= k <= len(retained):
+    raise UserError("config.core.k", k, f"expected 1..{len(retained)} alternatives per forget class")
   rng = np.random.default_rng([seed, 29])
   out = np.repeat(identity, k, axis=1)
   for c in forget:
-    out[c] = rng.choice(others[c], size=k, replace=False)
+    out[c] = rng.choice(np.asarray(retained, np.int32), size=k, replace=False)
   return out
 
 

@@ -187,5 +187,5 @@ def _anchor_table(config, forget, num_classes: int, anchor_fn: Optional[Callable
   if anchor_fn is not None:
     return anchor_fn(config)
   c = config.core
-  return core_lib.anchor_candidates(num_classes, forget, c.scheme, group_size=c.group_size, k=c.k, base=c.base,
-                                    seed=config.seed)
+  return core_lib.anchor_candidates(num_classes, sorted(set(forget)), c.scheme, group_size=c.group_size, k=c.k,
+                                    base=c.base, seed=config.seed)
