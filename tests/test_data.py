@@ -305,3 +305,14 @@ def test_toy_batches_are_raw_float():
   ds = data.load_dataset(make_cfg(name="toy_gmm", toy_num_samples=30), "train")
   b = data.batch_at_step(ds, 0, 6, seed=0)
   np.testing.assert_array_equal(b["x"], ds.images[data.batch_indices(30, 0, 6, 0)])
+
+
+def test_load_dataset_reads_typed_settings_plain_dicts_and_config_dicts_alike():
+  from unlearn_jax import settings
+  fields = dict(name="digits", max_examples=30, seed=2, image_size=0)
+  typed = data.load_dataset(settings.section(settings.Data, fields, "config.data"), "train")
+  for cfg in (dict(fields), make_cfg(**fields)):
+    other = data.load_dataset(cfg, "train")
+    np.testing.assert_array_equal(other.images, typed.images)
+    np.testing.assert_array_equal(other.labels, typed.labels)
+  assert len(typed) == 30

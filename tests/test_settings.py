@@ -4,6 +4,7 @@ import dataclasses
 import glob
 import importlib.util
 import os
+import typing
 
 import ml_collections
 import numpy as np
@@ -57,6 +58,7 @@ def test_every_config_types_with_its_values_unchanged(name, config):
 
 
 def test_types_follow_the_fields():
+  assert isinstance(settings.section(settings.Optim, {"lr": 1}, "config.optim").lr, float)   # a plain dict's int
   c = config_lib.base()
   c.optim.lr = 1                       # an int where a float is declared
   c.data.forget_classes = [1, 2]       # a list where a tuple is declared
@@ -69,6 +71,29 @@ def test_types_follow_the_fields():
   assert s.data.tfds_data_dir is None
   with pytest.raises(dataclasses.FrozenInstanceError):
     s.optim.lr = 0.5
+
+
+def _other(tp, value):
+  """A value of type `tp` different from `value` (each field's default)."""
+  if dataclasses.is_dataclass(tp):
+    return {f.name: _other(typing.get_type_hints(tp)[f.name], getattr(value, f.name)) for f in dataclasses.fields(tp)}
+  if typing.get_origin(tp) is typing.Union:
+    inner = [a for a in typing.get_args(tp) if a is not type(None)][0]
+    return _other(inner, value) if value is not None else {float: 0.25, str: "other", int: 3}[inner]
+  if typing.get_origin(tp) is tuple:
+    inner = typing.get_args(tp)[0]
+    return tuple(value) + ({int: 7, str: "other"}[inner],)
+  return {bool: lambda v: not v, int: lambda v: v + 3, float: lambda v: v * 2 + 0.5, str: lambda v: v + "_x"}[tp](value)
+
+
+@pytest.mark.parametrize("name", sorted(settings.SECTIONS) + ["sd"])
+def test_every_field_of_every_section_reaches_the_settings(name):
+  """Each field set away from its default arrives, converted (a dropped or renamed field fails)."""
+  cls = settings.SD if name == "sd" else settings.SECTIONS[name]
+  values = _other(cls, cls())
+  typed = settings.section(cls, values, f"config.{name}")
+  assert _plain(settings.as_dict(typed)) == _plain(values)
+  assert typed != cls()
 
 
 def test_an_unknown_field_names_itself():
