@@ -86,7 +86,11 @@ def base() -> ml_collections.ConfigDict:
       grid_size=64,
       # sample quality beside every rate: the share of samples classified with probability
       # >= confidence_threshold; below min_confident_share the report flags the rates.
-      confidence_threshold=0.9, min_confident_share=0.5))
+      confidence_threshold=0.9, min_confident_share=0.5,
+      # Inception FID / sFID / IS beside the classifier-feature FD when a weights file is given
+      # (pytorch-fid's .pth or its .npz conversion, `python -m unlearn_jax.evaluation.inception_weights`):
+      # images resized to inception_size (299: the standard; only 299 is comparable with papers).
+      inception_weights="", inception_size=299, inception_batch_size=50))
   return c
 
 

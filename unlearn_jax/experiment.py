@@ -48,6 +48,8 @@ class Experiment:
   model_cfg: Any
   example_shape: Tuple[int, ...]
   classifier: Any = None
+  #: the FID InceptionV3's variables (`config.eval.inception_weights`), or None: no Inception FID.
+  inception: Any = None
   #: compiled samplers / NLL functions, keyed by shape: params are arguments, so
   #: every model of the experiment reuses one compilation.
   compiled: Dict[Any, Callable] = dataclasses.field(default_factory=dict)

@@ -165,6 +165,11 @@ class Eval:
   confidence_threshold: float = 0.9
   min_confident_share: float = 0.5
   classifier_dir: str = ""
+  #: Inception FID (`tasks.classes.inception_entries`): the FID network's weights (a .npz of
+  #: `evaluation.inception_weights`, or pytorch-fid's .pth); "": none, and no FID is reported.
+  inception_weights: str = ""
+  inception_size: int = 299
+  inception_batch_size: int = 50
 
 
 @dataclasses.dataclass(frozen=True)

@@ -175,6 +175,7 @@ NUMERIC_FIELDS = (
     ("eval.fd_num_samples", 2, 10 ** 9, "int"), ("eval.attack_num_samples", 1, 10 ** 9, "int"),
     ("eval.grid_size", 1, 10 ** 5, "int"), ("eval.confidence_threshold", 0.0, 1.0, "[]"),
     ("eval.min_confident_share", 0.0, 1.0, "[]"),
+    ("eval.inception_size", 75, 1024, "int"), ("eval.inception_batch_size", 1, 1 << 16, "int"),
     ("eval.sampler.snr", 0.0, 1e3, "[]"), ("eval.sampler.n_steps", 1, 10 ** 6, "int"),
     ("eval.sampler.eps", 0.0, 1.0, "()"), ("eval.sampler.guidance", 0.0, 1e3, "[]"),
     ("eval.sampler.eta", 0.0, 1.0, "[]"),

@@ -61,7 +61,28 @@ def conditional_lines(results: dict, workdir: str) -> list:
       what = f"keeps {v['kept_fraction']:.3f} of the weights"
     lines.append(f"- mask `{k}` ({v['method']}): {what}")
   lines.append("")
-  return lines + dimum_tables(results, workdir)
+  return lines + dimum_tables(results, workdir) + inception_lines(results["models"])
+
+
+def inception_lines(models: dict) -> list:
+  """Inception FID / sFID / IS per model, where `config.eval.inception_weights` gave them
+  (none otherwise: the tables above report the classifier-feature FD, never as FID)."""
+  names = [n for n, m in models.items() if "fid" in m]
+  if not names:
+    return []
+  m0 = models[names[0]]
+  lines = ["", "## Inception FID", "",
+           f"FID / sFID: Fréchet distance on the FID InceptionV3's pool3 / spatial features of "
+           f"{m0['fid_num_samples']} samples against {m0['fid_reference']}, inputs resized to "
+           f"{m0['fid_input_size']}; IS on its 1008-way softmax.", "",
+           "| Method | FID | sFID | IS |", "|---|---|---|---|"]
+  for n in names:
+    m = models[n]
+    lines.append(f"| {pretty(n)} | {m['fid']:.2f} | {m['fid_spatial']:.2f} | "
+                 f"{m['inception_score']:.2f} ± {m['inception_score_std']:.2f} |")
+  if m0["fid_input_size"] != 299:
+    lines += ["", f"(!) Inputs at {m0['fid_input_size']} px, not 299: not comparable with published FIDs."]
+  return lines
 
 
 def dimum_tables(results: dict, workdir: str) -> list:
@@ -185,7 +206,7 @@ def sgu_lines(results: dict) -> list:
       lines += ["", f"**(!) NLL below 0 bits/dim** for {', '.join(neg)}: impossible for uniformly "
                 "dequantized 8-bit data, so the probability-flow ODE solve is inaccurate (tighten "
                 "`config.eval.nll.rtol` / `atol`, e.g. to score_sde's 1e-5)."]
-  return lines
+  return lines + inception_lines(models)
 
 
 def flag(m: dict) -> str:

@@ -576,6 +576,10 @@ def autoencoder_summary(exp, workdir: str) -> dict:
 def validate(config) -> None:
   """The `config.sd` checks that need no inputs (before `prepare` writes any)."""
   check_vae_fit_fields(config)
+  if config.eval.get("inception_weights"):
+    raise UserError("config.eval.inception_weights", config.eval.inception_weights,
+                    "Inception FID is not wired into the UnlearnCanvas task yet (its FD is on the style "
+                    "classifier's features); expected \"\"")
 
 
 def check(exp: Experiment) -> None:
