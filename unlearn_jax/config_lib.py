@@ -15,9 +15,8 @@ Schema (every field is read by exactly one module; see the README):
   sgu.*                     SGU's alpha (Eq. 11) and lambda(t) of Eq. 9/10 (std_power, max_std)
   unlearn.alternative       the alternative of each forgotten class (DiMUM's D_u', SalUn's c', AR_CL)
   unlearn.anchors           "" or a CORE scheme: SalUn / EraseDiff-rl / CA-model draw c' from it
-  dimum.* ga.* salun.* sfron.* erasediff.* core.* esd.* ca.* sa.* shs.* neggrad_plus.*
-                            the other methods' coefficients: each the `Config` dataclass
-                            of its method's module (`unlearning.methods.SECTIONS`)
+  <method section>.*        each method's coefficients (dimum.*, ga.*, salun.*, ...): the
+                            `Config` dataclass of its module (`unlearning.methods.SECTIONS`)
   classifier.*              the evaluation classifier (image data only)
   eval.*                    sampler, number of samples, NLL settings
   stages.<name>.*           one entry per stage; `stage_order` runs them in order
@@ -63,9 +62,8 @@ def base() -> ml_collections.ConfigDict:
   # unlearn.anchors: "" = the baselines' c' is `alternative`'s one class; a CORE scheme
   # (core.SCHEMES) = c' drawn per example and step from that scheme's candidates (CORE App. C).
   c.unlearn = ml_collections.ConfigDict(dict(alternative="next", anchors=""))
-  # Each method's coefficients: the defaults of its module's `Config` dataclass (sgu, ga,
-  # dimum, salun, sfron, erasediff, core, esd, ca, sa, shs, neggrad_plus; their docstrings
-  # say what each field is).
+  # Each method's coefficients: the defaults of its module's `Config` dataclass (its
+  # docstring says what each field is), one section per `unlearning.methods.SECTIONS` entry.
   for section, cls in methods_lib.SECTIONS.items():
     c[section] = ml_collections.ConfigDict(dataclasses.asdict(cls()))
 
