@@ -1,4 +1,5 @@
 """tasks.classes' Inception FID: the weights file, the cached reference statistics, the report."""
+import importlib
 import os
 import types
 
@@ -16,6 +17,7 @@ from unlearn_jax.models import inception
 from unlearn_jax.reporting import markdown
 from unlearn_jax.tasks import classes
 
+fid_lib = importlib.import_module("unlearn_jax.evaluation.fid")   # `evaluation.fid` is the function
 SIZE = 75            # the smallest input the network takes: a fast compile (299 is the standard)
 
 
@@ -44,7 +46,7 @@ def weights(tmp_path_factory):
 def _exp(weights_path):
   c = config_lib.base()
   c.eval.update(dict(inception_weights=weights_path, inception_size=SIZE, inception_batch_size=4))
-  return types.SimpleNamespace(config=settings.of(c), inception=classes.load_inception(weights_path),
+  return types.SimpleNamespace(config=settings.of(c), inception=evaluation.load_fid_inception(weights_path),
                                train=types.SimpleNamespace(source="test images"))
 
 
@@ -65,9 +67,13 @@ def test_fid_sfid_is_match_the_features_and_the_reference_statistics_are_cached(
   # a second model: the reference statistics come from the cache, only the samples are embedded
   calls = []
   real_fn = evaluation.inception_features
-  monkeypatch.setattr(evaluation, "inception_features", lambda v, x, *a, **kw: calls.append(len(x)) or real_fn(v, x, *a, **kw))
+  monkeypatch.setattr(fid_lib, "inception_features", lambda v, x, *a, **kw: calls.append(len(x)) or real_fn(v, x, *a, **kw))
   again = classes.inception_entries(exp, str(tmp_path), samples, reference, "D_r (train)")
   assert calls == [6] and again["fid"] == pytest.approx(got["fid"], rel=1e-6)
+  # another reference set (or input size) gets its own statistics, never another set's
+  other_ref = classes.inception_entries(exp, str(tmp_path), samples, reference[:6], "D_r (train)")
+  assert len(os.listdir(tmp_path / "fid_stats")) == 4 and calls[-2:] == [6, 6]
+  assert other_ref["fid"] != pytest.approx(got["fid"], rel=1e-6)
   # a set against itself: 0
   same = classes.inception_entries(exp, str(tmp_path / "other"), reference, reference, "itself")
   assert abs(same["fid"]) < 1e-3
@@ -80,11 +86,11 @@ def test_no_weights_no_entries():
 
 def test_weights_file_errors_name_the_field(tmp_path):
   with pytest.raises(UserError, match=r"config\.eval\.inception_weights"):
-    classes.load_inception(str(tmp_path / "missing.npz"))
+    evaluation.load_fid_inception(str(tmp_path / "missing.npz"))
   bad = tmp_path / "weights.bin"
   bad.write_bytes(b"\0" * 16)
   with pytest.raises(UserError, match=r"config\.eval\.inception_weights"):
-    classes.load_inception(str(bad))
+    evaluation.load_fid_inception(str(bad))
   c = config_lib.digits_ddpm(cpu=True)
   c.stages, c.stage_order = config_lib.dimum_stages(pretrain_steps=1, unlearn_steps=1, attack_steps=1, eval_every=1)
   c.eval.inception_weights = str(tmp_path / "missing.npz")
@@ -105,10 +111,3 @@ def test_report_table_only_with_fid():
   models["pretrained"]["fid_input_size"] = 75
   assert any("not comparable" in line for line in markdown.inception_lines(models))
 
-
-def test_unlearncanvas_refuses_inception_weights_it_would_ignore(weights):
-  c = config_lib.unlearncanvas_base(cpu=True)
-  c.stages, c.stage_order = config_lib.sd_stages(("core",), steps={}, default_steps=1)
-  c.eval.inception_weights = weights
-  with pytest.raises(UserError, match=r"config\.eval\.inception_weights.*not wired"):
-    pipeline.validation.check_config(c)

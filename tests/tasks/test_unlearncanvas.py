@@ -1,6 +1,7 @@
 """Stable Diffusion experiments end to end on a tiny random model in diffusers layout and a
 synthetic UnlearnCanvas tree, both written by the pipeline into the workdir and read back
 through the real loading code (nothing is downloaded)."""
+import dataclasses
 import json
 import os
 
@@ -340,3 +341,30 @@ def test_forget_rates_count_the_forget_style_in_the_top_3_and_ar_cl_at_top_1(run
   assert set(seen["labels"]) <= set(exp.forget_labels) and len(seen["labels"]) == 6
   assert r["ar"] == 1.0 and r["ar_top1"] == 0.0 and r["ar_cl"] == 1.0
   assert r["class_histogram"][ctx.alt_style_id] == 6
+
+
+def test_inception_fid_of_generated_against_real_retained_style_images(run, monkeypatch, tmp_path):
+  """With config.eval.inception_weights, evaluate_model adds FID / sFID / IS of the decoded
+  retained-style samples against as many real retained-style images (none without it)."""
+  from test_classes_inception import random_variables        # tests/tasks/: the FID net's random weights
+  exp, _ = run
+  n_styles = len(exp.context.data.styles)
+  side = exp.context.data.images.shape[1]
+  monkeypatch.setattr(unlearncanvas.generation, "generate",
+                      lambda exp_, params, n, rng, labels=None: np.zeros((n,) + exp.example_shape, np.float32))
+  monkeypatch.setattr(unlearncanvas, "decode",
+                      lambda ctx_, z: np.full((len(z), side, side, 3), 0.5, np.float32))
+  monkeypatch.setattr(unlearncanvas, "classify", lambda ctx_, which, params, x: (
+      np.zeros((len(x), n_styles), np.float32), np.random.default_rng(len(x)).normal(size=(len(x), 4))))
+  plain = unlearncanvas.evaluate_model(exp, None, {"style": None, "object": None}, jax.random.key(0),
+                                       str(tmp_path / "a.png"), str(tmp_path))
+  assert "fid" not in plain
+  cfg = settings.replace(settings.replace(exp.config, "eval.inception_size", 75), "eval.inception_weights", "w.npz")
+  with_fid = dataclasses.replace(exp, inception=random_variables(), config=cfg)
+  res = unlearncanvas.evaluate_model(with_fid, None, {"style": None, "object": None}, jax.random.key(0),
+                                     str(tmp_path / "b.png"), str(tmp_path))
+  assert res["fid"] > 0 and res["fid_spatial"] > 0 and res["fid_num_samples"] == exp.config.eval.fd_num_samples
+  assert res["fid_reference"].startswith("real retained-style images")
+  assert len(os.listdir(tmp_path / "fid_stats")) == 2
+  assert {k: v for k, v in res.items() if not k.startswith(("fid", "inception", "wall"))} == \
+      {k: v for k, v in plain.items() if k != "wall_time_s"}

@@ -16,7 +16,9 @@
                  `fid` (FID on pool3, sFID on spatial features), `save_fid_stats`,
                  `load_fid_stats`, `cached_fid_stats` (.npz with mu, sigma),
                  `inception_score`, `precision_recall` / `manifold_radii` (k-NN
-                 manifolds), `inception_metrics` (all by name)
+                 manifolds), `inception_metrics` (all by name); `fid_entries` (a results.json
+                 entry's FID / sFID / IS against cached reference statistics),
+                 `load_fid_inception` (the weights file named by config.eval.inception_weights)
   inception_weights.py  pytorch-fid's .pth -> Flax variables (`convert_state_dict`),
                  `save_npz`, `load_inception_variables` (.npz or .pth; torch optional)
   clip_score.py  CLIP score 100 max(cos, 0) of (image, prompt) pairs with a local
@@ -51,9 +53,11 @@ from unlearn_jax.evaluation.concept import sfid
 from unlearn_jax.evaluation.concept import ua_ira_cra
 from unlearn_jax.evaluation.fid import cached_fid_stats
 from unlearn_jax.evaluation.fid import fid
+from unlearn_jax.evaluation.fid import fid_entries
 from unlearn_jax.evaluation.fid import inception_features
 from unlearn_jax.evaluation.fid import inception_metrics
 from unlearn_jax.evaluation.fid import inception_score
+from unlearn_jax.evaluation.fid import load_fid_inception
 from unlearn_jax.evaluation.fid import load_fid_stats
 from unlearn_jax.evaluation.fid import manifold_radii
 from unlearn_jax.evaluation.fid import precision_recall
@@ -79,9 +83,9 @@ __all__ = [
     "CLIPComponents", "ar_cl", "attack_rate", "cached_fid_stats", "classifier_step", "classify",
     "clip_embedding_distance", "clip_image_embeddings", "clip_preprocess", "clip_scores",
     "clip_scores_from_embeddings", "clip_text_embeddings", "convert_state_dict", "cosine_distances",
-    "count_detections", "dataset_nll", "detection_summary", "embed", "fid", "frechet_distance",
+    "count_detections", "dataset_nll", "detection_summary", "embed", "fid", "fid_entries", "frechet_distance",
     "frechet_distance_from_features", "gaussian_stats", "histogram_tv", "inception_features",
-    "inception_metrics", "inception_score", "load_clip", "load_fid_stats", "load_inception_variables",
+    "inception_metrics", "inception_score", "load_clip", "load_fid_inception", "load_fid_stats", "load_inception_variables",
     "manifold_radii", "mean_clip_score", "nudity_counts", "precision_recall", "predict", "sample_quality",
     "save_fid_stats", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
 ]

@@ -31,6 +31,8 @@ resize to 299 x 299 without antialiasing, scaling to [-1, 1].
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import os
 from typing import Callable, Dict, Optional, Tuple, Union
 
@@ -38,7 +40,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax.errors import UserError
 from unlearn_jax.evaluation import frechet
+from unlearn_jax.evaluation import inception_weights
 from unlearn_jax.models import inception
 
 Stats = Tuple[np.ndarray, np.ndarray]
@@ -218,3 +222,46 @@ def inception_metrics(real: inception.InceptionFeatures, generated: inception.In
   return {"fid": fid(real.pool3, generated.pool3), "sfid": fid(real.spatial, generated.spatial),
           "inception_score": is_mean, "inception_score_std": is_std,
           "precision": precision, "recall": recall}
+
+
+def load_fid_inception(path: str, field: str = "config.eval.inception_weights") -> dict:
+  """The FID network's variables from `path` (`inception_weights.load_inception_variables`), a
+  UserError naming `field` if it is not a readable weights file."""
+  if not os.path.isfile(path):
+    raise UserError(field, path, "expected a file: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (needs "
+                    "the convert extra) or its .npz (python -m unlearn_jax.evaluation.inception_weights)")
+  try:
+    return inception_weights.load_inception_variables(path)
+  except (ValueError, KeyError, OSError, ImportError) as e:
+    raise UserError(field, path, f"not the FID Inception's weights ({type(e).__name__}: {e})") from None
+
+
+def fid_entries(variables, samples, reference, eval_cfg, *, source: str, stats_dir: str,
+                reference_name: str) -> dict:
+  """A results.json model entry's Inception FID (pool3), sFID (spatial features) and Inception
+  Score of `samples` against the `reference` images, at `eval_cfg.inception_size` in batches of
+  `eval_cfg.inception_batch_size` (a `settings.Eval`).
+
+  The reference statistics (mu, sigma) are cached in `stats_dir`, keyed by the data `source`,
+  the reference set, the input size and the weights file, so every model and every rerun
+  reuses them (the .npz format pytorch-fid / clean-fid exchange)."""
+  e = eval_cfg
+  gen = inception_features(variables, samples, e.inception_batch_size, size=e.inception_size)
+  key = hashlib.sha1(json.dumps({"data": source, "reference": reference_name, "n": len(reference),
+                                 "size": e.inception_size, "weights": os.path.abspath(e.inception_weights)},
+                                sort_keys=True).encode()).hexdigest()[:16]
+  real = {}
+
+  def features(kind):
+    if not real:
+      real.update(inception_features(variables, reference, e.inception_batch_size, size=e.inception_size)._asdict())
+    return real[kind]
+
+  os.makedirs(stats_dir, exist_ok=True)
+  pool3 = cached_fid_stats(os.path.join(stats_dir, f"{key}_pool3.npz"), lambda: features("pool3"))
+  spatial = cached_fid_stats(os.path.join(stats_dir, f"{key}_spatial.npz"), lambda: features("spatial"))
+  score, score_std = inception_score(gen.logits_unbiased, splits=min(10, len(samples)))
+  return {"fid": fid(pool3, gen.pool3), "fid_spatial": fid(spatial, gen.spatial),
+          "inception_score": score, "inception_score_std": score_std, "fid_num_samples": int(len(samples)),
+          "fid_reference": f"{reference_name} ({len(reference)} images)", "fid_input_size": int(e.inception_size),
+          "fid_features": "FID InceptionV3 (pytorch-fid's 2015-12-05 network): pool3; sFID: mixed_6/conv[:7]"}

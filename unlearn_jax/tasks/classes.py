@@ -15,8 +15,6 @@ Both report the samples' quality beside every rate (`evaluation.sample_quality`)
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import logging
 import os
 import time
@@ -93,7 +91,7 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
   classifier = None
   if train.is_image and first_stage(config, "classifier"):
     classifier = models.build_classifier(config.classifier, train.example_shape, train.num_classes)[0]
-  inception = load_inception(config.eval.inception_weights) if config.eval.inception_weights else None
+  inception = evaluation.load_fid_inception(config.eval.inception_weights) if config.eval.inception_weights else None
   if inception is not None and not train.is_image:
     raise UserError("config.eval.inception_weights", config.eval.inception_weights,
                     f"Inception FID needs image data; {config.data.name} is not")
@@ -103,19 +101,6 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
                     forget_labels=forget_labels, alt=alt, conditional=conditional,
                     process=process, module=module, model_cfg=model_cfg, example_shape=train.example_shape,
                     classifier=classifier, inception=inception)
-
-
-def load_inception(path: str) -> dict:
-  """The FID InceptionV3's variables from `path` (a UserError naming
-  config.eval.inception_weights if it is not a readable weights file)."""
-  field = "config.eval.inception_weights"
-  if not os.path.isfile(path):
-    raise UserError(field, path, "expected a file: pytorch-fid's pt_inception-2015-12-05-6726825d.pth (needs "
-                    "the convert extra) or its .npz (python -m unlearn_jax.evaluation.inception_weights)")
-  try:
-    return evaluation.load_inception_variables(path)
-  except (ValueError, KeyError, OSError, ImportError) as e:
-    raise UserError(field, path, f"not the FID Inception's weights ({type(e).__name__}: {e})") from None
 
 
 def check(exp: Experiment) -> None:
@@ -273,36 +258,11 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, params, rng:
 
 def inception_entries(exp: Experiment, workdir: str, samples: np.ndarray, reference: np.ndarray,
                       reference_name: str) -> dict:
-  """Inception FID (pool3), sFID (spatial features) and Inception Score of `samples` against the
-  `reference` images (pytorch-fid's network, `config.eval.inception_weights`); {} without weights.
-
-  The reference statistics (mu, sigma) are cached in `<workdir>/fid_stats/`, keyed by the data,
-  the reference set, the input size and the weights file, so every model and every rerun
-  reuses them (the .npz format pytorch-fid / clean-fid exchange)."""
+  """`evaluation.fid_entries` of `samples` against `reference` ({} without inception weights)."""
   if exp.inception is None:
     return {}
-  e = exp.config.eval
-  gen = evaluation.inception_features(exp.inception, samples, e.inception_batch_size, size=e.inception_size)
-  key = hashlib.sha1(json.dumps({"data": exp.train.source, "reference": reference_name, "n": len(reference),
-                                 "size": e.inception_size, "weights": os.path.abspath(e.inception_weights)},
-                                sort_keys=True).encode()).hexdigest()[:16]
-  real = {}
-
-  def features(kind):
-    if not real:
-      real.update(evaluation.inception_features(exp.inception, reference, e.inception_batch_size,
-                                                size=e.inception_size)._asdict())
-    return real[kind]
-
-  stats_dir = os.path.join(workdir, "fid_stats")
-  os.makedirs(stats_dir, exist_ok=True)
-  pool3 = evaluation.cached_fid_stats(os.path.join(stats_dir, f"{key}_pool3.npz"), lambda: features("pool3"))
-  spatial = evaluation.cached_fid_stats(os.path.join(stats_dir, f"{key}_spatial.npz"), lambda: features("spatial"))
-  score, score_std = evaluation.inception_score(gen.logits_unbiased, splits=min(10, len(samples)))
-  return {"fid": evaluation.fid(pool3, gen.pool3), "fid_spatial": evaluation.fid(spatial, gen.spatial),
-          "inception_score": score, "inception_score_std": score_std, "fid_num_samples": int(len(samples)),
-          "fid_reference": f"{reference_name} ({len(reference)} images)", "fid_input_size": int(e.inception_size),
-          "fid_features": "FID InceptionV3 (pytorch-fid's 2015-12-05 network): pool3; sFID: mixed_6/conv[:7]"}
+  return evaluation.fid_entries(exp.inception, samples, reference, exp.config.eval, source=exp.train.source,
+                                stats_dir=os.path.join(workdir, "fid_stats"), reference_name=reference_name)
 
 
 # ----------------------------------------------------------------------------

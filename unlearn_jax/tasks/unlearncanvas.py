@@ -311,6 +311,7 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
   classifiers = {
       "style": models.build_classifier(config.classifier, (clf_size, clf_size, 3), len(data.styles))[0],
       "object": models.build_classifier(config.classifier, (clf_size, clf_size, 3), len(data.objects))[0]}
+  inception = evaluation.load_fid_inception(config.eval.inception_weights) if config.eval.inception_weights else None
   ctx = SDContext(comp=comp, data=data, forget_styles=forget_styles, forget_style_ids=forget_ids,
                   alt_style_id=alt_style_id, table=np.asarray(table), base_params=base_params,
                   classifiers=classifiers, clf_size=clf_size, cache_path=cache_path, cache_arrays=arrays)
@@ -326,7 +327,7 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
       test_forget=streams["forget"], test_retain=streams["retain"],
       forget_labels=tuple(int(p) for p in forget_prompts), alt=alt, conditional=True, process=process,
       module=module, model_cfg=model_cfg, example_shape=latent_shape, classifier=None,
-      context=ctx, anchor_fn=anchor_fn)
+      context=ctx, anchor_fn=anchor_fn, inception=inception)
 
 
 # ----------------------------------------------------------------------------
@@ -430,8 +431,10 @@ def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = 
   return out
 
 
-def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
-  """UA / IRA / CRA, AR_MU (top-3), AR_CL and the Fréchet distance of one model."""
+def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str, workdir: Optional[str] = None) -> dict:
+  """UA / IRA / CRA, AR_MU (top-3), AR_CL and the Fréchet distance of one model; with
+  `config.eval.inception_weights`, Inception FID / sFID / IS of the generated retained-style
+  images against as many real ones (`evaluation.fid_entries`, statistics cached in `workdir`)."""
   cfg, ctx = exp.config, exp.context
   t0 = time.time()
   fr = forget_rates(exp, params, clf, cfg.eval.num_samples, jax.random.fold_in(rng, 0), keep_samples=True)
@@ -462,8 +465,12 @@ def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str) -> dict:
       "frechet_distance": evaluation.frechet_distance_from_features(feats, ref),
       "frechet_features": "style classifier (penultimate layer), generated retained-style vs real images",
       "retain_accuracy": result.get("ira", float("nan")),
-      "forget_styles": list(ctx.forget_styles), "alt_style": ctx.data.styles[ctx.alt_style_id],
-      "wall_time_s": time.time() - t0})
+      "forget_styles": list(ctx.forget_styles), "alt_style": ctx.data.styles[ctx.alt_style_id]})
+  if exp.inception is not None and workdir:
+    result.update(evaluation.fid_entries(exp.inception, x_r, real, cfg.eval, source=exp.train.source,
+                                         stats_dir=os.path.join(workdir, "fid_stats"),
+                                         reference_name="real retained-style images"))
+  result["wall_time_s"] = time.time() - t0
   return result
 
 
@@ -576,10 +583,6 @@ def autoencoder_summary(exp, workdir: str) -> dict:
 def validate(config) -> None:
   """The `config.sd` checks that need no inputs (before `prepare` writes any)."""
   check_vae_fit_fields(config)
-  if config.eval.get("inception_weights"):
-    raise UserError("config.eval.inception_weights", config.eval.inception_weights,
-                    "Inception FID is not wired into the UnlearnCanvas task yet (its FD is on the style "
-                    "classifier's features); expected \"\"")
 
 
 def check(exp: Experiment) -> None:
@@ -641,7 +644,7 @@ def classifier_params(exp: Experiment, workdir: str) -> Dict[str, Any]:
 def evaluate(exp: Experiment, workdir: str, model: str, params, clf, rng: jax.Array, out_dir: str) -> dict:
   """One model's results.json entry (`evaluate_model`)."""
   png = os.path.join(out_dir, f"{model}_samples.png")
-  res = evaluate_model(exp, params, clf, rng, png)
+  res = evaluate_model(exp, params, clf, rng, png, workdir)
   res["samples_png"] = os.path.relpath(png, workdir)
   logging.info("[%s] %s: UA %.3f IRA %.3f CRA %.3f AR_MU(top-3) %.3f FD %.3f", os.path.basename(out_dir), model,
                res["ua"], res["ira"], res["cra"], res["ar_mu"], res["frechet_distance"])
