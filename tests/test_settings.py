@@ -52,6 +52,8 @@ def test_every_config_types_with_its_values_unchanged(name, config):
 
   same(typed, raw, "config")
   assert settings.of(s) is s
+  back = settings.to_config_dict(s)                 # what pipeline.run takes, and the same Settings again
+  assert isinstance(back, ml_collections.ConfigDict) and settings.of(back) == s
   if s.sd is None:
     assert "sd" not in raw
   assert all(isinstance(st, settings.Stage) for st in s.stages.values())

@@ -100,7 +100,10 @@ def resume_config(workdir: str, stored: Optional[dict], new: dict) -> dict:
 def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Experiment:
   """Validates, then runs every stage of `config.stage_order` not yet done.
 
-  `step_hook(n)` is called after every step of a stage (`stages.Hooks`)."""
+  `step_hook(n)` is called after every step of a stage (`stages.Hooks`).  `config` is a
+  ConfigDict, or a `Settings` (an experiment's `exp.config`: `settings.to_config_dict`)."""
+  if isinstance(config, settings.Settings):
+    config = settings.to_config_dict(config)
   validation.check_config(config)                  # the config's own fields, before inputs/ is written
   config = tasks.get(config).prepare(config, workdir)   # e.g. "tiny" / "synthetic" -> <workdir>/inputs/
   exp = build_experiment(config, workdir)          # raises UserError before anything is written

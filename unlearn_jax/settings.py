@@ -24,6 +24,8 @@ import dataclasses
 import typing
 from typing import Any, Dict, Mapping, Optional, Tuple
 
+import ml_collections
+
 from unlearn_jax.errors import UserError
 from unlearn_jax.unlearning import methods as methods_lib
 
@@ -304,6 +306,16 @@ def replace(s, path: str, value):
     return dataclasses.replace(s, **{head: replace(getattr(s, head), rest, value)})
   hints = typing.get_type_hints(type(s))
   return dataclasses.replace(s, **{head: _convert(hints[head], value, path)})
+
+
+def to_config_dict(s) -> ml_collections.ConfigDict:
+  """A `Settings` back as a ConfigDict (what `pipeline.run` and `--config` overrides take):
+  every field, with its default where the original config left one out (no `sd` section
+  outside Stable Diffusion)."""
+  values = as_dict(s)
+  if values.get("sd") is None:
+    values.pop("sd", None)
+  return ml_collections.ConfigDict(values)
 
 
 def as_dict(x) -> Any:

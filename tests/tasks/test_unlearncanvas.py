@@ -167,7 +167,7 @@ def test_rerun_skips_finished_stages(run):
 ])
 def test_user_errors_leave_the_workdir_unchanged(run, tmp_path, field, value, match):
   exp, workdir = run
-  c = exp.config.copy_and_resolve_references()             # resolved model_dir / data_dir
+  c = settings.to_config_dict(exp.config)                  # resolved model_dir / data_dir
   section, key = field.split(".")
   c[section][key] = value
   before = sorted(os.listdir(workdir))
@@ -223,12 +223,12 @@ def test_an_unfitted_tiny_model_is_not_fitted_in_place(tmp_path):
 
 def test_missing_model_dir_and_scratch_init_are_user_errors(run, tmp_path):
   exp, workdir = run
-  c = exp.config.copy_and_resolve_references()
+  c = settings.to_config_dict(exp.config)
   c.sd.model_dir = str(tmp_path / "nowhere")
   with pytest.raises(UserError, match="config.sd.model_dir"):
     pipeline.run(c, str(tmp_path / "w"))
   assert not os.path.exists(tmp_path / "w")
-  c = exp.config.copy_and_resolve_references()
+  c = settings.to_config_dict(exp.config)
   c.stages.core.init = "scratch"
   with pytest.raises(UserError, match="config.stages.core.init"):
     pipeline.build_experiment(c)
@@ -278,7 +278,7 @@ def test_baselines_anchors_on_canvas_are_the_same_object_in_other_styles(run):
   from unlearn_jax.unlearning import methods
   exp, _ = run
   data = exp.context.data
-  cfg = exp.config.copy_and_resolve_references()
+  cfg = settings.to_config_dict(exp.config)
   n = len(data.prompts)
   for scheme in ("random", "all_to_one"):
     cfg.unlearn.anchors = scheme
