@@ -6,6 +6,8 @@
 The task (`tasks.get(config)`: classes of a data set, or UnlearnCanvas styles on Stable
 Diffusion) builds the experiment and measures it; the stages (`stages.KINDS`) run on it
 without asking which task it is; `validation` checks everything before the first write.
+The config dict is read here and in `validation`; `settings.of` types it once, and the
+experiment and everything below it read the typed `Settings` (`exp.config`).
 Each stage writes `<workdir>/<stage>/`; a stage with DONE.json is skipped, an interrupted
 one resumes from its last checkpoint (see `checkpoints`).
 """
