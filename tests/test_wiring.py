@@ -213,7 +213,7 @@ OPTION_CASES = [
     ("core", "", "core.alpha", 0.3, 0.7, {}, _lin(lambda v, f, r: f + v * r)),
     ("core", "", "core.scheme", "one_to_one", "all_to_one", {}, None),
     ("core", "", "core.group_size", 1, 2, {"core.scheme": "groups_to_one"}, None),
-    ("core", "", "core.k", 1, 3, {"core.scheme": "random_k"}, None),
+    ("core", "", "core.k", 1, 2, {"core.scheme": "random_k"}, None),   # 2 retained classes
     ("core", "", "core.base", 0, 3, {"core.scheme": "all_to_one"}, None),
     ("esd", "", "esd.eta", 0.3, 0.7, {}, None),
     ("esd", "", "esd.base", -1, 0, {}, None),
