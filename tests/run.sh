@@ -42,8 +42,10 @@ run_job() {  # $1: index, $2: job (pytest arguments, space-separated); $TEST_ARG
   local -a spec extra
   read -r -a spec <<<"$2"
   read -r -a extra <<<"${TEST_ARGS:-}"
+  local t0=$SECONDS
   python -m pytest -q "${spec[@]}" "${extra[@]}" > "$logs/$1.log" 2>&1
   echo $? > "$logs/$1.rc"
+  echo $((SECONDS - t0)) > "$logs/$1.s"
 }
 export -f run_job
 export logs
@@ -53,7 +55,7 @@ for i in "${!jobs[@]}"; do printf '%s\0%s\0' "$i" "${jobs[$i]}"; done |
 
 status=0 passed=0 failed=0
 for i in "${!jobs[@]}"; do
-  echo "=== ${jobs[$i]}"
+  echo "=== ${jobs[$i]} ($(cat "$logs/$i.s" 2>/dev/null || echo '?') s)"
   cat "$logs/$i.log"
   rc=$(cat "$logs/$i.rc" 2>/dev/null || echo 1)
   line=$(grep -E "[0-9]+ (passed|failed|errors?)" "$logs/$i.log" | tail -n 1)   # the summary (an atexit warning may follow it)
@@ -66,5 +68,5 @@ for i in "${!jobs[@]}"; do
     [ -n "$e" ] || failed=$((failed + 1))
   fi
 done
-echo "${passed} passed, ${failed} failed"
+echo "${passed} passed, ${failed} failed in $SECONDS s (job times sum to $(cat "$logs"/*.s 2>/dev/null | awk '{s += $1} END {print s + 0}') s)"
 exit $status

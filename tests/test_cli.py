@@ -20,32 +20,37 @@ def _snapshot(d):
   return out
 
 
+# Through the real command line (a subprocess each): the flag parser's mistakes, and a few of
+# the pipeline's checks to show the whole path (one `error:` line, exit status 2, no write).
 CASES = [
     ("sgu_toy.py", ["--config.data.name=imagenet"], "config.data.name='imagenet'"),
-    ("sgu_toy.py", ["--config.model.name=transformer"], "config.model.name='transformer'"),
-    ("sgu_toy.py", ["--config.stages.sgu_obtuse.method=erase"], "config.stages.sgu_obtuse.method='erase'"),
-    ("sgu_toy.py", ["--config.stages.sgu_obtuse.variant=acute"], "config.stages.sgu_obtuse.variant='acute'"),
-    ("sgu_toy.py", ["--config.sde.name=vxsde"], "config.sde.name='vxsde'"),
-    ("sgu_mnist.py:cpu", ["--config.data.forget_classes=(12,)"], "config.data.forget_classes=(12,)"),
-    ("sgu_toy.py", ["--config.sgu.alpha=1.5"], "config.sgu.alpha=1.5"),
-    ("sgu_toy.py", ["--config.sgu.alpha=-0.2"], "config.sgu.alpha=-0.2"),
     ("sgu_toy.py", ["--config.stages.sgu_obtuse.init=/nonexistent/standard"],
      "config.stages.sgu_obtuse.init='/nonexistent/standard'"),
     ("sgu_mnist.py:cpu", ["--config.data.image_size=15"], "config.data.image_size=(15, 15, 1)"),
-    ("sgu_mnist.py:cpu", ["--config.data.num_channels=3"], "config.data.num_channels=3"),
-    ("sgu_toy.py", ["--config.training.batch_size=0"], "config.training.batch_size=0"),
-    ("sgu_toy.py", ["--config.stages.sgu_obtuse.decay=linear"], "config.stages.sgu_obtuse.decay='linear'"),
-    ("sgu_toy.py", ["--config.sgu.max_std=-1.0"], "config.sgu.max_std=-1.0"),
-    ("sgu_toy.py", ["--config.training.weighting=vlb"], "config.training.weighting='vlb'"),
-    ("sgu_toy.py", ["--config.sgu.orthogonal_form=dot"], "config.sgu.orthogonal_form='dot'"),
-    # a stage's batch size: 0 is config.training's, a negative one is named before any write
-    ("sgu_toy.py", ["--config.stages.sgu_obtuse.batch_size=-2"], "config.stages.sgu_obtuse.batch_size=-2"),
     # flag-parsing mistakes (absl / ml_collections): one line, not a traceback
     ("sgu_toy.py", ["--config.sgu.alpah=0.5"], "config.sgu.alpah='0.5' is not valid: expected a field of "
      "config.sgu: alpha"),
     ("sgu_mnist.py:gpu", [], "--config='configs/sgu_mnist.py:gpu' is not valid: unknown config argument 'gpu'"),
     ("sgu_toy.py", ["--config.sgu.alpha=abc"], "config.sgu.alpha='abc' is not valid: expected a value of type float"),
     ("nope.py", [], "--config='configs/nope.py' is not valid: expected a config file"),
+]
+# The same checks in process (what main prints is str(UserError)): (config, arg, overrides, message).
+CASES_IN_PROCESS = [
+    ("sgu_toy.py", None, {"model.name": "transformer"}, "config.model.name='transformer'"),
+    ("sgu_toy.py", None, {"stages.sgu_obtuse.method": "erase"}, "config.stages.sgu_obtuse.method='erase'"),
+    ("sgu_toy.py", None, {"stages.sgu_obtuse.variant": "acute"}, "config.stages.sgu_obtuse.variant='acute'"),
+    ("sgu_toy.py", None, {"sde.name": "vxsde"}, "config.sde.name='vxsde'"),
+    ("sgu_mnist.py", "cpu", {"data.forget_classes": (12,)}, "config.data.forget_classes=(12,)"),
+    ("sgu_toy.py", None, {"sgu.alpha": 1.5}, "config.sgu.alpha=1.5"),
+    ("sgu_toy.py", None, {"sgu.alpha": -0.2}, "config.sgu.alpha=-0.2"),
+    ("sgu_mnist.py", "cpu", {"data.num_channels": 3}, "config.data.num_channels=3"),
+    ("sgu_toy.py", None, {"training.batch_size": 0}, "config.training.batch_size=0"),
+    ("sgu_toy.py", None, {"stages.sgu_obtuse.decay": "linear"}, "config.stages.sgu_obtuse.decay='linear'"),
+    ("sgu_toy.py", None, {"sgu.max_std": -1.0}, "config.sgu.max_std=-1.0"),
+    ("sgu_toy.py", None, {"training.weighting": "vlb"}, "config.training.weighting='vlb'"),
+    ("sgu_toy.py", None, {"sgu.orthogonal_form": "dot"}, "config.sgu.orthogonal_form='dot'"),
+    # a stage's batch size: 0 is config.training's, a negative one is named before any write
+    ("sgu_toy.py", None, {"stages.sgu_obtuse.batch_size": -2}, "config.stages.sgu_obtuse.batch_size=-2"),
 ]
 
 
@@ -83,6 +88,25 @@ def test_mismatched_checkpoint_image_shape(tmp_path):
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: config.data.image_size=") and "trained on 2 data" in last, last
   assert not work.exists()
+
+
+@pytest.mark.parametrize("config,arg,overrides,expected", CASES_IN_PROCESS,
+                         ids=[next(iter(c[2])) for c in CASES_IN_PROCESS])
+def test_user_error_cases_in_process(tmp_path, config, arg, overrides, expected):
+  from unlearn_jax import pipeline
+  from unlearn_jax.errors import UserError
+  workdir = tmp_path / "w"
+  workdir.mkdir()
+  (workdir / "results.json").write_text('{"keep": true}')
+  (workdir / "standard").mkdir()
+  (workdir / "standard" / "DONE.json").write_text("{}")
+  before = _snapshot(workdir)
+  with pytest.raises(UserError) as e:
+    pipeline.run(_config(config, arg, **overrides), str(workdir))
+  line = str(e.value)
+  assert expected in line and ("expected" in line or "must" in line), line
+  assert "\n" not in line
+  assert _snapshot(workdir) == before
 
 
 # ----------------------------------------------------------------------------

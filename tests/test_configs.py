@@ -31,6 +31,7 @@ def shrink(c):
     if st.kind == "synthesize":
       st.num = 4
   c.classifier.steps = 1
+  c.sa.fisher_samples = 4   # Selective Amnesia's Fisher (500 generated samples in compare_digits:cpu)
   c.training.batch_size = 4
   c.training.log_every = 1
   c.training.ckpt_every = 1

@@ -94,20 +94,23 @@ def diagonal_fisher(per_draw_loss, params, batches):
   give the unbiased `squared_mean_estimate` of (grad L_n)^2; the mean over all examples is
   clipped at 0.  Memory: n * m gradients per batch (chunk the examples).
   """
-  def chunk_sum(p, examples, keys):
+  def add_chunk(total, p, examples, keys):
     per_example = lambda ex, ks: jax.vmap(lambda k: jax.grad(per_draw_loss)(p, ex, k))(ks)
     g = jax.vmap(per_example)(examples, keys)                              # (n, m, ...) per leaf
-    return jax.tree_util.tree_map(lambda x: jnp.sum(squared_mean_estimate(x, axis=1), axis=0), g)
+    return jax.tree_util.tree_map(lambda t, x: t + jnp.sum(squared_mean_estimate(x, axis=1), axis=0), total, g)
 
-  chunk_sum = jax.jit(chunk_sum)
+  # The running sum stays on device inside the jitted call (one dispatch per chunk, not one
+  # per leaf and chunk); its buffers are donated.
+  add_chunk = jax.jit(add_chunk, donate_argnums=(0,))
   total, n = None, 0
   for examples, keys in batches:
-    s = chunk_sum(params, examples, keys)
-    total = s if total is None else jax.tree_util.tree_map(jnp.add, total, s)
+    if total is None:
+      total = jax.tree_util.tree_map(lambda a: jnp.zeros(jnp.shape(a), jnp.result_type(a, jnp.float32)), params)
+    total = add_chunk(total, params, examples, keys)
     n += keys.shape[0]
   if total is None:
     raise ValueError("diagonal_fisher needs at least one batch")
-  return jax.tree_util.tree_map(lambda x: jnp.maximum(x / n, 0.0), total)
+  return jax.jit(lambda t: jax.tree_util.tree_map(lambda x: jnp.maximum(x / n, 0.0), t))(total)
 
 
 def sample_fisher(params, x, labels, key, *, spec, objective, draws: int, chunk: int, scale: float = 1.0):
