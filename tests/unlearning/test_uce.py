@@ -251,3 +251,7 @@ def test_the_spec_declares_a_closed_form_edit():
   assert stages.uce.steps == 0 and stages.uce_alt.variant == "alt" and not stages.uce.mask
   with pytest.raises(ValueError, match="closed-form"):
     dataclasses.replace(s, mask="salun")
+  ids = uce.condition_ids(uce.Config(target="alt", preserve="null"), (2, 1), np.array([0, 3, 2, 3]), 5)
+  assert ids["forget"].tolist() == [1, 2] and ids["reference"].tolist() == [3, 4]     # 2 -> itself: ""
+  assert ids["target"].tolist() == [3, 4] and ids["keep"].tolist() == [4]
+  assert uce.condition_ids(uce.Config(), (1,), None, 5)["keep"].tolist() == [0, 2, 3, 4]

@@ -208,13 +208,15 @@ def uce_edit(params, forget_ids: jax.Array, target_ids: jax.Array, reference_ids
 
 def condition_ids(c: Config, forget: Sequence[int], alt, num_rows: int) -> dict:
   """The id arrays of `uce_edit` under `c` for a table of `num_rows` rows (the last: the
-  empty prompt): forget, target, reference (the alternatives; the empty prompt if none), keep."""
+  empty prompt): forget, target, reference (each prompt's alternative; the empty prompt where
+  there is none or it is the prompt itself), keep."""
   null = num_rows - 1
   forget = np.asarray(sorted(set(int(f) for f in forget)), np.int32)
   if forget.size == 0 or forget.min() < 0 or forget.max() >= null:
     raise UserError("config.stages.<unlearn>.method", "uce", f"needs forgotten prompts among the table's "
                     f"{null} prompts (got {forget.tolist()})")
   ref = np.full_like(forget, null) if alt is None else np.asarray(alt, np.int32)[forget]
+  ref = np.where(ref == forget, null, ref)            # no alternative of its own: the empty prompt
   target = ref if c.target == "alt" else np.full_like(forget, null)
   retained = [i for i in range(null) if i not in set(forget.tolist())]
   keep = {"retained": retained + [null], "null": [null], "none": []}[c.preserve]
