@@ -35,8 +35,9 @@ from unlearn_jax.unlearning import dimum as dimum_lib  # noqa: E402
 from unlearn_jax.unlearning import methods  # noqa: E402
 from unlearn_jax import settings
 
-#: every class-conditional method (SGU is for unconditional score models: benchmarks/train_step.py).
-METHODS = tuple(m for m in methods.METHODS if m != "sgu")
+#: every class-conditional trained method (SGU is for unconditional score models: benchmarks/train_step.py;
+#: a closed-form edit, UCE, has no step).
+METHODS = tuple(m for m in methods.METHODS if m != "sgu" and m not in methods.CLOSED_FORM)
 
 
 def load_config(path: str):

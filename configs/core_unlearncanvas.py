@@ -11,7 +11,7 @@ classifiers are trained by the `classifier` stage on those images unless
   python -m unlearn_jax.main --config=configs/core_unlearncanvas.py:cpu --workdir=workdir/core_canvas_cpu
 
 Arguments (comma-separated): cpu, model_dir=<diffusers dir>, data_dir=<UnlearnCanvas root>,
-forget=<Forget01 | Forget06 | Forget25 | Style1-Style2-...>, methods=<core-esd-salun-erasediff-ca-ca:noise>,
+forget=<Forget01 | Forget06 | Forget25 | Style1-Style2-...>, methods=<core-esd-salun-erasediff-ca-ca:noise-uce>,
 anchors=<the baselines' anchor scheme: all_to_one | random | one_to_one | ...>,
 scheme=<CORE anchor scheme of Table 4>, epochs=<scale every method's epoch count>.
 
@@ -20,7 +20,10 @@ Forget25), one-to-one anchors; ESD eta 1, batch 1, lr 1e-5, 1000 steps, p_0 = th
 prompt; SalUn beta 1, lr 1e-5, batch 4, 10 / 100 epochs (Forget01 / others); EraseDiff
 lr 5e-5, batch 4, 5 / 50 epochs, eps_f uniform (App. C Eq. 10: `erasediff.target="noise"`);
 CA model-based on D_f's images (Eq. 11, `ca.images="forget"`) and noise-based on anchor images
-(Eq. 12, stage `ca_noise`), lr 1.6e-5, batch 4, 200 steps / 100 epochs.
+(Eq. 12, stage `ca_noise`), lr 1.6e-5, batch 4, 200 steps / 100 epochs.  UCE (not in CORE's
+Table 1; `unlearning/uce.py`): one closed-form edit of the cross-attention keys / values, no
+training: each forget-style prompt's tokens from the style on mapped to the empty prompt's,
+every retained prompt and "" preserved (erase 1, preserve 0.1, lambda 0.5, the public code's).
 
 The baselines' alternative concept (SalUn's c', CA-model's anchor; `unlearn.anchors`) follows
 App. C per Forget set: one base style (all_to_one onto `data.alt_style`) for Forget01 and any
@@ -32,7 +35,7 @@ The `cpu` variant runs every stage end to end on a tiny random model and a synth
 """
 from unlearn_jax import config_lib
 
-METHODS = ("core", "esd", "salun", "erasediff", "ca", "ca:noise")
+METHODS = ("core", "esd", "salun", "erasediff", "ca", "ca:noise", "uce")
 #: CORE App. C's alternative concept of the baselines per Forget set (a CORE anchor scheme).
 BASELINE_ANCHORS = {"Forget01": "all_to_one", "Forget06": "random", "Forget25": "one_to_one"}
 

@@ -237,11 +237,17 @@ def _unlearn_stages(stages, order: list, methods, init: str, steps_of, extra_of=
                     mask_steps: int = 0) -> list:
   """Adds, per method (or "method:variant", a stage `method_variant` with that variant), a
   mask stage where the method takes one (`MASK_OF`, shared by its variants) and the unlearn
-  stage from `init` with `steps_of(m)` steps and `extra_of(m)` fields; returns their names."""
+  stage from `init` with `steps_of(m)` steps (0 for a closed-form edit, UCE) and `extra_of(m)`
+  fields; returns their names."""
   names = []
   for entry in methods:
     m, _, variant = entry.partition(":")
     name = f"{m}_{variant}" if variant else m
+    if m in methods_lib.CLOSED_FORM:
+      stages[name] = stage("unlearn", method=m, variant=variant, init=init, steps=0)
+      order.append(name)
+      names.append(name)
+      continue
     kw = dict(extra_of(m))
     if m in MASK_OF:
       if f"{m}_mask" not in stages:

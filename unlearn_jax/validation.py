@@ -85,10 +85,17 @@ def check_config(config) -> None:
     if st.kind == "unlearn":
       check_choice(f"{field}.method", st.method, methods_lib.METHODS)
       spec = methods_lib.spec(st.method)
+      if spec.model and config.model.get("name") != spec.model:
+        raise UserError(f"{field}.method", st.method, f"needs config.model.name={spec.model!r} (a Stable Diffusion "
+                        "experiment: it edits the UNet's cross-attention key / value projections of its prompt "
+                        f"table); this config's model is {config.model.get('name')!r}")
       if isinstance(spec.variant_field, tuple):
         check_choice(f"{field}.variant", st.variant, spec.variant_field)
       if spec.conditional and not conditional:
         raise UserError(f"{field}.method", st.method, "needs a class-conditional model (config.model.conditional=True)")
+      if spec.closed_form is not None and st.mask:
+        raise UserError(f"{field}.mask", st.mask, f"method {st.method!r} is one closed-form edit: it takes no "
+                        "mask stage (expected '')")
       want = spec.mask or "salun"
       if spec.requires_mask and not st.mask:
         raise UserError(f"{field}.mask", st.mask, f"method {st.method!r} needs an earlier mask stage with "
@@ -99,6 +106,8 @@ def check_config(config) -> None:
       if st.method == "sa":
         synth = tuple(n for n in seen if config.stages[n].kind == "synthesize")
         check_choice("config.sa.replay", config.sa.replay, ("retain", "all") + synth)
+      if spec.check is not None and spec.section in config:
+        spec.check(config[spec.section])
     if st.kind == "mask":
       check_choice(f"{field}.method", st.method, methods_lib.MASK_KINDS)
       _check_source(config, f"{field}.init", st.init, seen)
@@ -168,6 +177,7 @@ NUMERIC_FIELDS = (
     ("esd.guidance", 0.0, 1e3, "[]"), ("ca.prior_weight", 0.0, 1e6, "[]"),
     ("sa.gamma", 0.0, 1e6, "[]"), ("sa.lam", 0.0, 1e12, "[]"), ("sa.fisher_samples", 1, 10 ** 7, "int"),
     ("sa.fisher_t", 2, 10 ** 5, "int"), ("shs.sparsity", 0.0, 1.0, "[]"), ("shs.gamma", 0.0, 1e6, "[]"),
+    ("uce.erase_scale", 0.0, 1e6, "[]"), ("uce.preserve_scale", 0.0, 1e6, "[]"), ("uce.lamb", 0.0, 1e6, "(]"),
     ("classifier.features", 1, 1 << 16, "int"), ("classifier.dense", 1, 1 << 20, "int"),
     ("classifier.dropout", 0.0, 1.0, "[)"), ("classifier.steps", 0, 10 ** 9, "int"),
     ("classifier.lr", 0.0, MAX_LR, "(]"), ("classifier.image_size", 1, 1 << 14, "int"),

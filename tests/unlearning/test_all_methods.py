@@ -1,7 +1,8 @@
 """Every method of `methods.SPECS`, one table (optax's test style): built from the config, one
 jitted `training.train_step` is finite and a second step does not recompile, the Options agree
 with the spec, and the transform's update on fixed gradient trees is the method's combination
-computed by hand (`HAND`: a new method needs its row).  Plus the spec's facts against the
+computed by hand (`HAND`: a new method needs its row; a closed-form method's row is its edit of
+a fixed Stable-Diffusion-shaped parameter tree, `SD_PARAMS`).  Plus the spec's facts against the
 names the config builders and the report derive from it (`config_lib.MASK_OF`, `markdown.PRETTY`).
 """
 
@@ -46,6 +47,7 @@ def config():
   c.ca.prior_weight = 0.6
   c.sa.update(dict(gamma=0.5, lam=3.0))
   c.shs.gamma = 0.2
+  c.uce.update(dict(erase_scale=0.8, preserve_scale=0.3, lamb=0.2))
   return c
 
 
@@ -69,7 +71,51 @@ def _sa(c):
                                 GRADS["forget"], GRADS["replay"], FISHER, PARAMS, FROZEN)
 
 
-#: method -> the update by hand (a list: one per step of an alternating method).
+def _sd_params():
+  """A tree shaped like SDUNet's params: a (K + 1, L=4, D=3) prompt table (row K: the empty
+  prompt; prompts 1 and 2 share their first two tokens), two attn2 key / value kernels and
+  leaves UCE must not touch (attn2's query, attn1's key)."""
+  r = np.random.default_rng(5)
+  table = r.normal(size=(K + 1, 4, 3)).astype(np.float32)
+  table[2, :2] = table[1, :2]
+  kern = lambda *shape: jnp.asarray(r.normal(size=shape), jnp.float32)
+  return {"prompts": {"embeddings": jnp.asarray(table)},
+          "unet": {"block": {"attn2": {"to_k": {"kernel": kern(3, 2)}, "to_v": {"kernel": kern(3, 2)},
+                                       "to_q": {"kernel": kern(2, 2)}},
+                             "attn1": {"to_k": {"kernel": kern(2, 2)}}}}}
+
+
+SD_PARAMS = _sd_params()
+
+
+def _uce(c):
+  """UCE Eq. 4, W = K^T: (e sum W c* c^T + p sum W c_j c_j^T + lambda W)(e sum c c^T + p sum c_j c_j^T
+  + lambda I)^-1 on the edited tokens 2..3 of prompt 1 (its first two equal its alternative 2's)
+  against the empty prompt's, preserving every token of the retained prompts 0, 2, 3 and of ""
+  (the defaults; `config.uce.target` "alt": prompt 2's tokens, `tokens` "all": tokens 0..3,
+  `preserve` "null": only "", "none": nothing)."""
+  u = c.uce
+  table = np.asarray(SD_PARAMS["prompts"]["embeddings"], np.float64)
+  target = K if u.target == "empty" else int(ALT[1])
+  first = 2 if u.tokens == "concept" else 0                     # tokens="all": every position
+  ci, cs = table[1, first:], table[target, first:]
+  keep = {"retained": [0, 2, 3, K], "null": [K], "none": []}[u.preserve]
+  cj = table[keep].reshape(-1, 3)
+  den = u.erase_scale * ci.T @ ci + u.preserve_scale * cj.T @ cj + u.lamb * np.eye(3)
+
+  def new(k):
+    w = np.asarray(k, np.float64).T
+    num = u.erase_scale * w @ cs.T @ ci + u.preserve_scale * w @ cj.T @ cj + u.lamb * w
+    return (num @ np.linalg.inv(den)).T
+
+  out = jax.tree_util.tree_map(np.asarray, SD_PARAMS)
+  for which in ("to_k", "to_v"):
+    out["unet"]["block"]["attn2"][which]["kernel"] = new(out["unet"]["block"]["attn2"][which]["kernel"])
+  return out
+
+
+#: method -> the update by hand (a list: one per step of an alternating method; a closed-form
+#: method: its edit of SD_PARAMS).
 HAND = {
     "finetune": lambda c: GRADS["retain"],
     "sgu": lambda c: _tree(lambda r, f: c.sgu.alpha * r + (1 - c.sgu.alpha) * f, "retain", "forget"),
@@ -89,9 +135,13 @@ HAND = {
     "shs": lambda c: _tree(lambda r, f: r - c.shs.gamma * f, "retain", "forget"),
     "neggrad_plus": lambda c: _tree(lambda r, f: c.neggrad_plus.beta * r - (1 - c.neggrad_plus.beta) * f,
                                     "retain", "forget"),
+    "uce": _uce,
 }
-CASES = [(n, v) for n, s in methods.SPECS.items()
-         for v in (s.variant_field if isinstance(s.variant_field, tuple) else ("",))]
+ALL_CASES = [(n, v) for n, s in methods.SPECS.items()
+             for v in (s.variant_field if isinstance(s.variant_field, tuple) else ("",))]
+#: the trained methods' cases; the closed-form ones (UCE) have no step.
+CASES = [(n, v) for n, v in ALL_CASES if n not in methods.CLOSED_FORM]
+CLOSED_CASES = [(n, v) for n, v in ALL_CASES if n in methods.CLOSED_FORM]
 
 
 def _images(seed, n=4):
@@ -158,8 +208,26 @@ def test_method_builds_trains_and_combines_by_hand(name, variant):
   _check_combination(name, variant, config())
 
 
+@pytest.mark.parametrize("name,variant", CLOSED_CASES)
+def test_closed_form_method_builds_nothing_and_edits_by_hand(name, variant):
+  s = methods.spec(name)
+  objectives, tx, options = _build(name, variant)
+  assert objectives == {} and tx is None and options == s.options() == methods.Options()
+  assert s.passes(config(), objectives, options, jax.default_backend()) == (0, 0)
+  _check_combination(name, variant, config())
+  for field, other in (("target", "alt"), ("tokens", "all"), ("preserve", "null"), ("preserve", "none")):
+    c = config()                                    # UCE's other choices, each by hand
+    c[s.section][field] = other
+    _check_combination(name, variant, c)
+
+
 def _check_combination(name, variant, cfg):
-  """The built transform's update on the fixed gradient trees equals HAND[name](cfg)."""
+  """The built transform's update on the fixed gradient trees equals HAND[name](cfg) (a
+  closed-form method: its edit of SD_PARAMS)."""
+  if name in methods.CLOSED_FORM:
+    out = methods.edit(name, variant, settings.of(cfg), SD_PARAMS, alt=ALT, forget=FORGET, num_classes=K)
+    close(out, HAND[name](cfg), rtol=1e-4, atol=1e-5)
+    return
   objectives, tx, options = _build(name, variant, cfg)
   consts = _consts(methods.spec(name))
   names = list(objectives)
@@ -213,7 +281,7 @@ def hand_covered_fields():
 
 @pytest.mark.parametrize("name,field", hand_covered_fields())
 def test_a_hand_option_reaches_the_transform(name, field):
-  variant = next(v for n, v in CASES if n == name)
+  variant = next(v for n, v in ALL_CASES if n == name)
   _check_combination(name, variant, _perturbed(name, field))
 
 

@@ -6,12 +6,15 @@
 A train stage fits the ordinary denoising loss on its stream; an unlearn stage builds its
 method's objectives and transform (`objectives`), starting from scratch (re-training) or
 from the evaluated weights of an earlier stage / directory (fine-tuning); the masks,
-frozen targets and reset weights a method takes come from its mask stage and source.
+frozen targets and reset weights a method takes come from its mask stage and source.  An
+unlearn stage of a closed-form method (UCE, `MethodSpec.closed_form`) is one edit of the
+weights it starts from (`run_closed_form`), saved as an ordinary checkpoint (step 1).
 """
 from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 import os
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
@@ -128,9 +131,59 @@ def with_mask(method, options: methods_lib.Options, consts: dict):
   return combine.masked() if method is None else optax.chain(method, combine.masked())
 
 
+def is_closed_form(st) -> bool:
+  """An unlearn stage whose method is one closed-form edit (`methods.CLOSED_FORM`)."""
+  return st.kind == "unlearn" and st.method in methods_lib.CLOSED_FORM
+
+
+def edited_state(params) -> ts.TrainState:
+  """The TrainState a closed-form stage saves: step 1, params = EMA = the edited weights, the
+  (empty) state of `optax.identity()`."""
+  return ts.TrainState(step=np.ones((), np.int32), params=params, ema_params=params,
+                       opt_state=optax.identity().init(params))
+
+
+def run_closed_form(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:
+  """An unlearn stage of a closed-form method: the evaluated weights of `st.init` edited once
+  (`methods.edit`), saved as the stage's checkpoint at step 1 (a TrainState whose params and
+  EMA are the edited weights, optimizer state empty), then DONE.json ({"steps": 0,
+  "closed_form": true}).  Resumable: a stage with a checkpoint that restores is not edited
+  again (the pipeline skips one with DONE.json).  `st.steps` is ignored."""
+  cfg = exp.config
+  stage_dir = os.path.join(workdir, name)
+  os.makedirs(stage_dir, exist_ok=True)
+  if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
+    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), meta(exp, name, st))
+  t0 = time.time()
+  source = source_params(exp, workdir, st.init)
+  restored, step = checkpoints.restore_latest(stage_dir, edited_state(source), cfg.training.max_to_keep)
+  if restored is None:
+    params = jax.device_get(methods_lib.edit(st.method, st.variant, cfg, source, alt=exp.alt,
+                                             forget=exp.forget_labels, num_classes=exp.train.num_classes,
+                                             anchor_fn=exp.anchor_fn))
+    if not all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(params)):
+      raise training.TrainingDiverged(f"stage {name!r}: the closed-form edit of method {st.method!r} is not "
+                                      "finite (an ill-conditioned solve?); nothing was saved")
+    mngr = checkpoints.manager(stage_dir, cfg.training.max_to_keep)
+    try:
+      checkpoints.save(mngr, 1, edited_state(params))
+    finally:
+      mngr.close()
+    logging.info("[%s] %s: closed-form edit in %.1fs", name, st.method, time.time() - t0)
+  else:
+    logging.info("[%s] checkpoint of step %d found: the edit is not recomputed", name, step)
+  if hooks.step is not None:
+    hooks.step(1)
+  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
+                         {"steps": 0, "closed_form": True, "wall_time_s": time.time() - t0})
+
+
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
         eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0) -> None:
-  """train / unlearn / attack: runs (or resumes) the stage's optimisation."""
+  """train / unlearn / attack: runs (or resumes) the stage's optimisation (a closed-form
+  method's one edit: `run_closed_form`)."""
+  if is_closed_form(st):
+    return run_closed_form(exp, name, st, workdir, hooks)
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
   objs, method, options = objectives(exp, st)

@@ -43,6 +43,7 @@ sa (`selective_amnesia`) and shs (`scissorhands`).
 | ca        | forget (anchor images: sg eps_theta(x_t, c_a) / noise), retain | g_f + lambda g_r (Eq. 11-12)   |
 | sa        | forget (uniform surrogate x~), replay (D_r or synthetic) | g_f + gamma g_rep + 2 lam F (th-th*) |
 | shs       | retain (D_r), forget (D_f), after a SNIP reset           | g_r - gamma g_f                      |
+| uce       | none: one closed-form edit of attn2 to_k / to_v (`edit`) | UCE Eq. 4 (SD only)                  |
 
 Any method without a mask of its own accepts a SalUn saliency mask (the pipeline
 appends `combine.masked()`), so e.g. SalUn's mask composes with CORE or EraseDiff;
@@ -84,6 +85,7 @@ from unlearn_jax.unlearning import sfron as sfron_lib
 from unlearn_jax.unlearning import neggrad_plus
 from unlearn_jax.unlearning import sgu as sgu_lib
 from unlearn_jax.unlearning import spec as spec_lib
+from unlearn_jax.unlearning import uce as uce_lib
 
 Options = spec_lib.Options
 MethodSpec = spec_lib.MethodSpec
@@ -91,7 +93,7 @@ MethodSpec = spec_lib.MethodSpec
 #: every method's spec, in the order the configs and reports list them.
 _TABLE = (finetune_lib.SPEC, sgu_lib.SPEC, ga_lib.GA, ga_lib.NEGGRAD, dimum_lib.SPEC, salun_lib.SPEC,
           sfron_lib.SPEC, erasediff_lib.SPEC, core_lib.SPEC, esd_lib.SPEC, ca_lib.SPEC, sa_lib.SPEC,
-          shs_lib.SPEC, neggrad_plus.SPEC)
+          shs_lib.SPEC, neggrad_plus.SPEC, uce_lib.SPEC)
 #: name -> MethodSpec.
 SPECS = collections.OrderedDict((s.name, s) for s in _TABLE)
 assert len(SPECS) == len(_TABLE), "two specs share a name"
@@ -107,6 +109,8 @@ SECTIONS = collections.OrderedDict((s.section, s.config) for s in _TABLE if s.se
 assert len(SECTIONS) == sum(s.section is not None for s in _TABLE), "two specs share a config section"
 #: what a stage's `variant` selects, per method (empty: the config's value).
 VARIANTS = {n: s.variants for n, s in SPECS.items() if s.variant_field is not None}
+#: methods that are one closed-form edit of the weights (`MethodSpec.closed_form`), not trained.
+CLOSED_FORM = tuple(n for n, s in SPECS.items() if s.closed_form is not None)
 
 
 def spec(name: str) -> MethodSpec:
@@ -152,6 +156,24 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
   `anchor_fn(config) -> (num_classes, K)` replaces `core.anchor_candidates` for CORE's
   anchors (UnlearnCanvas: a forget prompt's anchors are the same object in other styles).
   """
+  s, config, ctx = _context(method, variant, config, alt=alt, steps=steps, forget=forget,
+                            num_classes=num_classes, anchor_fn=anchor_fn)
+  return s.build(config, ctx)
+
+
+def edit(method: str, variant: str, config, params, *, alt: Optional[np.ndarray], forget: Sequence[int] = (),
+         num_classes: int = 0, anchor_fn: Optional[Callable] = None):
+  """The edited parameters of a closed-form method (`MethodSpec.closed_form`, `CLOSED_FORM`:
+  UCE) from `params`, under `config` with the stage's `variant` (as `build`)."""
+  s, config, ctx = _context(method, variant, config, alt=alt, steps=0, forget=forget,
+                            num_classes=num_classes, anchor_fn=anchor_fn)
+  if s.closed_form is None:
+    raise ValueError(f"method {method!r} is trained, not a closed-form edit: use methods.build")
+  return s.closed_form(config, ctx, params)
+
+
+def _context(method: str, variant: str, config, **kw) -> Tuple[MethodSpec, object, BuildContext]:
+  """(spec, config with the variant applied, BuildContext) of a stage of `method`."""
   if not dataclasses.is_dataclass(config):
     raise TypeError("methods.build takes a settings.Settings: settings.of(config_dict)")
   s = spec(method)
@@ -160,9 +182,7 @@ def build(method: str, variant: str, config, *, alt: Optional[np.ndarray], steps
   elif variant and s.variant_field:
     config = _with_field(config, *s.variant_field.split("."), variant)
   denoise = functools.partial(losses.denoising_loss, reduce=config.training.reduce)
-  ctx = BuildContext(variant=variant, alt=alt, steps=steps, forget=forget, num_classes=num_classes,
-                     anchor_fn=anchor_fn, denoise=denoise)
-  return s.build(config, ctx)
+  return s, config, BuildContext(variant=variant, denoise=denoise, **kw)
 
 
 def baseline_alternatives(config, alt, forget, num_classes: int, anchor_fn: Optional[Callable] = None):

@@ -9,8 +9,10 @@ block as a frozen `Config` dataclass and ends with
 where `build(config, ctx) -> (objectives, transform or None, Options)` makes the method's
 objectives and optax transform from the typed config (a `settings.Settings`, whose
 `config.<section>` is a `Config`; `ctx` is `methods.BuildContext`: the stage's variant, the
-alternative classes, the step count, ... and helpers for the baselines' alternative table).  `methods` collects the specs into its table; nothing here imports
-`methods` or a method module, so the method modules can import this one.
+alternative classes, the step count, ... and helpers for the baselines' alternative table).
+A closed-form method (UCE) has no objectives: its `closed_form(config, ctx, params) -> params`
+is the whole stage (`methods.edit`).  `methods` collects the specs into its table; nothing
+here imports `methods` or a method module, so the method modules can import this one.
 """
 from __future__ import annotations
 
@@ -69,6 +71,15 @@ class MethodSpec:
     section: the config section of the method's coefficients (`config.<section>`), or None.
     config: the frozen dataclass of that section (its defaults are `config_lib.base()`'s;
       `settings.of` builds it from the config dict).
+    closed_form: `edit(config, ctx, params) -> params` for a method that is one closed-form
+      edit of the weights, not an optimisation (UCE): `stages.train` calls it in place of the
+      training loop and saves its result as the stage's checkpoint; the stage's `steps` are
+      ignored (config builders give it 0), it takes no mask, and `build` returns no objectives.
+    model: the `config.model.name` the method needs (UCE: "sd", the Stable Diffusion UNet with
+      its prompt table), checked by `validation` before anything is written; None: any.
+    check: `check(section)` of the method's own fields (`config.<section>`, the config dict's
+      or the typed one), called by `validation.check_config` for the methods a config's stages
+      use, before anything is written; None: the builder checks them.
   """
   name: str
   display: str
@@ -85,6 +96,9 @@ class MethodSpec:
   passes: Callable = default_passes
   section: Optional[str] = None
   config: Optional[type] = None
+  closed_form: Optional[Callable] = None
+  model: Optional[str] = None
+  check: Optional[Callable] = None
 
   def __post_init__(self):
     if self.mask is not None and self.mask not in MASK_KINDS:
@@ -95,6 +109,8 @@ class MethodSpec:
       raise ValueError(f"{self.name}: requires_mask without a mask kind")
     if isinstance(self.variant_field, str) and self.variant_field.count(".") != 1:
       raise ValueError(f"{self.name}: variant_field {self.variant_field!r} is not 'section.key'")
+    if self.closed_form is not None and (self.mask is not None or self.alternate or self.reset):
+      raise ValueError(f"{self.name}: a closed-form edit takes no mask and neither alternates nor resets")
 
   def options(self, **overrides) -> Options:
     """The `Options` this spec declares (mask, alternate, frozen, reset), with `overrides`."""
