@@ -516,7 +516,9 @@ def _images(exp, unet_params, items: Sequence[EvalPrompt], start: int, stop: int
   """Decoded [0, 1] images of items[start:stop] under `unet_params`."""
   ctx = exp.context
   chunk = items[start:stop]
-  emb = sd.encode_prompts(ctx.comp, [it.prompt for it in chunk], batch_size=exp.config.sd.encode_batch_size)
+  texts = [it.prompt for it in chunk]             # padded to one batch: one text-encoder compile
+  emb = sd.encode_prompts(ctx.comp, texts + texts[:1] * (ctx.chunk - len(texts)), batch_size=ctx.chunk)
+  emb = emb[:len(texts)]
   z = sd_common.sample_from_embeddings(ctx, unet_params, emb, ctx.table[-1], [it.seed for it in chunk],
                                        [it.w for it in chunk], n_steps=int(exp.config.eval.sampler.n_steps),
                                        eta=float(exp.config.eval.sampler.eta), batch_size=ctx.chunk)

@@ -207,7 +207,7 @@ def sample_from_embeddings(ctx, unet_params, embeddings: np.ndarray, null: np.nd
   guidance weight w_i (SD's guidance scale is 1 + w_i), DDIM with `n_steps` steps.
 
   `ctx` has comp, process, latent_shape, dtype and compiled (a task context).  Batches of
-  `batch_size` (the last padded by repeating its first image), one compile for all.
+  `batch_size` (a shorter one padded by repeating its first image), one compile for all.
   `on_batch(k, latents)` is called after batch k (a caller writing chunks as they come).
   With eta = 0 an image depends on its seed, embedding and w only, not on the batch.
   """
@@ -220,7 +220,7 @@ def sample_from_embeddings(ctx, unet_params, embeddings: np.ndarray, null: np.nd
                      f"{len(seeds)} and {len(guidance)}")
   if n == 0:
     return np.zeros((0,) + tuple(ctx.latent_shape), np.float32)
-  batch = max(1, min(int(batch_size), n))
+  batch = max(1, int(batch_size))                 # fixed: one compile for every call
   fn = _embedding_sampler(ctx, batch, n_steps, eta)
   null = jnp.asarray(null, jnp.float32)
   out = []
