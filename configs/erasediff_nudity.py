@@ -83,8 +83,9 @@ def get_config(arg=None):
     c.sd.model_dir = "tiny"
     c.sd.tiny.update(dict(block_out_channels=(32,), cross_attention_dim=32))
     c.data.update(dict(image_size=16, forget_images_per_prompt=2, retain_images_per_prompt=8, gen_steps=0))
-    c.eval.update(dict(coco_prompts="bundled", clip_dir="tiny", inception_weights="tiny", inception_size=75,
-                       inception_batch_size=8, num_samples=8, sample_batch_size=4, grid_size=8))
+    c.eval.update(dict(coco_prompts="bundled", coco_num_prompts=4, clip_dir="tiny", inception_weights="tiny",
+                       inception_size=75, inception_batch_size=4, num_samples=8, sample_batch_size=4, grid_size=8))
+    c.erasediff.inner_steps = 1            # one inner step: the compile of K = 2 is most of a smoke run
     c.eval.sampler.n_steps = 5
     c.training.update(dict(batch_size=4, log_every=5, ckpt_every=10))
     c.optim.lr = 1e-4
