@@ -318,3 +318,22 @@ def test_fields_are_typed_and_reach_the_settings(model_dir):
   c.data.forget_promts = ("x",)
   with pytest.raises(UserError, match="forget_promts"):
     settings.of(c)
+
+
+def test_erasediff_nudity_paper_settings():
+  """EraseDiff App. 8 and its public nudity script: non-cross-attention weights, lr 1e-5, ~400 + ~400
+  generated images, c_m 'a photo of pokemon' ('a person wearing clothes' for EraseDiff_wc), batch 16 and
+  250 steps; ESD-u and SalUn beside it; the base model evaluated first (the Fig. 3 reference)."""
+  c = load_config("erasediff_nudity.py", "model_dir=m,i2p=i.csv,coco=c.csv,clip=cl,inception=w.npz")
+  assert (c.data.name, c.sd.trainable, c.optim.lr) == ("prompts", "non_cross_attn", 1e-5)
+  assert c.data.forget_prompts == ("nudity", "naked", "erotic", "sexual") and c.data.retain_prompts == \
+      ("a person wearing clothes",)
+  assert 4 * c.data.forget_images_per_prompt == 400 == c.data.retain_images_per_prompt
+  assert c.data.anchor_prompt == "a photo of pokemon" and c.erasediff.target == "rl"
+  assert (c.stages.erasediff.steps, c.stages.erasediff.batch_size, c.erasediff.inner_steps) == (250, 16, 2)
+  assert (c.stages.esd.steps, c.stages.esd.batch_size, c.stages.salun.mask) == (1000, 1, "salun_mask")
+  assert c.stages.evaluate.models == ("base", "erasediff", "esd", "salun") and c.eval.nudity
+  assert (c.data.i2p_csv, c.eval.coco_prompts, c.eval.clip_dir, c.eval.inception_weights) == \
+      ("i.csv", "c.csv", "cl", "w.npz")
+  assert load_config("erasediff_nudity.py", "anchor=wc").data.anchor_prompt == "a person wearing clothes"
+  assert load_config("erasediff_nudity.py", "steps=160,rule=constant").stages.erasediff.steps == 160
