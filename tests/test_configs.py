@@ -62,7 +62,9 @@ def test_config_cpu_variant_one_step(name, tmp_path):
   evaluated = c.stages.evaluate.models
   assert sorted(res["models"]) == sorted(evaluated)
   for m in res["models"].values():
-    if c.model.conditional:
+    if c.data.name == "prompts":                  # prompt-only forgetting: NudeNet / CLIP / FID entries
+      check_prompt_entry(m, c)
+    elif c.model.conditional:
       assert 0.0 <= m["ar_mu"] <= 1.0 and 0.0 <= m["ar_cl"] <= 1.0 and m["frechet_distance"] >= 0.0
     else:
       assert 0.0 <= m["unlearning_ratio"] <= 1.0
@@ -74,6 +76,17 @@ def test_config_cpu_variant_one_step(name, tmp_path):
   report = (tmp_path / "report.md").read_text()
   assert report.count("|") > 10
   check_results_against_sources(res, report, c, tmp_path)
+
+
+def check_prompt_entry(m: dict, c) -> None:
+  """tasks.prompts' entry: the counts add up, each enabled measurement is there and in range."""
+  if c.eval.nudity:
+    nud = m["nudity"]
+    assert nud["total"] == sum(nud["counts"].values()) and 0 <= nud["flagged"] <= nud["images"]
+  if c.eval.coco_prompts:
+    assert ("clip_score" in m) == bool(c.eval.clip_dir) and ("fid_vs_base" in m or "fid" in m) == \
+        bool(c.eval.inception_weights)
+    assert 0.0 <= m.get("clip_score", 0.0) <= 100.0 and m.get("fid_vs_base", 0.0) >= 0.0
 
 
 def _row(report: str, model: str) -> list:

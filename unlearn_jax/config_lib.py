@@ -347,6 +347,26 @@ def unlearncanvas_defaults(c: ml_collections.ConfigDict) -> ml_collections.Confi
   return c
 
 
+#: config.data.name of the prompt-only forgetting task (`tasks.prompts`).
+PROMPTS = "prompts"
+
+
+def prompts_defaults(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The `sd` section and the data / eval fields a prompt-only forgetting experiment
+  (`tasks.prompts`) adds to `ddpm_base()` (the fields: `settings.Data`, `settings.Eval`)."""
+  unlearncanvas_defaults(c)
+  for k in ("data_dir", "styles", "objects", "image_indices", "forget_styles", "alt_style", "template"):
+    del c.data[k]
+  c.data.update(dict(name=PROMPTS, forget_prompts=(), retain_prompts=(), anchor_prompt="", i2p_csv="",
+                     i2p_categories=(), i2p_seed_column="", i2p_guidance_column="", i2p_max_prompts=0,
+                     forget_images_per_prompt=100, retain_images_per_prompt=400, gen_steps=0,
+                     gen_guidance=6.5, gen_seed=0))
+  del c.eval["classifier_dir"]
+  c.eval.update(dict(nudity=False, nudity_threshold=0.6, coco_prompts="", coco_num_prompts=0, clip_dir="",
+                     fid_reference_dir=""))
+  return c
+
+
 def unlearncanvas_base(cpu: bool = False) -> ml_collections.ConfigDict:
   """Stable Diffusion (v1.5 fine-tuned on UnlearnCanvas, diffusers layout with Flax weights)
   on UnlearnCanvas (`tasks.unlearncanvas`): 512x512 images 1-3 of each style/object folder,

@@ -32,8 +32,9 @@ from unlearn_jax.unlearning import methods as methods_lib
 
 @dataclasses.dataclass(frozen=True)
 class Data:
-  """`data.load_dataset` and the forget split (`data.forget_mask`); the last seven fields
-  are UnlearnCanvas's (`tasks.unlearncanvas`, `canvas`)."""
+  """`data.load_dataset` and the forget split (`data.forget_mask`); data_dir .. template are
+  UnlearnCanvas's (`tasks.unlearncanvas`, `canvas`), forget_prompts .. gen_seed the prompt
+  task's (`tasks.prompts`, `prompt_sets`)."""
   name: str = "mnist"
   source: str = "auto"
   tfds_data_dir: Optional[str] = None
@@ -53,6 +54,21 @@ class Data:
   forget_styles: str = "Forget06"
   alt_style: str = "Abstractionism"
   template: str = "unlearncanvas"
+  # prompt-only forgetting (`tasks.prompts`): the concepts as prompt lists or an I2P CSV, and
+  # how the frozen base model generates D_f / D_r (gen_steps 0: config.eval.sampler.n_steps).
+  forget_prompts: Tuple[str, ...] = ()
+  retain_prompts: Tuple[str, ...] = ()
+  anchor_prompt: str = ""
+  i2p_csv: str = ""
+  i2p_categories: Tuple[str, ...] = ()
+  i2p_seed_column: str = ""
+  i2p_guidance_column: str = ""
+  i2p_max_prompts: int = 0
+  forget_images_per_prompt: int = 100
+  retain_images_per_prompt: int = 400
+  gen_steps: int = 0
+  gen_guidance: float = 6.5
+  gen_seed: int = 0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,6 +188,15 @@ class Eval:
   inception_weights: str = ""
   inception_size: int = 299
   inception_batch_size: int = 50
+  # prompt-only forgetting (`tasks.prompts`): NudeNet counts (the `nudity` extra), a COCO-style
+  # caption list (a file or "bundled") for CLIP score (`clip_dir`) and FID (`inception_weights`
+  # against `fid_reference_dir`'s real images, else against the base model's generations).
+  nudity: bool = False
+  nudity_threshold: float = 0.6
+  coco_prompts: str = ""
+  coco_num_prompts: int = 0
+  clip_dir: str = ""
+  fid_reference_dir: str = ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -145,7 +145,7 @@ def check_config(config) -> None:
 
 INF = float("inf")
 MAX_LR = 1e3
-#: Every numeric field a run reads (config_lib.base(), ddpm_base(), unlearncanvas_defaults()),
+#: Every numeric field a run reads (config_lib.base(), ddpm_base(), unlearncanvas_defaults(), prompts_defaults()),
 #: checked before anything is written: (path, lo, hi, kind); kind "int" is an integer in
 #: [lo, hi], "[]" a number in [lo, hi], "(]" / "[)" / "()" with open ends.  A path absent
 #: from a config is skipped; a tuple value has each entry checked.
@@ -193,6 +193,10 @@ NUMERIC_FIELDS = (
     ("eval.nll.passes", 1, 10 ** 4, "int"), ("eval.nll.rtol", 0.0, 1.0, "()"), ("eval.nll.atol", 0.0, 1.0, "()"),
     ("sd.encode_batch_size", 1, 1 << 16, "int"), ("sd.tiny.block_out_channels", 1, 1 << 14, "int"),
     ("sd.tiny.cross_attention_dim", 1, 1 << 14, "int"),
+    ("data.forget_images_per_prompt", 1, 10 ** 7, "int"), ("data.retain_images_per_prompt", 1, 10 ** 7, "int"),
+    ("data.gen_steps", 0, 10 ** 4, "int"), ("data.gen_guidance", 0.0, 1e3, "[]"),
+    ("data.gen_seed", 0, 2 ** 31 - 1, "int"), ("data.i2p_max_prompts", 0, 10 ** 9, "int"),
+    ("eval.coco_num_prompts", 0, 10 ** 9, "int"), ("eval.nudity_threshold", 0.0, 1.0, "[]"),
 )
 
 

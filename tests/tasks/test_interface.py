@@ -7,7 +7,7 @@ import types
 import pytest
 
 from unlearn_jax import config_lib, pipeline, tasks
-from unlearn_jax.tasks import classes, unlearncanvas
+from unlearn_jax.tasks import classes, prompts, unlearncanvas
 from test_configs import load_config, shrink
 
 HOOKS = {  # hook -> its parameters (tasks/__init__.py's list)
@@ -18,7 +18,7 @@ HOOKS = {  # hook -> its parameters (tasks/__init__.py's list)
     "evaluate": ("exp", "workdir", "model", "params", "clf_params|clf", "rng", "out_dir"),
     "finalize": ("exp", "results", "workdir"), "report_tables": ("results", "workdir"),
 }
-TASKS = (classes, unlearncanvas)
+TASKS = (classes, unlearncanvas, prompts)
 
 
 @pytest.mark.parametrize("task", TASKS, ids=lambda t: t.NAME)
@@ -37,6 +37,7 @@ def test_every_task_has_every_hook(task):
 def test_the_config_picks_the_task():
   assert tasks.get(config_lib.unlearncanvas_base(cpu=True)) is unlearncanvas
   assert tasks.get(config_lib.digits_ddpm(cpu=True)) is classes
+  assert tasks.get(config_lib.prompts_defaults(config_lib.ddpm_base())) is prompts
   assert tasks.get(config_lib.base()) is classes
   assert set(tasks.BY_DATA.values()) | {classes} == set(TASKS)
 

@@ -33,7 +33,6 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -47,37 +46,21 @@ from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import generation
 from unlearn_jax import models
-from unlearn_jax import sde as sde_lib
 from unlearn_jax.config_lib import UNLEARNCANVAS as DATA_NAME
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.experiment import Experiment, first_stage, load_params
 from unlearn_jax.models import stable_diffusion as sd
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting import markdown
+from unlearn_jax.tasks import sd_common
+from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, SUBSET_MASKS, TINY,
+                                         SDModelConfig, decode, named_params, trainable, trainable_mask)
 from unlearn_jax.unlearning import dimum as dimum_lib
 
 NAME = "unlearncanvas"
-#: the stage init naming the model directory's own weights (the pre-trained theta*).
-BASE = "base"
-#: models a stage may name besides stages and directories.
-NAMED_MODELS = (BASE,)
-#: mask kinds computed over the trainable leaves only (the other kinds need every leaf).
-SUBSET_MASKS = ("salun", "sfron")
-TINY = "tiny"
 SYNTHETIC = "synthetic"
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-CACHE_DIR = "sd_cache"
-
-
-@dataclasses.dataclass(frozen=True)
-class SDModelConfig:
-  """What a checkpoint of this experiment's model records (`stages.train.meta`)."""
-  model_dir: str
-  num_prompts: int
-  latent_shape: Tuple[int, ...]
-  trainable: str
-  dtype: str
-  remat: bool
+__all__ = ["BASE", "CACHE_DIR", "DTYPES", "NAMED_MODELS", "SUBSET_MASKS", "SDModelConfig", "TINY",
+           "decode", "named_params", "trainable", "trainable_mask"]   # from sd_common, shared with tasks.prompts
 
 
 @dataclasses.dataclass
@@ -176,22 +159,16 @@ def prepare(config, workdir: str):
     return config
   canvas.resolve_styles(config.data.forget_styles)          # fail before writing anything
   fit = _fit_settings(config)
-  model_path = os.path.join(workdir, "inputs", "tiny_sd")
-  tiny_exists = os.path.exists(os.path.join(model_path, "model_index.json"))
+  model_path = sd_common.tiny_model_path(workdir)
+  tiny_exists = sd_common.tiny_exists(model_path)
   if sdc.model_dir == TINY and tiny_exists:
     _check_tiny_vae(model_path, fit)
   c = config.copy_and_resolve_references()
   c.unlock()
   inputs = os.path.join(workdir, "inputs")
   if sdc.model_dir == TINY:
-    if not tiny_exists:
-      tmp = model_path + ".tmp"
-      shutil.rmtree(tmp, ignore_errors=True)
-      sd.write_tiny(tmp, seed=config.seed, image_size=config.data.image_size, **dict(sdc.tiny))
-      if fit["steps"]:
-        sd.keep_vae_init(tmp)        # marks the model as one to fit (see `_check_tiny_vae`)
-      shutil.rmtree(model_path, ignore_errors=True)         # a partial write of older code
-      os.replace(tmp, model_path)
+    # keep_vae_init marks the model as one to fit (see `_check_tiny_vae`)
+    sd_common.write_tiny_model(model_path, config, keep_vae_init=bool(fit["steps"]))
     c.sd.model_dir = model_path
   if config.data.data_dir == SYNTHETIC:
     path = os.path.join(inputs, "canvas")
@@ -240,19 +217,10 @@ def _encode(config, comp, data, workdir: Optional[str]):
   return latents, table, path, {"latents": latents, "table": table}
 
 
-def _plain(tree):
-  """Nested plain dicts (the structure a restored checkpoint has)."""
-  if hasattr(tree, "items"):
-    return {k: _plain(v) for k, v in tree.items()}
-  return jnp.asarray(tree)
-
-
 def build(config, workdir: Optional[str] = None) -> Experiment:
   """The experiment's data, model and evaluation parts (no writes; see `SDContext.save_cache`)."""
   dcfg, sdc = config.data, config.sd
-  check_choice("config.sd.dtype", sdc.dtype, tuple(DTYPES))
-  check_choice("config.sd.trainable", sdc.trainable, sd.TRAINABLE)
-  check_range("config.sd.encode_batch_size", sdc.encode_batch_size, 1, 1 << 16)
+  sd_common.check_sd_fields(config)
   check_vae_fit_fields(config)
   check_choice("config.data.template", dcfg.template, tuple(canvas.TEMPLATES))
   forget_styles = canvas.resolve_styles(dcfg.forget_styles)
@@ -299,14 +267,10 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
 
   dtype = DTYPES[sdc.dtype]
   module = sd.build_module(comp, num_prompts, dtype=dtype, remat=bool(sdc.remat))
-  base_params = _plain(sd.model_params(comp, table))
+  base_params = sd_common.plain(sd.model_params(comp, table))
   latent_shape = tuple(int(v) for v in train.example_shape)
-  model_cfg = SDModelConfig(model_dir=os.path.abspath(sdc.model_dir), num_prompts=num_prompts,
-                            latent_shape=latent_shape, trainable=sdc.trainable, dtype=sdc.dtype,
-                            remat=bool(sdc.remat))
-  sch = comp.schedule
-  process = sde_lib.DDPMSchedule(N=int(sch["num_train_timesteps"]), beta_start=float(sch["beta_start"]),
-                                 beta_end=float(sch["beta_end"]), beta_schedule=sch["beta_schedule"])
+  model_cfg = sd_common.model_config(config, num_prompts, latent_shape)
+  process = sd_common.ddpm_process(comp)
   clf_size = int(config.classifier.image_size)
   classifiers = {
       "style": models.build_classifier(config.classifier, (clf_size, clf_size, 3), len(data.styles))[0],
@@ -333,25 +297,6 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
 # ----------------------------------------------------------------------------
 # Decoding and classifying generated latents.
 # ----------------------------------------------------------------------------
-def trainable_mask(exp, which: str):
-  """The bool tree of the leaves that train under `which` (`models.stable_diffusion.TRAINABLE`)."""
-  key = f"trainable_{which}"
-  if key not in exp.context.compiled:
-    exp.context.compiled[key] = sd.trainable_mask(exp.context.base_params, which)
-  return exp.context.compiled[key]
-
-
-def decode(ctx: SDContext, latents: np.ndarray, batch_size: int = 16) -> np.ndarray:
-  """Generated latents -> [0, 1] NHWC images (the VAE decoder, jitted once per batch shape)."""
-  if "decode" not in ctx.compiled:
-    comp = ctx.comp
-    ctx.compiled["decode"] = jax.jit(lambda p, z: sd.decode_latents(comp.vae, p, z, comp.scaling_factor))
-  f = ctx.compiled["decode"]
-  out = [np.asarray(f(ctx.comp.vae_params, jnp.asarray(latents[i:i + batch_size])))
-         for i in range(0, len(latents), batch_size)]
-  return np.concatenate(out) if out else np.zeros((0,) + (ctx.data.images.shape[1:]), np.float32)
-
-
 def _resize(ctx: SDContext, x01: np.ndarray) -> np.ndarray:
   s = ctx.clf_size
   if x01.shape[1:3] == (s, s):
@@ -587,38 +532,14 @@ def validate(config) -> None:
 
 def check(exp: Experiment) -> None:
   """Stage settings this task rules out, checked on the built experiment: the trainable
-  subset names, mask kinds that need every leaf, and re-training from scratch."""
-  config = exp.config
-  for name in config.stage_order:
-    st = config.stages[name]
-    if st.trainable:
-      check_choice(f"config.stages.{name}.trainable", st.trainable, sd.TRAINABLE)
-    if st.kind == "mask" and st.method not in SUBSET_MASKS:
-      raise UserError(f"config.stages.{name}.method", st.method, "is not available when only some parameters "
-                      "train (config.sd.trainable); expected one of " + ", ".join(SUBSET_MASKS))
-    if st.kind == "unlearn" and st.init == "scratch":
-      raise UserError(f"config.stages.{name}.init", st.init, "a Stable Diffusion experiment starts from "
-                      f"{BASE!r} (the model directory) or an earlier stage")
+  subset names, mask kinds that need every leaf, and re-training from scratch
+  (`sd_common.check_stages`)."""
+  sd_common.check_stages(exp)
 
 
 def save(exp: Experiment) -> None:
   """Writes the latent / prompt-table cache `build` computed (after validation)."""
   exp.context.save_cache()
-
-
-def named_params(exp: Experiment, name: str):
-  """"base": the model directory's UNet with the prompt table (theta*)."""
-  if name != BASE:
-    raise KeyError(name)
-  return exp.context.base_params
-
-
-def trainable(exp: Experiment, st=None):
-  """The trainable-leaf mask of a stage: its `trainable`, else "all" for train stages and
-  `config.sd.trainable` for the others (and for mask stages, `st=None`)."""
-  which = (st.trainable if st is not None else "") or \
-      ("all" if st is not None and st.kind == "train" else exp.config.sd.trainable)
-  return trainable_mask(exp, which)
 
 
 def train_classifiers(exp: Experiment, name: str, workdir: str, fit: Callable) -> dict:
