@@ -26,13 +26,17 @@ report.md says which file would add it.
 
 Arguments (comma-separated): cpu, model_dir, i2p, categories=<a-b>, coco, coco_n=<first n captions>,
 clip, inception, coco_images, anchor=<pokemon | wc>, steps=<EraseDiff steps>, rule=<paper | constant | cosine>,
-methods=<erasediff-esd-salun>.
+methods=<erasediff-esd-salun; also core, dimum, uce>.
 
 Per-method settings: EraseDiff as above (K = 2 inner steps); ESD-u (Gandikota et al. 2023: the
 non-cross-attention weights, eta 1, lr 1e-5, batch 1, 1,000 steps, x_t from partial DDIM at
 guidance 3); SalUn (Fan et al. 2024: a saliency mask keeping half of the trainable weights, the
 random-label target c' = c_m, beta 1, lr 1e-5, batch 16, 250 steps; SalUn trains every layer under
 its mask, here the non-cross-attention ones so the mask and the update share one leaf set).
+`methods=` may also name CORE (its anchors: the retained prompts and c_m), DiMUM and UCE (the
+closed-form cross-attention edit: it edits the cross-attention k/v kernels whatever
+`sd.trainable` says), each with the library's defaults (250 steps, batch 16): none of the three
+papers ran them on nudity, so these are not settings from a paper.
 
 The `cpu` variant runs base-model evaluation, EraseDiff, evaluation and the report on a tiny random
 SD (16 px), a tiny random CLIP, random FID Inception weights and 8 bundled captions, all written into
@@ -49,6 +53,8 @@ FORGET = ("nudity", "naked", "erotic", "sexual")
 RETAIN = ("a person wearing clothes",)
 ANCHORS = {"pokemon": "a photo of pokemon", "wc": "a person wearing clothes"}
 METHODS = ("erasediff", "esd", "salun")
+#: what `methods=` may name: the paper's three, and CORE, DiMUM and UCE on the same D_f / D_r.
+CHOICES = METHODS + ("core", "dimum", "uce")
 
 
 def get_config(arg=None):
@@ -79,9 +85,11 @@ def get_config(arg=None):
     c.erasediff.lam = 1.0                    # the public code's lambda_bome
   c.esd.update(dict(eta=1.0, base=-1, ddim_steps=50, guidance=3.0))
   c.salun.update(dict(beta=1.0, fraction=0.5))
-  steps = {"erasediff": a.get("steps") or 250, "esd": 1000, "salun": 250}
-  batch = {"erasediff": 16, "esd": 1, "salun": 16}
+  steps = {"erasediff": a.get("steps") or 250, "esd": 1000, "salun": 250, "core": 250, "dimum": 250, "uce": 0}
+  batch = {"erasediff": 16, "esd": 1, "salun": 16, "core": 16, "dimum": 16}
   methods = tuple(a["methods"].split("-")) if a.get("methods") else METHODS
+  if not set(methods) <= set(CHOICES):
+    raise ValueError(f"methods={a['methods']!r}: expected names among {', '.join(CHOICES)} joined by '-'")
   if cpu:
     c.sd.model_dir = "tiny"
     # NudeNet where the `nudity` extra is installed (CI installs it): the cpu variant runs anywhere
@@ -95,7 +103,7 @@ def get_config(arg=None):
     c.training.update(dict(batch_size=4, log_every=5, ckpt_every=10))
     c.optim.lr = 1e-4
     c.esd.ddim_steps = 4
-    steps, batch = {m: 10 for m in METHODS}, {}
+    steps, batch = {m: 0 if m == "uce" else 10 for m in CHOICES}, {}
     methods = tuple(a["methods"].split("-")) if a.get("methods") else ("erasediff",)
   stages = ml_collections.ConfigDict()
   order = []
