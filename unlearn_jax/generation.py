@@ -1,11 +1,14 @@
 """Sampling from an experiment's model, batched and pmapped over devices, and its NLL function.
 
     x = generate(exp, params, n, rng, labels=labels)   # n samples in data space
+    y = restore(exp, params, "inpaint", x01, rng, known=mask)   # SGU Sec. 4.3 restorations
     nll_fn = nll_function(exp)                         # jitted probability-flow NLL
 
 The samplers are chosen by `config.eval.sampler.kind` from `SAMPLERS` (continuous SDEs:
 score_fn(x, t)) or `DDPM_SAMPLERS` (the discrete schedule: eps_fn(x, i), guided for
-class-conditional models, DiMUM paper Eq. 2-3).
+class-conditional models, DiMUM paper Eq. 2-3).  `restore` runs `sampling.inpaint` (the
+pixels where the mask is 1 kept) or `sampling.reconstruct` (from `config.eval.reconstruct.t_start`)
+on given images in [0, 1] of a continuous-SDE model (SGU Sec. 4.3, Tables 3-4).
 """
 from __future__ import annotations
 
