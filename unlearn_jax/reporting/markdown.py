@@ -193,8 +193,8 @@ def sgu_lines(results: dict) -> list:
     attr = results.get("forget_attribute")
     lines += ([f"## Unlearning the {attr} feature (SGU paper, Tables 2 and 5 shape)", "",
                f"UR: share of samples the binary {attr} classifier sees {attr} in; D_f: the images with "
-               f"{attr}, D_g: those without (the paper leaves NLL out for a feature: it does not say whether "
-               "the feature is generated)."]
+               f"{attr}, D_g: those without (the paper's Table 5 leaves NLL out for a feature: it does not tell "
+               "whether the feature is generated)."]
               if attr else ["## Unlearning ratio and NLL (SGU paper, Table 2 shape)"]) + ["",
               "| Method | UR (%) | NLL D_g | NLL D_f | D_f - D_g | confident (%) | TV(hist, D) | TV(retained) |",
               "|---|---|---|---|---|---|---|---|"]
