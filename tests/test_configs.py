@@ -71,6 +71,16 @@ def test_config_cpu_variant_one_step(name, tmp_path):
       assert m["nll"]["unit"] == "bits/dim"
       assert set(m["nll"]) >= {"retain", "forget", "offset"}
     assert os.path.exists(tmp_path / m["samples_png"])
+    for kind, table in (("inpaint", "Table 3 shape"), ("reconstruct", "Table 4 shape")):   # SGU Sec. 4.3
+      assert (kind in m) == (c.eval[kind].num_examples > 0)
+      if kind in m:
+        r = m[kind]
+        assert set(r["accuracy"]) == set(r["clean_accuracy"]) == set(r["num_examples"]) == {"retain", "forget"}
+        assert all(0.0 <= v <= 1.0 for v in list(r["accuracy"].values()) + list(r["clean_accuracy"].values()))
+        assert os.path.exists(tmp_path / r["png"]) and "clip_distance" not in r     # no CLIP directory here
+        assert table in (tmp_path / "report.md").read_text()
+  if c.data.get("forget_attribute"):
+    assert res["forget_attribute"] == c.data.forget_attribute and res["forget_classes"] == [1]
   attacks = [n for n in c.stage_order if c.stages[n].kind == "attack"]
   assert sorted(res.get("attacks", {})) == sorted(attacks)
   report = (tmp_path / "report.md").read_text()

@@ -18,7 +18,8 @@ Schema (every field is read by exactly one module; see the README):
   <method section>.*        each method's coefficients (dimum.*, ga.*, salun.*, ...): the
                             `Config` dataclass of its module (`unlearning.methods.SECTIONS`)
   classifier.*              the evaluation classifier (image data only)
-  eval.*                    sampler, number of samples, NLL settings
+  eval.*                    sampler, number of samples, NLL settings, restorations
+                            (eval.inpaint / eval.reconstruct, SGU Tables 3-4; eval.clip_dir)
   stages.<name>.*           one entry per stage; `stage_order` runs them in order
 """
 from __future__ import annotations
@@ -88,7 +89,16 @@ def base() -> ml_collections.ConfigDict:
       # Inception FID / sFID / IS beside the classifier-feature FD when a weights file is given
       # (pytorch-fid's .pth or its .npz conversion, `python -m unlearn_jax.evaluation.inception_weights`):
       # images resized to inception_size (299: the standard; only 299 is comparable with papers).
-      inception_weights="", inception_size=299, inception_batch_size=50))
+      inception_weights="", inception_size=299, inception_batch_size=50,
+      # SGU Sec. 4.3's restorations of test D_g / D_f images (unconditional image SDE models;
+      # num_examples=0: off): inpainting of the masked upper half (Table 3) and reconstruction
+      # from t_start (Table 4), scored by the classifier against the originals (`target`:
+      # "label" | "prediction") and, with a CLIP directory in clip_dir, by the CLIP embedding
+      # distance 1 - cos to the originals (`settings.Restoration`).
+      clip_dir="",
+      inpaint=ml_collections.ConfigDict(dict(num_examples=0, split="test", target="label")),
+      reconstruct=ml_collections.ConfigDict(dict(num_examples=0, split="test", target="label",
+                                                 t_start=0.02, n_steps=0))))
   return c
 
 

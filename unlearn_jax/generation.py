@@ -1,11 +1,14 @@
 """Sampling from an experiment's model, batched and pmapped over devices, and its NLL function.
 
     x = generate(exp, params, n, rng, labels=labels)   # n samples in data space
+    y = restore(exp, params, "inpaint", x01, rng, known=mask)   # SGU Sec. 4.3 restorations
     nll_fn = nll_function(exp)                         # jitted probability-flow NLL
 
 The samplers are chosen by `config.eval.sampler.kind` from `SAMPLERS` (continuous SDEs:
 score_fn(x, t)) or `DDPM_SAMPLERS` (the discrete schedule: eps_fn(x, i), guided for
-class-conditional models, DiMUM paper Eq. 2-3).
+class-conditional models, DiMUM paper Eq. 2-3).  `restore` runs `sampling.inpaint` (the
+pixels where the mask is 1 kept) or `sampling.reconstruct` (from `config.eval.reconstruct.t_start`)
+on given images in [0, 1] of a continuous-SDE model (SGU Sec. 4.3, Tables 3-4).
 """
 from __future__ import annotations
 
@@ -146,3 +149,69 @@ def nll_offset(exp: Experiment) -> float:
   if exp.config.eval.nll.offset == "score_sde":
     return 7.0 - (0.0 if centered else -1.0)
   return likelihood.bpd_offset(centered, dequantized=exp.is_image)
+
+
+# ----------------------------------------------------------------------------
+# Restorations (SGU Sec. 4.3): inpainting and reconstruction of given images.
+# ----------------------------------------------------------------------------
+#: the restorations `restore` runs; each has its `config.eval.<kind>` block (`settings.Restoration`).
+RESTORATIONS = ("inpaint", "reconstruct")
+
+
+def _restorer(exp: Experiment, kind: str, per_dev: int) -> Callable:
+  """pmap(params and mask broadcast, one key and image batch per device) -> restored images
+  in [0, 1]; built once per (kind, shape), so every model reuses one compilation."""
+  key = (kind, per_dev)
+  if key not in exp.compiled:
+    cfg = exp.config
+    s, r, centered = cfg.eval.sampler, cfg.eval.reconstruct, cfg.data.centered
+    score_apply = model_score_apply(exp)
+
+    @functools.partial(jax.pmap, in_axes=(None, 0, 0, None))
+    def run(params, rng, x01, known):
+      score_fn = lambda x, t: score_apply(params, x, t)
+      x = data_lib.scaler(x01, centered)
+      if kind == "inpaint":
+        y = sampling.inpaint(rng, exp.process, score_fn, x, known, n_steps=s.n_steps, snr=s.snr,
+                             predictor=s.predictor, corrector=s.corrector, eps=s.eps)
+      else:
+        y = sampling.reconstruct(rng, exp.process, score_fn, x, r.t_start, n_steps=r.n_steps or None,
+                                 predictor=s.predictor, corrector="none", eps=s.eps)
+      return jnp.clip(data_lib.inverse_scaler(y, centered), 0.0, 1.0)
+
+    exp.compiled[key] = run
+  return exp.compiled[key]
+
+
+def restore(exp: Experiment, params, kind: str, x01: np.ndarray, rng: jax.Array, *,
+            known: Optional[np.ndarray] = None, batch_size: Optional[int] = None) -> np.ndarray:
+  """Images x01 (N, H, W, C) in [0, 1] restored by the model, in [0, 1] (SGU Sec. 4.3).
+
+  kind "inpaint": `sampling.inpaint` keeps the pixels where `known` (broadcasting to one
+  image, e.g. (H, W, 1)) is 1 and fills the others, with config.eval.sampler's PC settings;
+  "reconstruct": `sampling.reconstruct` from config.eval.reconstruct.t_start.  Batches of
+  `batch_size` (default config.eval.sample_batch_size; the last one padded by repetition,
+  so a run compiles once) are pmapped over the local devices, batch i with fold_in(rng, i).
+  """
+  if kind not in RESTORATIONS:
+    raise ValueError(f"kind must be one of {RESTORATIONS}, got {kind!r}")
+  x01 = np.asarray(x01, np.float32)
+  n = len(x01)
+  if n == 0:
+    return np.zeros((0,) + exp.example_shape, np.float32)
+  n_dev = jax.local_device_count()
+  batch_size = min(batch_size or exp.config.eval.sample_batch_size, n)
+  per_dev = -(-batch_size // n_dev)
+  step = per_dev * n_dev
+  run = _restorer(exp, kind, per_dev)
+  known = np.ones(exp.example_shape, np.float32) if known is None else np.asarray(known, np.float32)
+  out = []
+  for i, start in enumerate(range(0, n, step)):
+    chunk = x01[start:start + step]
+    pad = step - len(chunk)
+    if pad:
+      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
+    keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
+    y = run(params, keys, chunk.reshape((n_dev, per_dev) + exp.example_shape), known)
+    out.append(np.asarray(y).reshape((-1,) + exp.example_shape)[:step - pad])
+  return np.concatenate(out)

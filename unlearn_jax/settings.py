@@ -12,7 +12,7 @@ config leaves out gets its dataclass's defaults.
 
 The sections: `Data`, `SDE`, `Model` (its typed network configs, `models.UNetConfig` /
 `MLPConfig`, are built from it and the data by `models.build_model`), `Optim`, `Training`,
-`Unlearn`, `Classifier`, `Eval` (`Sampler`, `NLL`), `SD` (Stable Diffusion experiments
+`Unlearn`, `Classifier`, `Eval` (`Sampler`, `NLL`, `Inpaint`, `Reconstruct`), `SD` (Stable Diffusion experiments
 only; None otherwise), `Stage` (one per `config.stages` entry), and one section per
 unlearning method, declared by the method's own module (`MethodSpec.section` /
 `MethodSpec.config`, collected in `unlearning.methods.SECTIONS`): a new method's config
@@ -172,6 +172,33 @@ class NLL:
 
 
 @dataclasses.dataclass(frozen=True)
+class Restoration:
+  """A restoration measurement of SGU Sec. 4.3 (`tasks.classes.restoration_entries`): the first
+  `num_examples` images of D_g and of D_f (0: off) from `split` ("test" or "train"), restored by
+  the model; a restored image counts as correct when the classifier's class of it equals its
+  original's `target`: "label" (the original's class, the default) or "prediction" (the
+  classifier's class of the original; the paper's wording allows both)."""
+  num_examples: int = 0
+  split: str = "test"
+  target: str = "label"
+
+
+@dataclasses.dataclass(frozen=True)
+class Inpaint(Restoration):
+  """Inpainting (SGU Table 3): the upper half masked, PC inpainting with `Eval.sampler`'s
+  predictor, corrector, snr, n_steps and eps."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Reconstruct(Restoration):
+  """Reconstruction (SGU Table 4): noised to `t_start` (the paper's 0.02) and sampled back to
+  `Eval.sampler.eps` by the reverse SDE in `n_steps` (0: ceil(t_start / T * N), the SDE's own
+  level spacing), no corrector."""
+  t_start: float = 0.02
+  n_steps: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
 class Eval:
   num_samples: int = 10000
   sample_batch_size: int = 500
@@ -188,15 +215,21 @@ class Eval:
   inception_weights: str = ""
   inception_size: int = 299
   inception_batch_size: int = 50
+  # a transformers-format CLIP directory (`evaluation.load_clip`; "tiny": a random one written to
+  # the workdir's inputs/ by the prompts task): the prompts task's CLIP score, the SGU
+  # restorations' CLIP embedding distance; "": none, and neither is reported.
+  clip_dir: str = ""
   # prompt-only forgetting (`tasks.prompts`): NudeNet counts (the `nudity` extra), a COCO-style
-  # caption list (a file or "bundled") for CLIP score (`clip_dir`) and FID (`inception_weights`
-  # against `fid_reference_dir`'s real images, else against the base model's generations).
+  # caption list (a file or "bundled") for CLIP score and FID (`inception_weights` against
+  # `fid_reference_dir`'s real images, else against the base model's generations).
   nudity: bool = False
   nudity_threshold: float = 0.6
   coco_prompts: str = ""
   coco_num_prompts: int = 0
-  clip_dir: str = ""
   fid_reference_dir: str = ""
+  # SGU Tables 3-4 (`evaluation.restoration`; off at num_examples=0).
+  inpaint: Inpaint = Inpaint()
+  reconstruct: Reconstruct = Reconstruct()
 
 
 @dataclasses.dataclass(frozen=True)

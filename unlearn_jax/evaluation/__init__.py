@@ -25,6 +25,9 @@
                  FlaxCLIPModel: `load_clip`, `clip_scores` (per pair), `mean_clip_score`,
                  `clip_embedding_distance` (mean 1 - cos of paired images, SGU Table 3),
                  `clip_image_embeddings`, `clip_text_embeddings`, `clip_preprocess`
+  restoration.py SGU's inpainting / reconstruction scores (Tables 3-4): `restoration_scores`
+                 (accuracy of restored images against their originals, "Clean" accuracy,
+                 CLIP distance), `upper_half_mask`, `clip_distance` (grey -> RGB)
   nudity.py      NudeNet nudity counts per exposed class at score >= 0.6 and the share
                  of flagged images: `nudity_counts` (images; needs the `nudity` extra,
                  imported only then), `count_detections`, `detection_summary`
@@ -77,6 +80,8 @@ from unlearn_jax.evaluation.rates import ar_cl
 from unlearn_jax.evaluation.rates import attack_rate
 from unlearn_jax.evaluation.rates import topk_match_rate
 from unlearn_jax.evaluation.rates import unlearning_ratio
+from unlearn_jax.evaluation.restoration import restoration_scores
+from unlearn_jax.evaluation.restoration import upper_half_mask
 
 __all__ = [
     "Classes", "Labels",
@@ -86,6 +91,6 @@ __all__ = [
     "count_detections", "dataset_nll", "detection_summary", "embed", "fid", "fid_entries", "frechet_distance",
     "frechet_distance_from_features", "gaussian_stats", "histogram_tv", "inception_features",
     "inception_metrics", "inception_score", "load_clip", "load_fid_inception", "load_fid_stats", "load_inception_variables",
-    "manifold_radii", "mean_clip_score", "nudity_counts", "precision_recall", "predict", "sample_quality",
-    "save_fid_stats", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio",
+    "manifold_radii", "mean_clip_score", "nudity_counts", "precision_recall", "predict", "restoration_scores", "sample_quality",
+    "save_fid_stats", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio", "upper_half_mask",
 ]

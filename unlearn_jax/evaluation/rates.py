@@ -6,7 +6,11 @@ logits; nothing is jitted.
 * Unlearning ratio (SGU Sec. 4.1, "UR"): the share of N generated samples that
   the evaluation classifier assigns to a forgotten class (the paper uses
   N = 10,000).  For the 2-D toy mixture the "classifier" is the nearest
-  mixture component (`data.nearest_component`).
+  mixture component (`data.nearest_component`).  Forgetting a CelebA attribute
+  (SGU Tables 2 and 5, "Bangs") is the same rate: the labels are the attribute
+  (0 without, 1 with), the classifier is the binary attribute classifier and the
+  forgotten labels are (1,) (`data.forget_labels`), so UR is the share of samples
+  it sees the attribute in.
 * Attack rate (DiMUM/DiMRA "accuracy rate", AR) on argmax predictions
   (`attack_rate`): the share of samples, generated conditioned on the forgotten
   class, that the evaluation classifier assigns to one of `target_classes`.

@@ -2,9 +2,10 @@
 
     text = render(results, workdir, task.report_tables)
 
-A task's `report_tables(results, workdir)` gives the body: the SGU paper's Table 1 / 2
-shape (`sgu_lines`), the DiMUM paper's Tables I-III and curves (`conditional_lines`), or
-its own (the CORE paper's Table 1 shape, `tasks.unlearncanvas.concept_lines`).
+A task's `report_tables(results, workdir)` gives the body: the SGU paper's Table 1 / 2 / 5
+shape (`sgu_lines`) and its Tables 3-4 (`restoration_lines`), the DiMUM paper's Tables
+I-III and curves (`conditional_lines`), or its own (the CORE paper's Table 1 shape,
+`tasks.unlearncanvas.concept_lines`).
 """
 from __future__ import annotations
 
@@ -189,7 +190,12 @@ def sgu_lines(results: dict) -> list:
         f"{100 * models[n]['unlearning_ratio']:.2f}%" for n in names) + " |")
   else:
     thr = next((m.get("confidence_threshold") for m in models.values()), None)
-    lines += ["## Unlearning ratio and NLL (SGU paper, Table 2 shape)", "",
+    attr = results.get("forget_attribute")
+    lines += ([f"## Unlearning the {attr} feature (SGU paper, Tables 2 and 5 shape)", "",
+               f"UR: share of samples the binary {attr} classifier sees {attr} in; D_f: the images with "
+               f"{attr}, D_g: those without (the paper's Table 5 leaves NLL out for a feature: it does not tell "
+               "whether the feature is generated)."]
+              if attr else ["## Unlearning ratio and NLL (SGU paper, Table 2 shape)"]) + ["",
               "| Method | UR (%) | NLL D_g | NLL D_f | D_f - D_g | confident (%) | TV(hist, D) | TV(retained) |",
               "|---|---|---|---|---|---|---|---|"]
     for n in names:
@@ -207,6 +213,53 @@ def sgu_lines(results: dict) -> list:
                 "dequantized 8-bit data, so the probability-flow ODE solve is inaccurate (tighten "
                 "`config.eval.nll.rtol` / `atol`, e.g. to score_sde's 1e-5)."]
   return lines + inception_lines(models)
+
+
+#: display names of the restorations' sets (SGU Tables 3-4).
+SET_NAMES = {"retain": "D_g", "forget": "D_f"}
+_RESTORATIONS = (
+    ("inpaint", "Inpainting (SGU paper, Table 3 shape)",
+     "the upper half of each image masked and filled in by the model's PC inpainting ({n_steps} steps)"),
+    ("reconstruct", "Reconstruction (SGU paper, Table 4 shape)",
+     "each image noised to t = {t_start:g} and sampled back by the reverse SDE ({n_steps} steps)"),
+)
+NO_CLIP = ("not measured: `config.eval.clip_dir` is not set (a transformers-format CLIP directory with "
+           "Flax weights, e.g. openai/clip-vit-base-patch32)")
+
+
+def restoration_lines(models: dict) -> list:
+  """SGU's Table 3 (inpainting: accuracy on D_g / D_f, Clean, CLIP distance on D_g) and
+  Table 4 (reconstruction: accuracy and CLIP distance on D_g / D_f) shapes, one column per
+  model, for the models whose entries have them (none: no lines)."""
+  lines = []
+  for kind, title, how in _RESTORATIONS:
+    names = [n for n, m in models.items() if kind in m]
+    if not names:
+      continue
+    first = models[names[0]][kind]
+    sets = [k for k in SET_NAMES if k in first["accuracy"]]
+    target = "label" if first["target"] == "label" else "class the classifier gives the original"
+    counts = ", ".join(f"{first['num_examples'][k]} of {SET_NAMES[k]}" for k in sets)
+    lines += ["", f"## {title}", "",
+              f"{first['split'].capitalize()} images ({counts}), {how.format(**first)}. Accuracy (%): share of "
+              f"restored images the evaluation classifier assigns their original's {target}; Clean: its "
+              "accuracy on the originals.", "",
+              "| Test | Clean | " + " | ".join(pretty(n) for n in names) + " |",
+              "|---|---|" + "---|" * len(names)]
+    for k in sets:
+      lines.append(f"| {SET_NAMES[k]} | {100 * first['clean_accuracy'][k]:.1f} | "
+                   + " | ".join(f"{100 * models[n][kind]['accuracy'][k]:.1f}" for n in names) + " |")
+    clip_sets = sorted({c for n in names for c in models[n][kind].get("clip_distance", {})},
+                       key=list(SET_NAMES).index)
+    for k in clip_sets:
+      cells = [models[n][kind].get("clip_distance", {}).get(k) for n in names]
+      lines.append(f"| CLIP distance {SET_NAMES[k]} (↓) | – | "
+                   + " | ".join("–" if c is None else f"{c:.4f}" for c in cells) + " |")
+    lines += ["", "CLIP distance: mean 1 - cos of the CLIP image embeddings of restored and original images "
+              "(the paper does not state its scale)." if clip_sets else f"CLIP distance: {NO_CLIP}.",
+              "", "Restored images (per set: originals, " + ("masked, " if kind == "inpaint" else "")
+              + "restored): " + " ".join(f"![{n}]({models[n][kind]['png']})" for n in names)]
+  return lines
 
 
 def flag(m: dict) -> str:

@@ -15,8 +15,14 @@ results.json schema (documented in the README):
                           "offset": float, "convention": "score_sde" | "density",
                           "num_examples": int},
                   "samples_png": "evaluate/<stage>_samples.png", "wall_time_s": float,
-                  "train_wall_time_s": float}
+                  "train_wall_time_s": float,
+                  "inpaint" | "reconstruct": {                 (config.eval.<kind>.num_examples > 0)
+                      "accuracy": {"retain": float, "forget": float}, "clean_accuracy": {...},
+                      "num_examples": {...}, "target": "label" | "prediction", "split": "test" | "train",
+                      "clip_distance": {"retain"[, "forget"]: float},   (config.eval.clip_dir only)
+                      "mask": "upper half" | "t_start": float, "n_steps": int, "png": "evaluate/<stage>_<kind>.png"}}
     },
+    "forget_attribute": "Bangs",                             (CelebA attribute forgetting only)
     "wall_time_s": {"<stage>": float}
   }
 Class-conditional experiments (DiMUM / DiMRA) have instead, per model,

@@ -2,11 +2,21 @@
 on toy 2-D Gaussians, MNIST, CIFAR-10, ...) and the DiMUM / DiMRA setting (a
 class-conditional DDPM with classifier-free guidance).
 
+What is forgotten is a set of classes (`config.data.forget_classes`) or, on CelebA, an
+attribute (`config.data.forget_attribute`, e.g. "Bangs", SGU Tables 2 and 5): CelebA's labels
+are then that attribute (0 without, 1 with it), D_f = the images with it, D_r = those
+without, the evaluation classifier is the binary attribute classifier and the forgotten
+label is 1 (`data.forget_labels`); every measure below is the same for both.
+
 Forgetting is measured by an evaluation classifier trained on the full training set (the
 toy data: the nearest mixture component):
   unconditional      the unlearning ratio (share of samples classified as a forgotten
                      class, SGU Sec. 5) and the probability-flow NLL of D_g / D_f in
-                     bits/dim (SGU Tables 1-2);
+                     bits/dim (SGU Tables 1-2); optionally (`config.eval.inpaint` /
+                     `reconstruct`) the restorations of SGU Sec. 4.3: test images of D_g and
+                     D_f inpainted from their lower half (Table 3) or reconstructed from
+                     t = 0.02 (Table 4), scored by the classifier against their originals
+                     and by the CLIP embedding distance (`restoration_entries`);
   class-conditional  AR_MU / AR_CL of forget-conditioned samples and the Fréchet distance
                      of retain-conditioned samples to D_r on the classifier's features
                      (DiMUM paper Table I; AR_DiMRA during attacks, Tables II-III).
@@ -16,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 import time
 from typing import Callable, Optional
@@ -28,7 +39,9 @@ from unlearn_jax import evaluation
 from unlearn_jax import generation
 from unlearn_jax import models
 from unlearn_jax import sde as sde_lib
-from unlearn_jax.errors import UserError, check_choice
+from unlearn_jax import settings
+from unlearn_jax.errors import UserError, check_choice, check_range
+from unlearn_jax.evaluation import restoration
 from unlearn_jax.experiment import Experiment, first_stage, load_params
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting import markdown
@@ -43,8 +56,15 @@ NAMED_MODELS = ()
 # Inputs and construction.
 # ----------------------------------------------------------------------------
 def validate(config) -> None:
-  """Family-specific config checks (none beyond the common ones)."""
-  del config
+  """The restorations' choices (`config.eval.inpaint` / `reconstruct`, SGU Sec. 4.3)."""
+  e = settings.of(config).eval
+  for kind in generation.RESTORATIONS:
+    block = getattr(e, kind)
+    check_choice(f"config.eval.{kind}.split", block.split, restoration.SPLITS)
+    check_choice(f"config.eval.{kind}.target", block.target, restoration.TARGETS)
+  if e.reconstruct.num_examples and not e.reconstruct.t_start > e.sampler.eps:
+    raise UserError("config.eval.reconstruct.t_start", e.reconstruct.t_start,
+                    f"expected a time above config.eval.sampler.eps ({e.sampler.eps}), at most the SDE's T")
 
 
 def prepare(config, workdir: str):
@@ -72,13 +92,12 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
                       f"expected {h}: {config.data.name} images here are {h}x{w}x{ch}")
   forget_mask = data_lib.forget_mask(train, config.data)
   test_forget_mask = data_lib.forget_mask(test, config.data)
-  forget_labels = tuple(sorted(set(np.asarray(train.labels)[forget_mask].tolist())))
+  forget_labels = data_lib.forget_labels(train, config.data)
   streams = {"all": train, "retain": data_lib.subset(train, ~forget_mask),
              "forget": data_lib.subset(train, forget_mask)}
   for k, ds in streams.items():
     if len(ds) == 0:
-      raise UserError("config.data.forget_classes", tuple(config.data.forget_classes),
-                      f"leaves the {k} set empty")
+      raise UserError(*data_lib.forget_field(config.data), f"leaves the {k} set empty")
   conditional = bool(config.model.conditional)
   alt = dimum_lib.alternative_classes(train.num_classes, forget_labels, config.unlearn.alternative,
                                       seed=config.seed)
@@ -95,17 +114,38 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
   if inception is not None and not train.is_image:
     raise UserError("config.eval.inception_weights", config.eval.inception_weights,
                     f"Inception FID needs image data; {config.data.name} is not")
+  e = config.eval
+  clip = load_clip(e.clip_dir) if e.clip_dir and (e.inpaint.num_examples or e.reconstruct.num_examples) else None
   return Experiment(config=config, train=train, test=test, streams=streams,
                     test_forget=data_lib.subset(test, test_forget_mask),
                     test_retain=data_lib.subset(test, ~test_forget_mask),
                     forget_labels=forget_labels, alt=alt, conditional=conditional,
                     process=process, module=module, model_cfg=model_cfg, example_shape=train.example_shape,
-                    classifier=classifier, inception=inception)
+                    classifier=classifier, inception=inception, clip=clip)
+
+
+def load_clip(path: str):
+  """`evaluation.load_clip(path)`, a UserError naming config.eval.clip_dir if it does not load."""
+  try:
+    return evaluation.load_clip(path)
+  except UserError as err:
+    raise UserError("config.eval.clip_dir", path, err.allowed) from None
 
 
 def check(exp: Experiment) -> None:
-  """Checks of the built experiment against the config (none beyond the common ones)."""
-  del exp
+  """The restorations (SGU Sec. 4.3) need an unconditional image model on a continuous SDE
+  with the evaluation classifier, and reconstruction a t_start within the SDE's time."""
+  for kind in generation.RESTORATIONS:
+    n = getattr(exp.config.eval, kind).num_examples
+    if n and (exp.conditional or not exp.is_image or exp.classifier is None
+              or isinstance(exp.process, sde_lib.DDPMSchedule)):
+      raise UserError(f"config.eval.{kind}.num_examples", n,
+                      "expected 0 here: the restorations of SGU Sec. 4.3 need an unconditional image model "
+                      "on a continuous SDE (vesde, vpsde, subvpsde) and a classifier stage")
+  r = exp.config.eval.reconstruct
+  if r.num_examples:
+    check_range("config.eval.reconstruct.t_start", r.t_start, exp.config.eval.sampler.eps, exp.process.T,
+                lo_open=True)
 
 
 def save(exp: Experiment) -> None:
@@ -215,6 +255,8 @@ def evaluate_unconditional(exp: Experiment, workdir: str, model: str, params, rn
     nll.update(unit="bits/dim", offset=offset, num_examples=min(ncfg.num_examples, len(exp.test_forget)),
                convention=cfg.eval.nll.offset)
     result["nll"] = nll
+  result.update(restoration_entries(exp, workdir, model, params, clf_params, jax.random.fold_in(rng, 20),
+                                    out_dir))
   grid = os.path.join(out_dir, f"{model}_samples.png")
   figures.save_samples(grid, samples[:cfg.eval.grid_size] if exp.is_image else samples,
                        exp.is_image, labels=None if exp.is_image else pred)
@@ -256,6 +298,64 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, params, rng:
           "samples_png": os.path.relpath(grid, workdir), "wall_time_s": time.time() - t0}
 
 
+#: the sets a restoration is scored on: D_g (retained data) and D_f (forgotten data).
+RESTORATION_SETS = ("retain", "forget")
+
+
+def restoration_sets(exp: Experiment, split: str, n: int) -> dict:
+  """{"retain": (x01, labels), "forget": ...}: the first n images of D_g and D_f of `split`
+  ("test": the test set's, "train": D_r and D_f themselves); an empty set is left out."""
+  pair = (exp.test_retain, exp.test_forget) if split == "test" else (exp.streams["retain"], exp.streams["forget"])
+  return {name: (data_lib.to_float(ds.images[:n]), np.asarray(ds.labels[:n]))
+          for name, ds in zip(RESTORATION_SETS, pair) if len(ds)}
+
+
+def _restorer(exp: Experiment, params, kind: str, rng: jax.Array, known, batch_size: int) -> Callable:
+  """restore(set name, x01) of `restoration_scores`: `generation.restore` with one key per set."""
+  def restore(name: str, x01: np.ndarray) -> np.ndarray:
+    key = jax.random.fold_in(rng, RESTORATION_SETS.index(name))
+    return generation.restore(exp, params, kind, x01, key, known=known, batch_size=batch_size)
+  return restore
+
+
+def restoration_entries(exp: Experiment, workdir: str, model: str, params, clf_params, rng: jax.Array,
+                        out_dir: str) -> dict:
+  """{"inpaint": ..., "reconstruct": ...}: the restorations of SGU Sec. 4.3 switched on by
+  `config.eval.<kind>.num_examples` ({} when both are 0), each `evaluation.restoration_scores`
+  of the first num_examples images of D_g and D_f (its `split`) with the evaluation
+  classifier and, with `config.eval.clip_dir`, the CLIP distance; a grid of originals,
+  (masked,) restored images of each set in <out_dir>/<model>_<kind>.png."""
+  cfg = exp.config
+  out = {}
+  classify = lambda x01: evaluation.predict(exp.classifier.apply, clf_params, x01)
+  clip_fn = None if exp.clip is None else lambda a, b: restoration.clip_distance(exp.clip, a, b)
+  for i, kind in enumerate(generation.RESTORATIONS):
+    r = getattr(cfg.eval, kind)
+    if not r.num_examples:
+      continue
+    sets = restoration_sets(exp, r.split, r.num_examples)
+    batch = min(cfg.eval.sample_batch_size, max(len(x) for x, _ in sets.values()))
+    known = evaluation.upper_half_mask(*exp.example_shape[:2]) if kind == "inpaint" else None
+    restore = _restorer(exp, params, kind, jax.random.fold_in(rng, i), known, batch)
+    entry, restored = evaluation.restoration_scores(restore, classify, sets, target=r.target, clip_fn=clip_fn,
+                                                    clip_sets=restoration.CLIP_SETS[kind])
+    entry["split"] = r.split
+    if kind == "inpaint":
+      entry.update(mask="upper half", n_steps=int(cfg.eval.sampler.n_steps))
+    else:
+      entry.update(t_start=float(r.t_start),
+                   n_steps=int(r.n_steps or max(1, math.ceil(r.t_start / exp.process.T * exp.process.N))))
+    k = min(8, *(len(x) for x, _ in sets.values()))
+    rows = []
+    for name, (x01, _) in sets.items():
+      rows += [x01[:k]] + ([x01[:k] * known] if known is not None else []) + [restored[name][:k]]
+    png = os.path.join(out_dir, f"{model}_{kind}.png")
+    figures.save_samples(png, np.concatenate(rows), True, cols=k)
+    entry["png"] = os.path.relpath(png, workdir)
+    out[kind] = entry
+  return out
+
+
 def inception_entries(exp: Experiment, workdir: str, samples: np.ndarray, reference: np.ndarray,
                       reference_name: str) -> dict:
   """`evaluation.fid_entries` of `samples` against `reference` ({} without inception weights)."""
@@ -269,14 +369,18 @@ def inception_entries(exp: Experiment, workdir: str, samples: np.ndarray, refere
 # results.json and report.md.
 # ----------------------------------------------------------------------------
 def finalize(exp: Experiment, results: dict, workdir: str) -> None:
-  """The task's own results.json entries (none beyond the common ones)."""
-  del exp, results, workdir
+  """The task's own results.json entries: "forget_attribute" (CelebA) when an attribute is forgotten."""
+  del workdir
+  field, value = data_lib.forget_field(exp.config.data)
+  if field == "config.data.forget_attribute":
+    results["forget_attribute"] = value
 
 
 def report_tables(results: dict, workdir: str) -> list:
   """report.md's body: the DiMUM paper's Tables I-III and curves (class-conditional), or the
-  SGU paper's Table 1 (toy data) / Table 2 (images)."""
+  SGU paper's Table 1 (toy data) / Table 2 or 5 (images) and, where measured, its Tables 3-4
+  (inpainting, reconstruction)."""
   if "attacks" in results:
     return markdown.conditional_lines(results, workdir)
-  return markdown.sgu_lines(results)
+  return markdown.sgu_lines(results) + markdown.restoration_lines(results["models"])
 
