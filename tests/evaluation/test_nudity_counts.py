@@ -12,6 +12,7 @@ import sys
 import numpy as np
 import pytest
 
+from unlearn_jax import lazy
 from unlearn_jax import evaluation
 from unlearn_jax.evaluation import nudity
 
@@ -118,6 +119,8 @@ def test_nudity_counts_with_a_stub_detector():
 def test_missing_extra_is_one_clear_error(monkeypatch):
   monkeypatch.setitem(sys.modules, "nudenet", None)        # import nudenet -> ImportError
   monkeypatch.setattr(nudity, "_DETECTORS", {})
+  # a proxy that has not loaded nudenet yet (the module's own may have, in this process)
+  monkeypatch.setattr(nudity, "nudenet", lazy._Lazy("nudenet", extra="nudity"))  # pylint: disable=protected-access
   with pytest.raises(ImportError, match=r'pip install -e "\.\[nudity\]"'):
     nudity.nudity_counts(np.zeros((1, 4, 4, 3), np.float32))
 
