@@ -89,7 +89,8 @@ def base() -> ml_collections.ConfigDict:
       # Inception FID / sFID / IS beside the classifier-feature FD when a weights file is given
       # (pytorch-fid's .pth or its .npz conversion, `python -m unlearn_jax.evaluation.inception_weights`):
       # images resized to inception_size (299: the standard; only 299 is comparable with papers).
-      inception_weights="", inception_size=299, inception_batch_size=50,
+      # with them also k-NN precision / recall on pool3 (k = precision_recall_k; 0: off).
+      inception_weights="", inception_size=299, inception_batch_size=50, precision_recall_k=3,
       # SGU Sec. 4.3's restorations of test D_g / D_f images (unconditional image SDE models;
       # num_examples=0: off): inpainting of the masked upper half (Table 3) and reconstruction
       # from t_start (Table 4), scored by the classifier against the originals (`target`:

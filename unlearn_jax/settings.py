@@ -215,6 +215,7 @@ class Eval:
   inception_weights: str = ""
   inception_size: int = 299
   inception_batch_size: int = 50
+  precision_recall_k: int = 3
   # a transformers-format CLIP directory (`evaluation.load_clip`; "tiny": a random one written to
   # the workdir's inputs/ by the prompts task): the prompts task's CLIP score, the SGU
   # restorations' CLIP embedding distance; "": none, and neither is reported.

@@ -186,6 +186,7 @@ NUMERIC_FIELDS = (
     ("eval.grid_size", 1, 10 ** 5, "int"), ("eval.confidence_threshold", 0.0, 1.0, "[]"),
     ("eval.min_confident_share", 0.0, 1.0, "[]"),
     ("eval.inception_size", 75, 1024, "int"), ("eval.inception_batch_size", 1, 1 << 16, "int"),
+    ("eval.precision_recall_k", 0, 1 << 10, "int"),
     ("eval.inpaint.num_examples", 0, 10 ** 9, "int"), ("eval.reconstruct.num_examples", 0, 10 ** 9, "int"),
     ("eval.reconstruct.t_start", 0.0, 1e6, "(]"), ("eval.reconstruct.n_steps", 0, 10 ** 6, "int"),
     ("eval.sampler.snr", 0.0, 1e3, "[]"), ("eval.sampler.n_steps", 1, 10 ** 6, "int"),

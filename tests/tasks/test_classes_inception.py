@@ -63,20 +63,23 @@ def test_fid_sfid_is_match_the_features_and_the_reference_statistics_are_cached(
   assert got["fid"] > 0 and got["fid_spatial"] > 0 and got["fid"] != got["fid_spatial"]
   assert got["inception_score"] == pytest.approx(evaluation.inception_score(gen.logits_unbiased, splits=6)[0])
   assert got["fid_num_samples"] == 6 and got["fid_input_size"] == SIZE and "7 images" in got["fid_reference"]
-  assert len(os.listdir(tmp_path / "fid_stats")) == 2
+  assert (got["precision"], got["recall"]) == pytest.approx(evaluation.precision_recall(real.pool3, gen.pool3, 3))
+  assert got["precision_recall_k"] == 3 and 0.0 <= got["precision"] <= 1.0 and 0.0 <= got["recall"] <= 1.0
+  assert len(os.listdir(tmp_path / "fid_stats")) == 3           # mu/sigma of pool3 and spatial, pool3 features
   # a second model: the reference statistics come from the cache, only the samples are embedded
   calls = []
   real_fn = evaluation.inception_features
   monkeypatch.setattr(fid_lib, "inception_features", lambda v, x, *a, **kw: calls.append(len(x)) or real_fn(v, x, *a, **kw))
   again = classes.inception_entries(exp, str(tmp_path), samples, reference, "D_r (train)")
   assert calls == [6] and again["fid"] == pytest.approx(got["fid"], rel=1e-6)
+  assert (again["precision"], again["recall"]) == pytest.approx((got["precision"], got["recall"]))
   # another reference set (or input size) gets its own statistics, never another set's
   other_ref = classes.inception_entries(exp, str(tmp_path), samples, reference[:6], "D_r (train)")
-  assert len(os.listdir(tmp_path / "fid_stats")) == 4 and calls[-2:] == [6, 6]
+  assert len(os.listdir(tmp_path / "fid_stats")) == 6 and calls[-2:] == [6, 6]
   assert other_ref["fid"] != pytest.approx(got["fid"], rel=1e-6)
   # a set against itself: 0
   same = classes.inception_entries(exp, str(tmp_path / "other"), reference, reference, "itself")
-  assert abs(same["fid"]) < 1e-3
+  assert abs(same["fid"]) < 1e-3 and same["precision"] == same["recall"] == 1.0
 
 
 def test_no_weights_no_entries():
@@ -104,7 +107,9 @@ def test_report_table_only_with_fid():
                            **base},
             "ga": {"frechet_distance": 1.0}}
   lines = markdown.inception_lines(models)
-  assert "| Pretrained | 12.35 | 3.21 | 1.50 ± 0.10 |" in lines
+  assert "| Pretrained | 12.35 | 3.21 | 1.50 ± 0.10 | – | – |" in lines
+  models["pretrained"].update(precision=0.5, recall=0.25, precision_recall_k=3)
+  assert "| Pretrained | 12.35 | 3.21 | 1.50 ± 0.10 | 0.500 | 0.250 |" in markdown.inception_lines(models)
   assert not any(line.startswith("| Gradient ascent") for line in lines)
   assert not any("not comparable" in line for line in lines)
   assert markdown.inception_lines({"ga": {"frechet_distance": 1.0}}) == []

@@ -365,6 +365,7 @@ def test_inception_fid_of_generated_against_real_retained_style_images(run, monk
                                      str(tmp_path / "b.png"), str(tmp_path))
   assert res["fid"] > 0 and res["fid_spatial"] > 0 and res["fid_num_samples"] == exp.config.eval.fd_num_samples
   assert res["fid_reference"].startswith("real retained-style images")
-  assert len(os.listdir(tmp_path / "fid_stats")) == 2
-  assert {k: v for k, v in res.items() if not k.startswith(("fid", "inception", "wall"))} == \
+  assert len(os.listdir(tmp_path / "fid_stats")) == 3       # pool3 and spatial (mu, sigma), pool3 features
+  assert 0.0 <= res["precision"] <= 1.0 and 0.0 <= res["recall"] <= 1.0
+  assert {k: v for k, v in res.items() if not k.startswith(("fid", "inception", "wall", "precision", "recall"))} == \
       {k: v for k, v in plain.items() if k != "wall_time_s"}

@@ -238,13 +238,16 @@ def load_fid_inception(path: str, field: str = "config.eval.inception_weights") 
 
 def fid_entries(variables, samples, reference, eval_cfg, *, source: str, stats_dir: str,
                 reference_name: str) -> dict:
-  """A results.json model entry's Inception FID (pool3), sFID (spatial features) and Inception
-  Score of `samples` against the `reference` images, at `eval_cfg.inception_size` in batches of
+  """A results.json model entry's Inception FID (pool3), sFID (spatial features), Inception
+  Score and k-NN precision / recall (Kynkaanniemi et al. 2019, on pool3, k =
+  `eval_cfg.precision_recall_k`; 0: not computed; EraseDiff Table 1 reports them) of `samples`
+  against the `reference` images, at `eval_cfg.inception_size` in batches of
   `eval_cfg.inception_batch_size` (a `settings.Eval`).
 
   The reference statistics (mu, sigma) are cached in `stats_dir`, keyed by the data `source`,
   the reference set, the input size and the weights file, so every model and every rerun
-  reuses them (the .npz format pytorch-fid / clean-fid exchange)."""
+  reuses them (the .npz format pytorch-fid / clean-fid exchange); precision / recall need the
+  reference's pool3 features themselves, cached beside them (`<key>_pool3_features.npy`)."""
   e = eval_cfg
   gen = inception_features(variables, samples, e.inception_batch_size, size=e.inception_size)
   key = hashlib.sha1(json.dumps({"data": source, "reference": reference_name, "n": len(reference),
@@ -261,7 +264,20 @@ def fid_entries(variables, samples, reference, eval_cfg, *, source: str, stats_d
   pool3 = cached_fid_stats(os.path.join(stats_dir, f"{key}_pool3.npz"), lambda: features("pool3"))
   spatial = cached_fid_stats(os.path.join(stats_dir, f"{key}_spatial.npz"), lambda: features("spatial"))
   score, score_std = inception_score(gen.logits_unbiased, splits=min(10, len(samples)))
-  return {"fid": fid(pool3, gen.pool3), "fid_spatial": fid(spatial, gen.spatial),
-          "inception_score": score, "inception_score_std": score_std, "fid_num_samples": int(len(samples)),
-          "fid_reference": f"{reference_name} ({len(reference)} images)", "fid_input_size": int(e.inception_size),
-          "fid_features": "FID InceptionV3 (pytorch-fid's 2015-12-05 network): pool3; sFID: mixed_6/conv[:7]"}
+  out = {"fid": fid(pool3, gen.pool3), "fid_spatial": fid(spatial, gen.spatial),
+         "inception_score": score, "inception_score_std": score_std, "fid_num_samples": int(len(samples)),
+         "fid_reference": f"{reference_name} ({len(reference)} images)", "fid_input_size": int(e.inception_size),
+         "fid_features": "FID InceptionV3 (pytorch-fid's 2015-12-05 network): pool3; sFID: mixed_6/conv[:7]"}
+  k = e.precision_recall_k
+  if k and min(len(samples), len(reference)) > k:
+    path = os.path.join(stats_dir, f"{key}_pool3_features.npy")
+    if os.path.exists(path):
+      real_pool3 = np.load(path)
+    else:
+      real_pool3 = np.asarray(features("pool3"), np.float32)
+      tmp = path + ".tmp.npy"
+      np.save(tmp, real_pool3)
+      os.replace(tmp, path)
+    out["precision"], out["recall"] = precision_recall(real_pool3, gen.pool3, k)
+    out["precision_recall_k"] = int(k)
+  return out

@@ -75,12 +75,15 @@ def inception_lines(models: dict) -> list:
   lines = ["", "## Inception FID", "",
            f"FID / sFID: Fréchet distance on the FID InceptionV3's pool3 / spatial features of "
            f"{m0['fid_num_samples']} samples against {m0['fid_reference']}, inputs resized to "
-           f"{m0['fid_input_size']}; IS on its 1008-way softmax.", "",
-           "| Method | FID | sFID | IS |", "|---|---|---|---|"]
+           f"{m0['fid_input_size']}; IS on its 1008-way softmax"
+           + (f"; precision / recall: k-NN manifolds (k = {m0['precision_recall_k']}) of pool3 features."
+              if "precision" in m0 else "."), "",
+           "| Method | FID | sFID | IS | precision | recall |", "|---|---|---|---|---|---|"]
   for n in names:
     m = models[n]
+    pr = [f"{m[k]:.3f}" if k in m else "–" for k in ("precision", "recall")]
     lines.append(f"| {pretty(n)} | {m['fid']:.2f} | {m['fid_spatial']:.2f} | "
-                 f"{m['inception_score']:.2f} ± {m['inception_score_std']:.2f} |")
+                 f"{m['inception_score']:.2f} ± {m['inception_score_std']:.2f} | {pr[0]} | {pr[1]} |")
   if m0["fid_input_size"] != 299:
     lines += ["", f"(!) Inputs at {m0['fid_input_size']} px, not 299: not comparable with published FIDs."]
   return lines
