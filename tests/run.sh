@@ -3,8 +3,8 @@
 # long process, jax 0.10.2 segfaulted compiling in tests/test_models.py after the
 # pipeline tests), sharing one fresh persistent compilation cache.  A job is a test
 # file of tests/, tests/tasks/ or tests/stages/, or one of the other folders mirroring
-# the package (tests/unlearning/, tests/evaluation/, ...) whole; tests/test_configs.py's
-# one-step smoke runs are one job per config.
+# the package (tests/unlearning/, tests/evaluation/, ...) whole, or the few light files listed
+# below together; tests/test_configs.py's one-step smoke runs are one job per config.
 # TEST_JOBS jobs run at once (default 2: most of the suite is single-threaded XLA
 # compilation, so two processes use both cores of a 2-core machine), the slowest
 # first; each job's output is printed whole, in order, and the last line sums them up.
@@ -27,16 +27,25 @@ jobs+=("tests/test_configs.py --deselect=tests/test_configs.py::test_config_cpu_
 slow=(tests/test_dimum_pipeline.py tests/tasks/test_unlearncanvas.py tests/test_training.py tests/test_cli.py
       tests/test_models.py)
 for f in "${slow[@]}"; do [ -f "$f" ] && jobs+=("$f"); done
+# Files that take a few seconds each (measured: <= 15 s on their own, most of it the ~4 s of
+# starting Python, jax and pytest) share one process.
+light=(tests/test_losses.py tests/test_erasing_methods.py tests/test_settings.py tests/test_resume.py
+       tests/test_imports.py tests/test_canvas.py tests/test_sde.py tests/test_data.py tests/test_likelihood.py
+       tests/stages/test_train_consts.py tests/stages/test_kinds.py tests/tasks/test_interface.py
+       tests/tasks/test_prompts.py tests/reporting)
+present=()
+for f in "${light[@]}"; do [ -e "$f" ] && present+=("$f"); done
 for f in tests/test_*.py tests/tasks/test_*.py tests/stages/test_*.py; do
   [[ -f "$f" ]] || continue
-  [[ "$f" == tests/test_configs.py || " ${slow[*]} " == *" $f "* ]] || jobs+=("$f")
+  [[ "$f" == tests/test_configs.py || " ${slow[*]} " == *" $f "* || " ${light[*]} " == *" $f "* ]] || jobs+=("$f")
 done
 # The other folders mirroring unlearn_jax/<package>/ hold small unit tests: one job per folder.
 for d in tests/*/; do
   d=${d%/}
-  [[ "$d" == tests/tasks || "$d" == tests/stages ]] && continue
+  [[ "$d" == tests/tasks || "$d" == tests/stages || " ${light[*]} " == *" $d "* ]] && continue
   compgen -G "$d/test_*.py" > /dev/null && jobs+=("$d")
 done
+[ ${#present[@]} -gt 0 ] && jobs+=("${present[*]}")
 
 run_job() {  # $1: index, $2: job (pytest arguments, space-separated); $TEST_ARGS: extra ones
   local -a spec extra

@@ -32,6 +32,8 @@ def shrink(c):
       st.num = 4
   c.classifier.steps = 1
   c.sa.fisher_samples = 4   # Selective Amnesia's Fisher (500 generated samples in compare_digits:cpu)
+  if "sd" in c and c.sd.fit_vae_steps:
+    c.sd.fit_vae_steps = 2   # the tiny VAE's fit (300 steps, ~55 s) runs; its quality: test_stable_diffusion
   c.training.batch_size = 4
   c.training.log_every = 1
   c.training.ckpt_every = 1
