@@ -3,7 +3,6 @@ import importlib
 import os
 import types
 
-import jax
 import numpy as np
 import pytest
 
@@ -13,27 +12,16 @@ from unlearn_jax import pipeline
 from unlearn_jax import settings
 from unlearn_jax.errors import UserError
 from unlearn_jax.evaluation import inception_weights
-from unlearn_jax.models import inception
 from unlearn_jax.reporting import markdown
 from unlearn_jax.tasks import classes
+from unlearn_jax.tasks import prompts
 
 fid_lib = importlib.import_module("unlearn_jax.evaluation.fid")   # `evaluation.fid` is the function
 SIZE = 75            # the smallest input the network takes: a fast compile (299 is the standard)
 
 
-def random_variables(seed: int = 0) -> dict:
-  """The FID network's variables with activation-preserving random values (numpy: no compile)."""
-  rng = np.random.default_rng(seed)
-
-  def leaf(path, s):
-    name = path[-1].key
-    if name == "kernel":
-      return rng.normal(0, np.sqrt(2.0 / np.prod(s.shape[:-1])), s.shape).astype(np.float32)
-    if name in ("scale", "var"):
-      return np.ones(s.shape, np.float32)
-    return np.zeros(s.shape, np.float32)
-
-  return jax.tree_util.tree_map_with_path(leaf, inception.variable_shapes())
+#: the FID network's variables with activation-preserving random values (numpy: no compile)
+random_variables = prompts.random_inception_variables
 
 
 @pytest.fixture(scope="module")
