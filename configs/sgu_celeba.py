@@ -57,21 +57,8 @@ def get_config(arg=None):
   c.eval.update(dict(num_samples=10000, sample_batch_size=500))
   c.eval.nll.update(dict(num_examples=1000, batch_size=200))
   if arg == "cpu":
-    cpu(c)
+    config_lib.restoration_cpu_variant(c)
   elif arg:
     raise ValueError(f"unknown config argument {arg!r}: expected 'cpu' or nothing")
   return c
 
-
-def cpu(c):
-  """A smoke scale for a 2-core CPU (tests/test_configs.py runs it for one step): 16x16
-  images, a one-level ch-8 UNet, and both restorations switched on with a handful of
-  examples so that every measurement runs."""
-  config_lib.cpu_variant(c, steps=300, unlearn_steps=100, num_samples=64, nll_examples=8)
-  c.data.update(dict(image_size=16, max_examples=2000))
-  c.model.update(dict(ch=8, ch_mult=(1,), num_res_blocks=1))
-  c.classifier.update(dict(features=(16,), dense=32, steps=100, dropout=0.0))
-  c.eval.sampler.n_steps = 20
-  c.eval.inpaint.num_examples = 8
-  c.eval.reconstruct.update(dict(num_examples=8, n_steps=5))
-  return c

@@ -169,6 +169,20 @@ def cpu_variant(c: ml_collections.ConfigDict, *, steps: int = 1000, unlearn_step
   return c
 
 
+def restoration_cpu_variant(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """`cpu_variant` at smoke scale for the SGU configs with restorations (sgu_stl10, sgu_celeba;
+  tests/test_configs.py runs them for one step): 16x16 images, a one-level ch-8 UNet, and both
+  restorations (SGU Tables 3-4) on a handful of examples so that every measurement runs."""
+  cpu_variant(c, steps=300, unlearn_steps=100, num_samples=64, nll_examples=8)
+  c.data.update(dict(image_size=16, max_examples=2000))
+  c.model.update(dict(ch=8, ch_mult=(1,), num_res_blocks=1))
+  c.classifier.update(dict(features=(16,), dense=32, steps=100, dropout=0.0))
+  c.eval.sampler.n_steps = 20
+  c.eval.inpaint.num_examples = 8
+  c.eval.reconstruct.update(dict(num_examples=8, n_steps=5))
+  return c
+
+
 DIMUM_METHODS = ("ga", "salun", "dimum")
 #: the mask stage each method takes (SA's is the Fisher of its EWC penalty).
 #: the mask-stage kind of each method that requires one (`MethodSpec.mask`).
