@@ -305,7 +305,7 @@ class Runner:
       state, out = self.compiled(state, self.batches, self.key, self.consts)
     jax.block_until_ready((state, out))
     dt = (time.perf_counter() - t0) / steps
-    finite = float(out["finite"])
+    finite = float(training.param_diagnostics(state.params)["finite"])
     del state, out
     if finite != 1.0:
       raise FloatingPointError(f"{self.method}: non-finite parameters after {steps} steps")

@@ -20,7 +20,6 @@ import numpy as np
 import optax
 
 from unlearn_jax import train_state as ts
-from unlearn_jax import training
 
 
 def classifier_step(state: ts.TrainState, batches, rng, consts=None, *, apply_fn: Callable, tx,
@@ -43,8 +42,7 @@ def classifier_step(state: ts.TrainState, batches, rng, consts=None, *, apply_fn
     loss, acc, grads = jax.lax.pmean((loss, acc, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = {"loss/classifier": loss, "accuracy/train": acc,
-             "finite": training.all_finite(params).astype(jnp.float32)}
+  metrics = {"loss/classifier": loss, "accuracy/train": acc}
   return state.replace(step=state.step + 1, params=params, ema_params=params, opt_state=opt_state), metrics
 
 
