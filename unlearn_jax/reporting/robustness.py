@@ -10,8 +10,9 @@ what a reader needs to compare one run with another paper's:
   pretrained per pretrained model (the `init` of the attacked model's stage; an attacked train
              stage is its own): its parameter hash and its success (`reference`);
   methods    per attacked model: its method, variant, the method's config section and
-             config.unlearn, the unlearn stage's steps / lr / batch_size / mask / init, its
-             parameter hash;
+             config.unlearn, the unlearn stage's steps / lr (the stage's, else config.optim.lr;
+             a method that sets its own, e.g. EraseDiff's couple_lr, says so in its section) /
+             batch_size / mask / init, its parameter hash, its results.json numbers ("evaluated");
   attacks    per attack stage: kind, data, budget and seed from <stage>/attack.json (absent in
              workdirs written before attack.json: a DiMRA finetune with the stage's budget from
              the config, "source" says which), its curve (every curve.json key over steps) and
