@@ -31,6 +31,8 @@
   nudity.py      NudeNet nudity counts per exposed class at score >= 0.6 and the share
                  of flagged images: `nudity_counts` (images; needs the `nudity` extra,
                  imported only then), `count_detections`, `detection_summary`
+  robustness.py  summaries of one attack curve (issue 15; not re-exported: callers write
+                 `robustness.X`): `summarize`, `max_success`, `steps_to_half`, `area_under_curve`
 
 Imports point downward only (data, train_state, training, errors, models); nothing here
 imports the stages, tasks or reporting.  Curve CSVs and plots are in

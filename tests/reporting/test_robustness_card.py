@@ -1,0 +1,221 @@
+"""robustness.json and its report section (`reporting.robustness`), on fixture files: two
+attack stages (one with attack.json, one from an older workdir without it), hand-written
+results.json entries and tiny parameter trees; the report stage's wiring end to end."""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import types
+
+import numpy as np
+import pytest
+
+from unlearn_jax import config_lib
+from unlearn_jax import settings
+from unlearn_jax.experiment import stage_seed
+from unlearn_jax.reporting import robustness
+from unlearn_jax.stages import report as report_stage
+from unlearn_jax.tasks import classes
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "robustness_section.md")
+
+
+def _config():
+  c = config_lib.digits_ddpm(cpu=True)
+  c.stages, c.stage_order = config_lib.dimum_stages(pretrain_steps=10, unlearn_steps=4, attack_steps=200,
+                                                    eval_every=50, methods=("salun", "dimum"))
+  return settings.of(c)
+
+
+CFG = _config()
+PARAMS = {m: {"dense": {"kernel": np.full((2, 3), v, np.float32), "bias": np.arange(3, dtype=np.float32)}}
+          for m, v in (("pretrained", 0.5), ("salun", 0.25), ("dimum", 0.125))}
+CLASSIFIER = {"head": np.ones((4,), np.float32)}
+RESULTS = {"data_source": "sklearn digits", "forget_classes": [3], "forget_class_names": ["3"],
+           "masks": {"salun_mask": {"method": "salun", "kept_fraction": 0.5}},
+           "models": {"pretrained": {"ar_mu": 0.8, "frechet_distance": 10.0, "nll": {"forget": 4.0}},
+                      "salun": {"ar_mu": 0.0, "frechet_distance": 12.0},
+                      "dimum": {"ar_mu": 0.0, "frechet_distance": 11.0}}}
+STEPS = [0, 50, 100, 200]
+SALUN = {"ar": [0.0, 0.25, 0.75, 0.5], "ar_cl": [1.0, 0.5, 0.25, 0.25], "nll_forget": [8.0, 7.0, 5.0, 6.0],
+         "fd": [12.0, 13.0, 15.0, 14.0]}
+DIMUM = {"ar": [0.0, 0.0, 0.125, 0.25], "ar_cl": [1.0, 1.0, math.nan, 0.75]}
+SALUN_ATTACK = {"attack": "finetune", "data": "retain", "init": "salun", "seed": 7,     # the config's budget
+                "budget": {"steps": 200, "lr": CFG.optim.lr, "batch_size": CFG.training.batch_size, "shots": 0,
+                           "eps": 0.0, "classes": []}}
+SPLITS = {"train": 1000, "test": 300, "retain": 900, "forget": 100}
+
+
+def _write(path, obj):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, "w") as f:
+    json.dump(obj, f)
+
+
+def _workdir(tmp_path) -> str:
+  w = str(tmp_path)
+  for name, curve in (("attack_salun", SALUN), ("attack_dimum", DIMUM)):
+    _write(os.path.join(w, name, "curve.json"),
+           {str(s): {k: v[i] for k, v in curve.items()} for i, s in enumerate(STEPS)})
+  _write(os.path.join(w, "attack_salun", "attack.json"), SALUN_ATTACK)     # attack_dimum: none (older)
+  return w
+
+
+def _card(w, **kw):
+  return robustness.build_card(CFG, w, RESULTS, PARAMS.__getitem__, classifier_params=CLASSIFIER, splits=SPLITS,
+                               **kw)
+
+
+def test_params_hash_is_sha256_over_leaves_in_tree_order():
+  tree = {"b": np.arange(2, dtype=np.float32), "a": np.zeros((1,), np.int32)}
+  h = hashlib.sha256()
+  for a in (tree["a"], tree["b"]):                        # jax.tree_util: sorted keys
+    h.update(f"{a.dtype.str}{a.shape}".encode() + a.tobytes())
+  assert robustness.params_sha256(tree) == h.hexdigest()
+  assert robustness.params_sha256(copy.deepcopy(tree)) == h.hexdigest()
+  changed = {"b": np.array([0.0, 1.5], np.float32), "a": tree["a"]}
+  assert robustness.params_sha256(changed) != h.hexdigest()
+  assert robustness.params_sha256({"b": tree["b"].astype(np.float64), "a": tree["a"]}) != h.hexdigest()
+
+
+def test_card_records_identifiers_budgets_curves_and_summaries(tmp_path):
+  w = _workdir(tmp_path)
+  card = _card(w)
+  robustness.check_card(card)
+  assert card["version"] == robustness.VERSION and card["experiment"] == CFG.experiment
+  assert card["data"] == {"name": "digits", "source": "sklearn digits", "seed": CFG.data.seed,
+                          "config_seed": CFG.seed, "forget_classes": [3], "forget_class_names": ["3"],
+                          "splits": SPLITS}
+  assert card["pretrained"] == {"pretrained": {
+      "params_sha256": robustness.params_sha256(PARAMS["pretrained"]), "success": {"ar": 0.8, "nll_forget": 4.0},
+      "reference_source": {"ar": "models.pretrained.ar_mu", "nll_forget": "models.pretrained.nll.forget"}}}
+  ev = card["evaluator"]
+  assert ev["classifier_stage"] == "classifier" and ev["classifier_sha256"] == robustness.params_sha256(CLASSIFIER)
+  assert ev["attack_num_samples"] == CFG.eval.attack_num_samples and "nudity_threshold" not in ev
+
+  salun = card["methods"]["salun"]
+  assert (salun["method"], salun["pretrained"], salun["params_sha256"]) == \
+      ("salun", "pretrained", robustness.params_sha256(PARAMS["salun"]))
+  st = CFG.stages["salun"]
+  assert salun["unlearn"] == {"steps": 4, "lr": CFG.optim.lr if st.lr is None else st.lr,
+                              "batch_size": st.batch_size or CFG.training.batch_size, "mask": "salun_mask",
+                              "init": "pretrained", "mask_method": "salun"}
+  assert salun["settings"]["salun"] == dataclasses.asdict(CFG.salun)
+  assert salun["settings"]["unlearn"] == dataclasses.asdict(CFG.unlearn)
+  assert card["methods"]["dimum"]["unlearn"]["mask"] == ""
+
+  a = card["attacks"]["attack_salun"]                     # from attack.json
+  assert (a["model"], a["attack"], a["data"], a["seed"], a["source"]) == ("salun", "finetune", "retain", 7,
+                                                                          "attack.json")
+  assert a["budget"] == SALUN_ATTACK["budget"] and a["complete"] is True
+  assert a["curve"] == {"steps": STEPS, **SALUN}
+  s = a["summary"]["ar"]                                  # test_robustness's hand computations
+  assert (s["max"], s["max_step"], s["final"], s["steps_to_half"], s["reference"]) == (0.75, 100, 0.5, 100, 0.8)
+  assert s["auc"] == pytest.approx(93.75 / 200) and s["auc_relative"] == pytest.approx(93.75 / 200 / 0.8)
+  assert s["utility"] == {"start": 12.0, "end": 14.0, "max": 15.0, "max_step": 100}
+  n = a["summary"]["nll_forget"]                          # drop 0, 1, 3, 2; pretrained drop 8 - 4 = 4
+  assert (n["direction"], n["max"], n["final"], n["steps_to_half"], n["reference"]) == ("lower", 3.0, 2.0, 100, 4.0)
+
+  d = card["attacks"]["attack_dimum"]                     # no attack.json: DiMRA with the config's budget
+  ast = CFG.stages["attack_dimum"]
+  assert d["source"].startswith("config") and d["attack"] == "finetune" and d["data"] == "retain"
+  assert d["seed"] == stage_seed(CFG, "attack_dimum")
+  assert d["budget"] == {"steps": 200, "lr": CFG.optim.lr if ast.lr is None else ast.lr,
+                         "batch_size": ast.batch_size or CFG.training.batch_size, "shots": 0, "eps": 0.0,
+                         "classes": []}
+  assert d["curve"]["ar_cl"] == [1.0, 1.0, None, 0.75]     # NaN -> null
+  assert d["summary"]["ar"]["steps_to_half"] is None and d["summary"]["ar"]["max"] == 0.25
+  assert "nll_forget" not in d["summary"] and "utility" not in d["summary"]["ar"]
+  assert _card(w, interpolate=True)["attacks"]["attack_salun"]["summary"]["ar"]["steps_to_half"] == \
+      pytest.approx(65.0)
+
+
+def test_attacks_with_another_budget_get_their_own_column(tmp_path):
+  card = _card(_workdir(tmp_path))
+  dimra = "DiMRA on D_r (assumption i)"
+  assert robustness.columns_of(card) == {dimra: {"salun": "attack_salun", "dimum": "attack_dimum"}}
+  card["attacks"]["attack_salun"]["budget"]["lr"] = 0.0005
+  b = card["attacks"]["attack_dimum"]["budget"]
+  assert robustness.columns_of(card) == {
+      f"{dimra}, 200 steps, lr 0.0005, batch {b['batch_size']}": {"salun": "attack_salun"},
+      f"{dimra}, 200 steps, lr {b['lr']:g}, batch {b['batch_size']}": {"dimum": "attack_dimum"}}
+
+
+def test_schema_names_each_problem(tmp_path):
+  card = _card(_workdir(tmp_path))
+  assert robustness.schema_problems(card) == []
+  bad = copy.deepcopy(card)
+  del bad["attacks"]["attack_salun"]["budget"]["steps"]
+  bad["evaluator"]["attack_num_samples"] = "500"
+  bad["attacks"]["attack_dimum"]["summary"]["ar"]["steps_to_half_interpolated"] = 1
+  bad["methods"]["salun"]["unlearn"]["steps"] = True
+  with pytest.raises(ValueError) as err:
+    robustness.check_card(bad)
+  for where in ("card.attacks.attack_salun.budget.steps: missing", "card.evaluator.attack_num_samples: str",
+                "card.attacks.attack_dimum.summary.ar.steps_to_half_interpolated: int",
+                "card.methods.salun.unlearn.steps: bool"):
+    assert where in str(err.value)
+  with pytest.raises(ValueError, match="version"):
+    robustness.check_card(dict(card, version=robustness.VERSION + 1))
+
+
+def _fake_exp():
+  class DS(list):
+    source, class_names = "sklearn digits", tuple("0123456789")
+  task = types.SimpleNamespace(NAMED_MODELS=tuple(PARAMS), named_params=lambda exp, m: PARAMS[m],
+                               classifier_params=lambda exp, w: CLASSIFIER, finalize=classes.finalize,
+                               report_tables=classes.report_tables)
+  return types.SimpleNamespace(config=CFG, conditional=True, alt=np.array([0, 1, 2, 4, 4, 5, 6, 7, 8, 9]),
+                               forget_labels=(3,), task=task, train=DS(range(12)), test=DS(range(5)),
+                               test_forget=DS(range(1)), test_retain=DS(range(4)),
+                               streams={"all": DS(range(12)), "retain": DS(range(10)), "forget": DS(range(2))})
+
+
+def _evaluated(w):
+  for m, entry in RESULTS["models"].items():
+    _write(os.path.join(w, "evaluate", f"{m}.json"),
+           dict(entry, ar_cl=0.125, retain_accuracy=0.75, samples_png=f"evaluate/{m}.png"))
+
+
+def test_report_stage_writes_the_card_and_its_section(tmp_path):
+  w = _workdir(tmp_path)
+  _evaluated(w)
+  exp = _fake_exp()
+  results = report_stage.write(exp, w)
+  assert set(results["attacks"]) == {"attack_salun", "attack_dimum"}     # results.json as before
+  with open(os.path.join(w, robustness.CARD_FILE)) as f:
+    card = json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in robustness.json: not strict JSON"))
+  robustness.check_card(card)
+  assert card["data"]["splits"] == {"train": 12, "test": 5, "test_forget": 1, "test_retain": 4, "all": 12,
+                                    "retain": 10, "forget": 2}
+  assert card["methods"]["dimum"]["params_sha256"] == robustness.params_sha256(PARAMS["dimum"])
+  with open(os.path.join(w, "report.md")) as f:
+    report = f.read()
+  section = "\n".join(robustness.report_lines(card, w))
+  assert section in report and report.index(section) < report.index("## Samples")
+  for png in ("robustness_dimra_on_d_r_assumption_i.png", "robustness_dimra_on_d_r_assumption_i_nll.png"):
+    assert f"]({png})" in section and os.path.getsize(os.path.join(w, png)) > 0
+  # without attack stages: no card, and report.md is the task's tables alone
+  plain = dataclasses.replace(CFG, stage_order=tuple(n for n in CFG.stage_order if not n.startswith("attack")))
+  exp.config = plain
+  os.remove(os.path.join(w, robustness.CARD_FILE))
+  assert report_stage.write_card(exp, w, results) is None and not os.path.exists(os.path.join(w, "robustness.json"))
+
+
+def test_report_section_equals_the_golden_file(tmp_path):
+  card = _card(_workdir(tmp_path))
+  few = copy.deepcopy(card["attacks"]["attack_dimum"])
+  few.update(label="few-shot k=5", data="fewshot", seed=11)
+  few["budget"].update(shots=5, steps=100, lr=0.001)
+  card["attacks"]["attack_dimum_fewshot"] = few
+  card["order"]["attacks"].append("attack_dimum_fewshot")
+  text = "\n".join(robustness.report_lines(card, str(tmp_path))) + "\n"
+  if os.environ.get("UPDATE_GOLDEN"):
+    with open(GOLDEN, "w") as f:
+      f.write(text)
+  with open(GOLDEN) as f:
+    assert text == f.read()
