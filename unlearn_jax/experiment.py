@@ -85,7 +85,7 @@ class Experiment:
     """The model's output; `cond_embedding` (B, E) in place of the labels' embedding rows
     (`models.ddpm_unet.UNet`; only passed on when given, so other models need not take it)."""
     if cond_embedding is not None:
-      return self.module.apply(variables, x, time, None, train=train, rngs=rngs,
+      return self.module.apply(variables, x, time, labels, train=train, rngs=rngs,
                                cond_embedding_BxE=cond_embedding)
     return self.module.apply(variables, x, time, labels, train=train, rngs=rngs)
 
