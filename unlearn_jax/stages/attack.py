@@ -78,11 +78,14 @@ def write_attack_info(exp: Experiment, name: str, st, stage_dir: str) -> dict:
 
 def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:
   """The embedding / condition attack (`attacks.condition`) on the frozen weights of `st.init`:
-  Adam (projected onto the eps-ball for "condition") on the class-embedding rows, fitted to
+  Adam (config.optim's name, b1, eps; no warmup, no clipping; the stage's decay), projected
+  onto the eps-ball for "condition", on the class-embedding rows, fitted to
   `shots` forget images (the first of D_f in the stage seed's permutation, `DEFAULT_SHOTS`
   if 0).  A curve point {"ar", "ar_cl"} of `config.eval.attack_num_samples` samples
   conditioned on the rows every `eval_every` steps (and at 0, the starting rows, and at the
-  end) into curve.json / curve.csv; attack.json records the effective budget.  The checkpoint
+  end) into curve.json / curve.csv ("ar_cl": the share classified as the alternative of the
+  class a row stands for; no "fd": with the weights frozen, the retained classes' samples
+  do not change); attack.json records the effective budget.  The checkpoint
   holds {"net": the init stage's weights, "rows": e}; a killed attack resumes from it."""
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
