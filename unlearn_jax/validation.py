@@ -305,7 +305,17 @@ def check_experiment(exp: Experiment) -> None:
       if (options.frozen or options.reset) and st.init == "scratch":
         raise UserError(f"config.stages.{name}.init", st.init, f"method {st.method!r} starts from a pretrained "
                         "model (its frozen targets / weights to reset): name an earlier stage or a stage directory")
+  _check_condition_shots(exp)
   exp.task.check(exp)
+
+
+def _check_condition_shots(exp: Experiment) -> None:
+  """An embedding / condition attack's `shots` are at most the |D_f| forget images there are."""
+  n = len(exp.streams["forget"])
+  for name in exp.config.stage_order:
+    st = exp.config.stages[name]
+    if st.kind == "attack" and st.attack in condition.ATTACKS and st.shots > n:
+      raise UserError(f"config.stages.{name}.shots", st.shots, f"expected at most |D_f| = {n} forget images")
 
 
 def _check_meta(exp: Experiment, field: str, path: str) -> None:

@@ -234,6 +234,7 @@ def test_the_condition_attack_keeps_its_budget_after_every_step(prefix, tmp_path
     (lambda c: c.stages.emb.update(eps=0.1), "config.stages.emb.eps"),
     (lambda c: c.stages.emb.update(data="retain"), "config.stages.emb.data"),
     (lambda c: c.stages.emb.update(shots=-1), "config.stages.emb.shots"),
+    (lambda c: c.stages.emb.update(shots=10 ** 6), "config.stages.emb.shots"),
     (lambda c: c.model.update(conditional=False), "config.stages.emb.kind|config.stages.emb.attack"),
     (lambda c: c.stages.report.update(kind="evaluate", models=("cond",)), "config.stages.report.models"),
     (lambda c: c.stages.cond.update(init="emb"), "config.stages.cond.init"),
