@@ -122,11 +122,21 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   public code (REFERENCE.md) uses 0.99: set `ema_rate=0.99` on its stage to match it.
   mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
+  attack: attack ("finetune": the fine-tuning attacks above; "embedding" | "condition": a
+  class-conditional DDPM's condition optimised, its weights frozen, `attacks.condition`):
+  both fit rows of the class-embedding space (one per forgotten class) to the denoising loss
+  of `shots` forget images (data="forget"; 0: `condition.DEFAULT_SHOTS` = 5, drawn from the
+  stage seed), Adam at lr (None: `condition.DEFAULT_LR` = 5e-3), batch_size, `steps`;
+  "embedding" starts a new row at the null row (textual inversion), "condition" at the
+  forgotten class's row within ||e - e0||_inf <= eps (UnlearnDiffAtk; eps 0: unconstrained,
+  the only value "embedding" takes).  Their checkpoint holds {"net": the init stage's weights,
+  unchanged, "rows": e}; an evaluate stage or a later stage's init cannot name them.
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
            models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="", decay="",
            lr=ml_collections.FieldReference(None, field_type=float),
            ema_rate=ml_collections.FieldReference(None, field_type=float))
+  d.update(attack="finetune", shots=0, eps=0.0)
   d.update(kw)
   return ml_collections.ConfigDict(d)
 

@@ -81,7 +81,12 @@ class Experiment:
       return self.streams[name]
     return load_synthetic(self, os.path.join(workdir, name))
 
-  def apply(self, variables, x, time, labels=None, train=False, rngs=None):
+  def apply(self, variables, x, time, labels=None, train=False, rngs=None, cond_embedding=None):
+    """The model's output; `cond_embedding` (B, E) in place of the labels' embedding rows
+    (`models.ddpm_unet.UNet`; only passed on when given, so other models need not take it)."""
+    if cond_embedding is not None:
+      return self.module.apply(variables, x, time, labels, train=train, rngs=rngs,
+                               cond_embedding_BxE=cond_embedding)
     return self.module.apply(variables, x, time, labels, train=train, rngs=rngs)
 
 

@@ -21,6 +21,7 @@ import numpy as np
 
 from unlearn_jax import data as data_lib
 from unlearn_jax import likelihood
+from unlearn_jax import models
 from unlearn_jax import sampling
 from unlearn_jax import score as score_lib
 from unlearn_jax import sde as sde_lib
@@ -62,18 +63,21 @@ def model_score_apply(exp: Experiment) -> Callable:
   return score_apply
 
 
-def model_eps_apply(exp: Experiment, params) -> Callable:
-  """eps_apply(x, i, labels) of a DDPM model (i: integer steps)."""
-  def eps_apply(x, i, labels):
-    out = exp.apply({"params": params}, x, exp.process.time_input(i), labels)
+def model_eps_apply(exp: Experiment, params, embedded: bool = False) -> Callable:
+  """eps_apply(x, i, c) of a DDPM model (i: integer steps): c the labels, or (embedded) rows
+  (B, E) of the class-embedding space in their place (`models.ddpm_unet.UNet`'s cond_embedding)."""
+  def eps_apply(x, i, c):
+    kw = {"cond_embedding": c} if embedded else {"labels": c}
+    out = exp.apply({"params": params}, x, exp.process.time_input(i), **kw)
     return score_lib.to_eps(out, exp.process.marginal_coeffs(i)[1], exp.config.model.output)
   return eps_apply
 
 
-def _sampler(exp: Experiment, per_dev: int) -> Callable:
+def _sampler(exp: Experiment, per_dev: int, embedded: bool = False) -> Callable:
   """pmap(params broadcast, one key and label row per device) -> samples in data space;
-  built once per shape."""
-  key = ("sample", per_dev)
+  built once per shape.  `embedded`: the conditions are class-embedding rows (B, E), and
+  guidance's null condition is the table's null row."""
+  key = ("sample_embedded" if embedded else "sample", per_dev)
   if key not in exp.compiled:
     cfg = exp.config
     shape = (per_dev,) + exp.example_shape
@@ -82,9 +86,10 @@ def _sampler(exp: Experiment, per_dev: int) -> Callable:
     @functools.partial(jax.pmap, in_axes=(None, 0, 0))
     def sample(params, rng, labels):
       if discrete:
-        eps_apply = model_eps_apply(exp, params)
+        eps_apply = model_eps_apply(exp, params, embedded)
         if exp.conditional:
-          eps_fn = sampling.guided_eps_fn(eps_apply, labels, exp.null_label, cfg.eval.sampler.guidance)
+          null = models.class_table(params)[exp.null_label] if embedded else exp.null_label
+          eps_fn = sampling.guided_eps_fn(eps_apply, labels, null, cfg.eval.sampler.guidance)
         else:
           eps_fn = lambda x, i: eps_apply(x, i, None)
         x = DDPM_SAMPLERS[cfg.eval.sampler.kind](exp, eps_fn, shape, rng)
@@ -100,24 +105,31 @@ def _sampler(exp: Experiment, per_dev: int) -> Callable:
 
 
 def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Optional[int] = None,
-             labels: Optional[np.ndarray] = None) -> np.ndarray:
+             labels: Optional[np.ndarray] = None, cond: Optional[np.ndarray] = None) -> np.ndarray:
   """n samples in data space ([0, 1] images, raw toy points), batched and pmapped over devices.
 
-  `labels` (n,) are the conditions of a class-conditional model (required there).
+  `labels` (n,) are the conditions of a class-conditional model (required there), or `cond`
+  (n, E) in their place: rows of its class-embedding space (the condition attacks, a sample
+  conditioned on a row of the table equals one conditioned on that row's label).
   """
-  if exp.conditional and labels is None:
-    raise ValueError("a class-conditional model needs one label per sample")
+  if exp.conditional and labels is None and cond is None:
+    raise ValueError("a class-conditional model needs one label (or embedding row) per sample")
   n_dev = jax.local_device_count()
   batch_size = min(batch_size or exp.config.eval.sample_batch_size, max(n, 1))
   per_dev = -(-batch_size // n_dev)
-  sample = _sampler(exp, per_dev)
+  sample = _sampler(exp, per_dev, embedded=cond is not None)
   step = per_dev * n_dev
-  labels = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
+  if cond is not None:
+    conds = np.asarray(cond, np.float32)
+  else:
+    conds = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
   out, i = [], 0
   while sum(len(o) for o in out) < n:
     keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
-    lab = np.resize(labels[i * step:(i + 1) * step], step) if n else np.zeros(step, np.int32)
-    out.append(np.asarray(sample(params, keys, lab.reshape(n_dev, per_dev))).reshape((-1,) + exp.example_shape))
+    idx = np.resize(np.arange(i * step, min((i + 1) * step, n)), step) if n else np.zeros(step, np.int64)
+    c = conds[idx] if n else np.zeros((step,) + conds.shape[1:], conds.dtype)
+    out.append(np.asarray(sample(params, keys, c.reshape((n_dev, per_dev) + c.shape[1:])))
+               .reshape((-1,) + exp.example_shape))
     i += 1
   return np.concatenate(out)[:n]
 

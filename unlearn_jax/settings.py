@@ -274,6 +274,9 @@ class Stage:
   decay: str = ""
   lr: Optional[float] = None
   ema_rate: Optional[float] = None
+  attack: str = "finetune"
+  shots: int = 0
+  eps: float = 0.0
 
 
 _GENERAL = (("data", Data), ("sde", SDE), ("model", Model), ("optim", Optim), ("training", Training),

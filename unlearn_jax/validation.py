@@ -23,6 +23,7 @@ from unlearn_jax import score as score_lib
 from unlearn_jax import stages
 from unlearn_jax import tasks
 from unlearn_jax import training
+from unlearn_jax.attacks import condition
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.experiment import STREAMS, Experiment
 from unlearn_jax.stages import train as train_stage
@@ -122,6 +123,7 @@ def check_config(config) -> None:
         if m not in seen or config.stages[m].kind not in MODEL_KINDS:
           raise UserError(f"{field}.models", m, "expected train/unlearn/attack stages that run earlier")
     seen.append(name)
+  _check_condition_attacks(config)
   check_range("config.sgu.alpha", config.sgu.alpha, 0.0, 1.0)
   check_range("config.sgu.max_std", config.sgu.max_std, 0.0, float("inf"))
   check_choice("config.optim.decay", config.optim.decay, training.DECAYS)
@@ -141,6 +143,42 @@ def check_config(config) -> None:
   check_choice("config.eval.nll.offset", config.eval.nll.offset, ("score_sde", "density"))
   _validate_numbers(config)
   tasks.get(config).validate(config)
+
+
+#: config.model.name values whose class-embedding table the condition attacks optimise in.
+CONDITION_MODELS = ("ddpm_unet", "ncsnpp")
+
+
+def _check_condition_attacks(config) -> None:
+  """An attack stage's `attack` ("finetune" or `condition.ATTACKS`), `shots` and `eps` (>= 0;
+  nonzero only for "condition"); an embedding / condition attack needs a class-conditional
+  DDPM UNet of the classes task, takes data="forget", and is no model for an evaluate stage or
+  a later stage's init (its weights are its init's)."""
+  cond_attacks = set()
+  for name in config.stage_order:
+    st, field = config.stages[name], f"config.stages.{name}"
+    refs = [("models", m) for m in st.get("models", ())] + [("init", st.get("init", "scratch"))]
+    for key, ref in refs:
+      if ref in cond_attacks:
+        raise UserError(f"{field}.{key}", ref, f"{ref!r} is a condition attack: it changes no weights (name "
+                        f"its init stage, {config.stages[ref].init!r}); its curve is in results.json's attacks")
+    if st.kind != "attack":
+      continue
+    attack = check_choice(f"{field}.attack", st.get("attack", "finetune"), ("finetune",) + condition.ATTACKS)
+    check_range(f"{field}.shots", st.get("shots", 0), 0, 10 ** 9, integer=True)
+    check_range(f"{field}.eps", st.get("eps", 0.0), 0.0, 1e6)
+    if st.get("eps", 0.0) and attack != "condition":
+      raise UserError(f"{field}.eps", st.eps, "expected 0: only attack='condition' has a perturbation budget")
+    if attack not in condition.ATTACKS:
+      continue
+    if not config.model.get("conditional", False) or config.model.get("name") not in CONDITION_MODELS \
+       or tasks.get(config).NAME != "classes":
+      raise UserError(f"{field}.attack", attack, "needs a class-conditional DDPM UNet of the classes task "
+                      "(config.model.conditional=True, config.model.name in " + ", ".join(CONDITION_MODELS) + ")")
+    if st.data != "forget":
+      raise UserError(f"{field}.data", st.data, f"expected 'forget': attack {attack!r} fits its condition to "
+                      "`shots` forget images")
+    cond_attacks.add(name)
 
 
 INF = float("inf")
@@ -267,7 +305,17 @@ def check_experiment(exp: Experiment) -> None:
       if (options.frozen or options.reset) and st.init == "scratch":
         raise UserError(f"config.stages.{name}.init", st.init, f"method {st.method!r} starts from a pretrained "
                         "model (its frozen targets / weights to reset): name an earlier stage or a stage directory")
+  _check_condition_shots(exp)
   exp.task.check(exp)
+
+
+def _check_condition_shots(exp: Experiment) -> None:
+  """An embedding / condition attack's `shots` are at most the |D_f| forget images there are."""
+  n = len(exp.streams["forget"])
+  for name in exp.config.stage_order:
+    st = exp.config.stages[name]
+    if st.kind == "attack" and st.attack in condition.ATTACKS and st.shots > n:
+      raise UserError(f"config.stages.{name}.shots", st.shots, f"expected at most |D_f| = {n} forget images")
 
 
 def _check_meta(exp: Experiment, field: str, path: str) -> None:

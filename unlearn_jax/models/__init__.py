@@ -24,11 +24,11 @@ import jax.numpy as jnp
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.models.classifier import Classifier, ClassifierConfig
 from unlearn_jax.models.mlp import MLP, MLPConfig
-from unlearn_jax.models.ddpm_unet import UNet, UNetConfig, downsample_factor
+from unlearn_jax.models.ddpm_unet import UNet, UNetConfig, class_table, downsample_factor
 
 __all__ = [
     "Classifier", "ClassifierConfig", "MLP", "MLPConfig", "UNet", "UNetConfig",
-    "MODEL_NAMES", "build_model", "build_classifier", "init_params", "check_image_shape",
+    "MODEL_NAMES", "build_model", "class_table", "build_classifier", "init_params", "check_image_shape",
 ]
 
 #: fields of the typed configs set from the data, not from `config.model`.

@@ -26,7 +26,10 @@ The network is agnostic to the output type (eps or score, see `score.py`).
 Class conditioning (num_classes = K > 0): `nn.Embed(K + 1, E)` added to the
 time embedding; index K is the *null class* of classifier-free guidance (Ho &
 Salimans 2022) and `labels=None` means "all null".  An unconditional model
-(K = 0) rejects labels.
+(K = 0) rejects labels.  `cond_embedding` (B, E), when given, replaces the table lookup
+Embed(y) by that vector (the condition attacks of `unlearn_jax.attacks.condition`: a learned
+or optimised row in the class-embedding space); the parameter tree is the same and, unused,
+the outputs are too (`class_table(params)` is the (K + 1, E) table itself).
 
 Resolutions: a level's resolution is image_size / 2^l, so image_size must be
 divisible by 2^(len(ch_mult) - 1) (28 -> 14 -> 7 with ch_mult (1, 2, 2)).
@@ -95,18 +98,28 @@ def downsample_factor(cfg: UNetConfig) -> int:
   return 2 ** (len(cfg.ch_mult) - 1)
 
 
+def class_table(params) -> jax.Array:
+  """The (K + 1, E) class-embedding table of a conditional model's parameters (row K: null)."""
+  return params["class_embed"]["embedding"]
+
+
 class UNet(nn.Module):
   """Score / noise network for NHWC images; output shaped like x."""
   config: UNetConfig
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, time_B: jax.Array,
-               labels_B: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+               labels_B: Optional[jax.Array] = None, train: bool = False,
+               cond_embedding_BxE: Optional[jax.Array] = None) -> jax.Array:
     cfg = self.config
     B = x_BxHxWxC.shape[0]
     embed_dim = cfg.ch * cfg.embed_dim_mult
     emb_BxE = layers.TimeEmbedding(cfg.ch, embed_dim, name="time_embed")(time_B)
-    if cfg.num_classes > 0:
+    if cond_embedding_BxE is not None:
+      if cfg.num_classes == 0 or labels_B is not None:
+        raise ValueError("cond_embedding replaces the labels of a class-conditional UNet: pass one, not both")
+      emb_BxE = emb_BxE + cond_embedding_BxE
+    elif cfg.num_classes > 0:
       if labels_B is None:
         labels_B = jnp.full((B,), cfg.num_classes, jnp.int32)
       emb_BxE = emb_BxE + nn.Embed(cfg.num_classes + 1, embed_dim,

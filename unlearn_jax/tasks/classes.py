@@ -191,11 +191,15 @@ def sample_quality(exp: Experiment, pred: np.ndarray, conf: np.ndarray) -> dict:
                                    threshold=e.confidence_threshold, min_confident_share=e.min_confident_share)
 
 
-def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array) -> dict:
+def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array, cond_rows=None) -> dict:
   """AR (share of forget-conditioned samples classified as a forgotten class) and
-  AR_CL (share classified as the alternative class of their condition)."""
+  AR_CL (share classified as the alternative class of their condition).
+
+  `cond_rows` (F, E): the samples are conditioned on these rows of the class-embedding space in
+  place of the labels, row j standing for forget_labels[j] (`attacks.condition`)."""
   labels = np.resize(np.asarray(exp.forget_labels, np.int32), n)
-  x = generation.generate(exp, params, n, rng, labels=labels)
+  cond = None if cond_rows is None else np.asarray(cond_rows)[np.resize(np.arange(len(exp.forget_labels)), n)]
+  x = generation.generate(exp, params, n, rng, labels=labels, cond=cond)
   pred = evaluation.predict(exp.classifier.apply, clf_params, x)
   return {"ar": evaluation.attack_rate(pred, exp.forget_labels),
           "ar_cl": float(np.mean(pred == exp.alt[labels])) if n else float("nan"),

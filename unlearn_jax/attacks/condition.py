@@ -1,0 +1,127 @@
+"""Condition attacks: optimise the condition of a frozen class-conditional model, never its weights.
+
+Both attacks search the class-embedding space of the model (`models.ddpm_unet.UNet`'s
+(K + 1, E) table; the condition reaches the network as `cond_embedding`) for rows
+e = (e_1 .. e_F), one per forgotten class c_j, minimising the model's own denoising loss on
+forget images x_0 of class c_j (the CDM loss, DiMUM paper Eq. 4, with the label's embedding
+replaced by e_j):
+
+    L(e) = E_{(x_0, c_j), t, z} w(t) || z - eps_theta(x_t, t | e_j) ||^2,   theta frozen.
+
+  embedding  textual inversion's analogue (Gal et al. 2023, Eq. 2: v* = argmin_v of the
+             same loss over a new token embedding): e is a NEW row per forgotten class,
+             initialised at the null row of the table (`INITS["null"]`: before the attack
+             its samples are the guided model's unconditional ones), unconstrained.
+  condition  UnlearnDiffAtk (Zhang et al. 2024, Eq. 3-4: the diffusion model as its own
+             classifier, the adversarial prompt minimising the denoising loss of the target
+             image): e starts at the forgotten class's own row e0 = table[c_j]
+             (`INITS["class"]`) and stays in the budget ||e - e0||_inf <= eps after every
+             step (projected Adam; eps = 0: unconstrained).
+
+The step is pure: `attack_step(state, batches, rng, consts, spec=..., tx=...)` has the shape
+`training.train_loop` pmaps; state.params = {"net": the frozen weights, "rows": e}, and only
+"rows" has gradients, optimiser moments and updates (the network passes through untouched).
+The network runs as at sampling (train=False: no dropout).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Optional, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from unlearn_jax import losses
+from unlearn_jax import score as score_lib
+from unlearn_jax import train_state as ts
+from unlearn_jax import training
+
+#: attack -> the rows it starts from: "null" (the table's null row, for every forgotten class)
+#: or "class" (each forgotten class's own row).
+INITS = {"embedding": "null", "condition": "class"}
+ATTACKS = tuple(INITS)
+#: forget images an attack uses when its stage's `shots` is 0 (textual inversion's 3-5 images).
+DEFAULT_SHOTS = 5
+#: Adam's learning rate when the stage sets none (textual inversion's base rate 5e-3).
+DEFAULT_LR = 5e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+  """The static parts of an attack step (closed over, never traced)."""
+  apply_fn: Callable            # apply_fn(variables, x, time, train=..., cond_embedding=...)
+  process: Any                  # the DDPM schedule (or an SDE)
+  output_type: str              # "eps" or "score"
+  forget_labels: Tuple[int, ...]
+  weighting: str = "simple"
+  reduce: str = "sum"
+  centered: bool = False
+  random_flip: bool = False
+  #: the budget ||e - e0||_inf <= eps; 0: unconstrained.
+  eps: float = 0.0
+
+
+def initial_rows(table_KxE: jax.Array, forget_labels, init: str) -> jax.Array:
+  """(F, E) starting rows: the null row (the table's last) F times ("null"), or the forgotten
+  classes' own rows ("class")."""
+  forget = np.asarray(forget_labels, np.int32)
+  if init == "null":
+    return jnp.tile(table_KxE[-1][None], (len(forget), 1))
+  if init == "class":
+    return table_KxE[forget]
+  raise ValueError(f"init must be one of {sorted(set(INITS.values()))}, got {init!r}")
+
+
+def row_index(labels_B: jax.Array, forget_labels) -> jax.Array:
+  """Position j of each label in `forget_labels` (the row e_j conditioning that image)."""
+  forget = jnp.asarray(forget_labels, jnp.int32)
+  return jnp.argmax(labels_B[:, None] == forget[None, :], axis=1)
+
+
+def project(rows: jax.Array, rows0: jax.Array, eps: float) -> jax.Array:
+  """The projection onto {e : ||e - e0||_inf <= eps} (eps = 0: the identity)."""
+  if not eps:
+    return rows
+  return rows0 + jnp.clip(rows - rows0, -eps, eps)
+
+
+def condition_loss(rows_FxE: jax.Array, net, batch, keys: jax.Array, spec: AttackSpec) -> jax.Array:
+  """L(e) above on one batch {"x": (B, ...) in [0, 1], "labels": (B,) forgotten classes}, the
+  noise of example k drawn from keys[k] (`training.perturb_examples`), mean over the batch."""
+  x0 = training.preprocess(batch["x"], keys, spec.centered, spec.random_flip)
+  noised = training.perturb_examples(spec.process, x0, keys, spec.weighting)
+  cond_BxE = rows_FxE[row_index(batch["labels"], spec.forget_labels)]
+  out = spec.apply_fn({"params": net}, noised.x_t, noised.time_input, train=False, cond_embedding=cond_BxE)
+  eps_pred = score_lib.to_eps(out, noised.std, spec.output_type)
+  return jnp.mean(losses.denoising_loss(eps_pred, noised.noise, noised.weight, reduce=spec.reduce))
+
+
+def init_state(net, rows0: jax.Array, tx: optax.GradientTransformation) -> ts.TrainState:
+  """The attack's TrainState: params {"net", "rows"}, optimiser state of the rows only, no EMA
+  (ema_params is params)."""
+  params = {"net": net, "rows": rows0}
+  return ts.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
+                       opt_state=tx.init(rows0))
+
+
+def attack_step(state: ts.TrainState, batches, rng: jax.Array, consts=None, *, spec: AttackSpec,
+                tx: optax.GradientTransformation, axis_name: Optional[str] = training.AXIS):
+  """One projected step on the rows: e <- Pi_eps(e + Adam(grad_e L)); consts {"rows0": e0}.
+  Pure; pmap it with `axis_name` (the gradient is averaged over devices) or call it with None."""
+  batch = batches["forget"]
+  step_rng = jax.random.fold_in(rng, state.step)
+  keys = training.example_keys(step_rng, batch["x"].shape[0], axis_name)
+  net, rows = state.params["net"], state.params["rows"]
+  loss, grad = jax.value_and_grad(condition_loss)(rows, net, batch, keys, spec)
+  if axis_name is not None:
+    loss, grad = jax.lax.pmean((loss, grad), axis_name)
+  updates, opt_state = tx.update(grad, state.opt_state, rows)
+  rows = project(optax.apply_updates(rows, updates), consts["rows0"], spec.eps)
+  params = {"net": net, "rows": rows}
+  metrics = {"loss/attack": loss, "grad_norm/rows": optax.tree.norm(grad),
+             "dist_inf": jnp.max(jnp.abs(rows - consts["rows0"])),
+             "finite": training.all_finite(rows).astype(jnp.float32)}
+  return state.replace(step=state.step + 1, params=params, ema_params=params, opt_state=opt_state), metrics
+
