@@ -274,6 +274,8 @@ class Stage:
   decay: str = ""
   lr: Optional[float] = None
   ema_rate: Optional[float] = None
+  shots: int = 0
+  classes: Tuple[int, ...] = ()
 
 
 _GENERAL = (("data", Data), ("sde", SDE), ("model", Model), ("optim", Optim), ("training", Training),
