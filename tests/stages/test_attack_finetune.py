@@ -117,6 +117,11 @@ def test_benign_finetuning_never_sees_a_forget_example(cond_exp, tmp_path, monke
 
 def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_path, monkeypatch):
   exp, name, k = cond_exp, "attack_dimum_fewshot3", 3
+  gens, real_gen = [], generation.generate
+  monkeypatch.setattr(generation, "generate", lambda e, p, n, rng, **kw: gens.append(
+      (kw.get("labels"), real_gen(e, p, n, rng, **kw))) or gens[-1][1])
+  refs, real_ref = [], tasks.classes._retain_reference
+  monkeypatch.setattr(tasks.classes, "_retain_reference", lambda *a: refs.append(real_ref(*a)) or refs[-1])
   seen = run_attack(exp, name, str(tmp_path), monkeypatch, steps=3, lr=3e-3, batch_size=2)   # 6 draws: 2 epochs
   seed = exp_lib.stage_seed(exp.config, name)
   idx = exp_lib.fewshot_indices(len(exp.streams["forget"]), k, seed)
@@ -140,6 +145,14 @@ def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_pa
   for p in curve.values():
     assert set(p) == {"ar", "ar_cl", "fd"}            # no likelihood for the discrete DDPM schedule
     assert 0 <= p["ar"] <= 1 and 0 <= p["ar_cl"] <= 1 and p["fd"] >= 0
+  # fd: retain-conditioned samples against D_r's n images (their statistics computed once)
+  clf, n = tasks.classes.classifier_params(exp, ""), exp.config.eval.attack_num_samples
+  assert len(refs) == 1 and len(gens) == 2 * len(curve)
+  ref = evaluation.embed(exp.classifier.apply, clf, data_lib.to_float(refs[0]))
+  for step, (labels, x) in zip(sorted(curve, key=int), gens[1::2]):
+    assert np.isin(labels, exp.retained_classes).all() and len(x) == n
+    fd = evaluation.frechet_distance_from_features(evaluation.embed(exp.classifier.apply, clf, x), ref)
+    assert curve[step]["fd"] == pytest.approx(fd, rel=1e-6)
   header = open(os.path.join(tmp_path, name, "curve.csv")).readline().strip()
   assert header == "step,ar_dimra,ar_cl,fd"
 
