@@ -440,8 +440,9 @@ def finalize(exp: Experiment, results: dict, workdir: str) -> None:
 def report_tables(results: dict, workdir: str) -> list:
   """report.md's body: the DiMUM paper's Tables I-III and curves (class-conditional), or the
   SGU paper's Table 1 (toy data) / Table 2 or 5 (images) and, where measured, its Tables 3-4
-  (inpainting, reconstruction)."""
-  if "attacks" in results:
+  (inpainting, reconstruction).  An unconditional model's attacks are in results.json
+  ("attacks"), not in these tables."""
+  if "alternative_classes" in results:       # a class-conditional run
     return markdown.conditional_lines(results, workdir)
   return markdown.sgu_lines(results) + markdown.restoration_lines(results["models"])
 
