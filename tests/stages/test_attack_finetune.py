@@ -229,3 +229,17 @@ def test_condition_attacks_need_a_conditional_model(tmp_path):
   c = unconditional_config()
   c.stages.attack_standard.attack = "embedding"
   assert _error(c, tmp_path) == "config.stages.attack_standard.attack"
+
+
+def test_an_unconditional_run_with_attacks_keeps_its_sgu_report():
+  from unlearn_jax.reporting import markdown
+  model = {"unlearning_ratio": 0.1, "num_samples": 4, "class_histogram": [1] * 10, "confident_share": 0.8,
+           "confidence_threshold": 0.9, "recognised": True, "samples_png": "evaluate/x.png", "histogram_tv": 0.1,
+           "retain_histogram_tv": 0.1,
+           "nll": {"retain": 3.0, "forget": 3.1, "unit": "bits/dim", "offset": 8.0, "convention": "score_sde"}}
+  results = {"experiment": "sgu", "dataset": "digits", "data_source": "test", "forget_classes": [3],
+             "forget_class_names": ["3"], "classifier": None, "models": {"standard": model}, "wall_time_s": {},
+             "attacks": {"attack_standard": {"model": "standard", "data": "fewshot", "steps": [0, 1],
+                                             "ar_dimra": [0.0, 0.25], "ar_cl": [float("nan")] * 2}}}
+  md = markdown.render(results, ".", tasks.classes.report_tables)
+  assert "SGU paper, Table 2 shape" in md and "DiMUM" not in md
