@@ -16,7 +16,9 @@ import jax
 import numpy as np
 import pytest
 
-from unlearn_jax import config_lib, data as data_lib, evaluation, generation, models, pipeline, tasks
+from unlearn_jax import config_lib, data as data_lib, evaluation, generation, models, pipeline, settings, tasks
+from unlearn_jax import sde as sde_lib
+from unlearn_jax import validation
 from unlearn_jax import experiment as exp_lib
 from unlearn_jax.errors import UserError
 from unlearn_jax.stages import attack as attack_stage
@@ -157,9 +159,13 @@ def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_pa
   assert header == "step,ar_dimra,ar_cl,fd"
 
 
-def test_unconditional_sde_attack_records_ar_and_forget_nll(tmp_path, monkeypatch):
-  exp = stub_exp(pipeline.build_experiment(unconditional_config()), LinearModule())
-  assert not exp.conditional
+def test_unconditional_sde_attack_records_ar_and_forget_nll(cond_exp, tmp_path, monkeypatch):
+  c = unconditional_config()
+  validation.check_config(c)                # a fine-tuning attack on an unconditional model is valid
+  cfg = settings.of(c)                      # its experiment: the same digits data (not loaded again)
+  exp = dataclasses.replace(cond_exp, config=cfg, conditional=False, compiled={},
+                            process=sde_lib.get_sde(cfg.sde.name, **dataclasses.asdict(cfg.sde)))
+  assert tasks.classes.has_likelihood(exp)
   nlls, real_nll = [], tasks.classes.set_nll
   monkeypatch.setattr(tasks.classes, "set_nll",
                       lambda e, p, ds, rng: nlls.append((ds, real_nll(e, p, ds, rng))) or nlls[-1][1])
