@@ -79,6 +79,9 @@ def base() -> ml_collections.ConfigDict:
       # conditional models: samples per forget-class evaluation (AR_MU, AR_CL) and for the
       # Fréchet distance on the evaluation classifier's features (retain classes).
       fd_num_samples=1000, attack_num_samples=500,
+      # attack curves of conditional models: "fd" (utility) at each point too, on
+      # attack_num_samples retain-conditioned samples more (`tasks.classes.attack_measures`).
+      attack_fd=False,
       nll=ml_collections.ConfigDict(dict(
           num_examples=1000, batch_size=100, passes=1, rtol=1e-5, atol=1e-5,
           hutchinson="rademacher", offset="score_sde")),
@@ -120,6 +123,11 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   Unlearn/attack default to no EMA: a 0.9999 EMA started from the pretrained weights
   would after a 300-step stage still be 0.9999^300 = 97% the pretrained model.  EraseDiff's
   public code (REFERENCE.md) uses 0.99: set `ema_rate=0.99` on its stage to match it.
+  attack fields beside DiMRA's streams (`experiment.ATTACK_STREAMS`): data="benign" fine-tunes on
+  the training examples of `classes` (retained classes only; () = the retained classes other
+  than the forgotten classes' alternatives, `experiment.benign_classes`), data="fewshot" on
+  `shots` forget examples (1 <= shots <= |D_f|, drawn from the stage seed,
+  `experiment.fewshot_indices`), with their labels.
   mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
   attack: attack ("finetune": the fine-tuning attacks above; "embedding" | "condition": a
@@ -133,7 +141,7 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   unchanged, "rows": e}; an evaluate stage or a later stage's init cannot name them.
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
-           models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="", decay="",
+           models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="", decay="", shots=0, classes=(),
            lr=ml_collections.FieldReference(None, field_type=float),
            ema_rate=ml_collections.FieldReference(None, field_type=float))
   d.update(attack="finetune", shots=0, eps=0.0)
@@ -305,7 +313,9 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
   one and the unlearning stage, evaluation, one DiMRA attack
   per method and auxiliary data set ("retain": assumption (i); "test_retain":
   assumption (ii); "synthetic": data the pretrained model generates under D_r's
-  conditions, `synthetic` images, 0 = |D_r|), report.
+  conditions, `synthetic` images, 0 = |D_r|; "benign": benign fine-tuning, stage
+  attack_<m>_benign; "fewshot<k>", e.g. "fewshot5": few-shot relearning on k forget examples,
+  stage attack_<m>_fewshot5), report.
   """
   stages = ml_collections.ConfigDict()
   order = ["classifier"]
@@ -331,11 +341,20 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
   for d in data_streams:
     for m in names:
       name = f"attack_{m}{suffix.get(d, '_' + d)}"
-      stages[name] = stage("attack", init=m, data=d, steps=attack_steps, eval_every=eval_every, **lr_kw)
+      stages[name] = stage("attack", init=m, steps=attack_steps, eval_every=eval_every,
+                           **{"data": d, **lr_kw, **fewshot_fields(d)})
       order.append(name)
   stages.report = stage("report")
   order.append("report")
   return stages, tuple(order)
+
+
+def fewshot_fields(entry: str) -> dict:
+  """An `attack_data` entry "fewshot<k>" -> {"data": "fewshot", "shots": k}; any other -> {}."""
+  k = entry[len("fewshot"):]
+  if not entry.startswith("fewshot") or not k.isdigit():
+    return {}
+  return {"data": "fewshot", "shots": int(k)}
 
 
 def parse_classes(value) -> tuple:

@@ -27,6 +27,9 @@ from unlearn_jax import train_state as ts
 
 #: data streams every experiment has; synthesize stages add their own (by stage name).
 STREAMS = ("all", "retain", "forget", "alternative", "test_retain")
+#: the attack stages' own streams, built per stage (`attack_stream`): benign fine-tuning and
+#: few-shot relearning.
+ATTACK_STREAMS = ("benign", "fewshot")
 SYNTH_FILE = "data.npz"
 
 
@@ -159,6 +162,41 @@ def weights_info(exp: Experiment, workdir: str, model: str) -> dict:
   meta_path = os.path.join(source_dir(exp, workdir, model), checkpoints.META)
   meta = checkpoints.read_json(meta_path) if os.path.exists(meta_path) else {}
   return {"weights": meta.get("weights", "ema"), "ema_rate": meta.get("ema_rate")}
+
+
+# ----------------------------------------------------------------------------
+# The attack stages' own streams (`ATTACK_STREAMS`).
+# ----------------------------------------------------------------------------
+def benign_classes(exp: Experiment, classes: Tuple[int, ...] = ()) -> Tuple[int, ...]:
+  """The classes of benign fine-tuning (the concept-resurgence attack): `classes`, or () ->
+  the retained classes other than the forgotten classes' alternatives (`exp.alt`: DiMUM's
+  D_u' and the baselines' c' map the forget conditions onto them, so fine-tuning on them is
+  not unrelated to the forget concept), or every retained class if that leaves none."""
+  if classes:
+    return tuple(int(c) for c in classes)
+  alts = {int(exp.alt[f]) for f in exp.forget_labels}
+  rest = tuple(c for c in exp.retained_classes if c not in alts)
+  return rest or exp.retained_classes
+
+
+def fewshot_indices(num_forget: int, shots: int, seed: int) -> np.ndarray:
+  """The `shots` distinct indices into D_f (sorted) of few-shot relearning: the first `shots`
+  of a permutation seeded by `seed` (the stage seed)."""
+  return np.sort(np.random.default_rng(seed).permutation(num_forget)[:shots])
+
+
+def attack_stream(exp: Experiment, st, seed: int, workdir: str) -> data_lib.Dataset:
+  """What an attack stage fine-tunes on: data="benign" the training examples of D_r whose
+  class is in `benign_classes(exp, st.classes)` (D_r holds no forget example); "fewshot" the
+  `st.shots` forget examples `fewshot_indices(|D_f|, st.shots, seed)` with their labels;
+  any other stream as `exp.stream` gives it."""
+  if st.data == "benign":
+    retain = exp.streams["retain"]
+    return data_lib.subset(retain, np.isin(retain.labels, benign_classes(exp, st.classes)))
+  if st.data == "fewshot":
+    forget = exp.streams["forget"]
+    return data_lib.subset(forget, fewshot_indices(len(forget), st.shots, seed))
+  return exp.stream(st.data, workdir)
 
 
 def load_synthetic(exp: Experiment, stage_dir: str) -> data_lib.Dataset:

@@ -205,6 +205,9 @@ class Eval:
   sampler: Sampler = Sampler()
   fd_num_samples: int = 1000
   attack_num_samples: int = 500
+  # utility along an attack curve of a class-conditional model: "fd" at each point, on
+  # attack_num_samples retain-conditioned samples more (unconditional models: always, free)
+  attack_fd: bool = False
   nll: NLL = NLL()
   grid_size: int = 64
   confidence_threshold: float = 0.9
@@ -277,6 +280,7 @@ class Stage:
   attack: str = "finetune"
   shots: int = 0
   eps: float = 0.0
+  classes: Tuple[int, ...] = ()
 
 
 _GENERAL = (("data", Data), ("sde", SDE), ("model", Model), ("optim", Optim), ("training", Training),

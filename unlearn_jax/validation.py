@@ -25,7 +25,7 @@ from unlearn_jax import tasks
 from unlearn_jax import training
 from unlearn_jax.attacks import condition
 from unlearn_jax.errors import UserError, check_choice, check_range
-from unlearn_jax.experiment import STREAMS, Experiment
+from unlearn_jax.experiment import ATTACK_STREAMS, STREAMS, Experiment, attack_stream, stage_seed
 from unlearn_jax.stages import train as train_stage
 from unlearn_jax.stages import CONDITIONAL_KINDS, MODEL_KINDS
 from unlearn_jax.unlearning import methods as methods_lib
@@ -65,7 +65,7 @@ def check_config(config) -> None:
       raise UserError(f"{field}.kind", st.kind, "needs a class-conditional model (config.model.conditional=True)")
     if st.kind in MODEL_KINDS:
       synth = tuple(n for n in seen if config.stages[n].kind == "synthesize")
-      check_choice(f"{field}.data", st.data, STREAMS + synth)
+      check_choice(f"{field}.data", st.data, STREAMS + synth + (ATTACK_STREAMS if st.kind == "attack" else ()))
       check_range(f"{field}.steps", st.steps, 0, 10 ** 9, integer=True)
       check_range(f"{field}.batch_size", st.get("batch_size", 0), 0, 1 << 24, integer=True)   # 0: config.training's
       if st.get("batch_size", 0):
@@ -80,6 +80,7 @@ def check_config(config) -> None:
         _check_source(config, f"{field}.init", st.init, seen)
     if st.kind == "attack":
       check_range(f"{field}.eval_every", st.eval_every, 0, 10 ** 9)
+      _check_attack_fields(config, field, st, conditional)
       if not any(config.stages[n].kind == "classifier" for n in seen):
         raise UserError(f"{field}.kind", st.kind, "the attack's AR needs a classifier stage earlier in "
                         "config.stage_order")
@@ -179,6 +180,47 @@ def _check_condition_attacks(config) -> None:
       raise UserError(f"{field}.data", st.data, f"expected 'forget': attack {attack!r} fits its condition to "
                       "`shots` forget images")
     cond_attacks.add(name)
+
+
+#: the attacks that fine-tune the weights (any model); the others (embedding / condition
+#: attacks) optimise a class condition and need a class-conditional model.
+FINETUNE_ATTACKS = ("finetune",)
+
+
+def _check_attack_fields(config, field: str, st, conditional: bool) -> None:
+  """An attack stage's own fields that need only the config (`check_attack_data` checks them
+  against the data): its attack kind against the model, shots, classes."""
+  kind = st.get("attack", "finetune")
+  if kind not in FINETUNE_ATTACKS and not conditional:
+    raise UserError(f"{field}.attack", kind, "needs a class-conditional model (config.model.conditional=True): "
+                    "it optimises a class condition; on an unconditional model only the fine-tuning attacks "
+                    "(attack='finetune': data=retain, test_retain, benign, fewshot, a synthesize stage) run")
+  check_range(f"{field}.shots", st.get("shots", 0), 0, 10 ** 9, integer=True)
+  if st.data == "fewshot":
+    check_range(f"{field}.shots", st.get("shots", 0), 1, 10 ** 9, integer=True)
+  classes = tuple(st.get("classes", ()))
+  if classes and st.data != "benign":
+    raise UserError(f"{field}.classes", classes, "expected () here: classes choose the data of benign "
+                    "fine-tuning (data='benign')")
+  if not all(isinstance(c, numbers.Integral) and not isinstance(c, bool) and c >= 0 for c in classes):
+    raise UserError(f"{field}.classes", classes, "expected class indices (integers >= 0)")
+
+
+def check_attack_data(exp: Experiment, name: str) -> None:
+  """A benign fine-tuning's classes (in the data set, none forgotten, some examples) and a
+  few-shot relearning's shots (at most |D_f|), on the built experiment."""
+  st, field = exp.config.stages[name], f"config.stages.{name}"
+  if st.data == "benign":
+    bad = [c for c in st.classes if c >= exp.train.num_classes or c in exp.forget_labels]
+    if bad:
+      raise UserError(f"{field}.classes", st.classes, f"expected classes of the data set (0..{exp.train.num_classes - 1}) "
+                      f"that are not forgotten (forgotten: {list(exp.forget_labels)}); benign fine-tuning never "
+                      "sees a forget example")
+    if len(attack_stream(exp, st, stage_seed(exp.config, name), "")) == 0:
+      raise UserError(f"{field}.classes", st.classes, "the retain set holds no example of these classes")
+  if st.data == "fewshot" and st.shots > len(exp.streams["forget"]):
+    raise UserError(f"{field}.shots", st.shots, f"expected 1..{len(exp.streams['forget'])} (|D_f|, the forget "
+                    "examples few-shot relearning draws from)")
 
 
 INF = float("inf")
@@ -293,6 +335,8 @@ def check_experiment(exp: Experiment) -> None:
     if st.kind in MODEL_KINDS + ("mask", "synthesize") and st.init != "scratch" \
        and st.init not in exp.task.NAMED_MODELS and st.init not in config.stages:
       _check_meta(exp, f"config.stages.{name}.init", st.init)
+    if st.kind == "attack":
+      check_attack_data(exp, name)
     if st.kind == "unlearn":   # every method option is checked here, before anything is written
       if st.variant and st.method not in methods_lib.VARIANTS:
         raise UserError(f"config.stages.{name}.variant", st.variant, f"method {st.method!r} has no variants; "

@@ -76,7 +76,7 @@ def collect(exp, workdir: str) -> dict:
     if st.kind == "attack":
       curve_path = os.path.join(workdir, name, "curve.json")
       if os.path.exists(curve_path):
-        results["attacks"][name] = _attack_summary(name, st, checkpoints.read_json(curve_path))
+        results.setdefault("attacks", {})[name] = _attack_summary(name, st, checkpoints.read_json(curve_path))
     if st.kind == "evaluate":
       for model in st.models:                      # the config's order: Standard, Unseen, SGU...
         path = os.path.join(workdir, name, f"{model}.json")

@@ -179,9 +179,11 @@ def run_closed_form(exp: Experiment, name: str, st, workdir: str, hooks: Hooks =
 
 
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
-        eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0) -> None:
+        eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0,
+        given_streams: Optional[Dict[str, data_lib.Dataset]] = None) -> None:
   """train / unlearn / attack: runs (or resumes) the stage's optimisation (a closed-form
-  method's one edit: `run_closed_form`)."""
+  method's one edit: `run_closed_form`).  `given_streams` (stream name -> data set) replace
+  `exp.stream` for those names (an attack's benign / few-shot data, `experiment.attack_stream`)."""
   if is_closed_form(st):
     return run_closed_form(exp, name, st, workdir, hooks)
   cfg = exp.config
@@ -203,7 +205,9 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
     checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), meta(exp, name, st))
   state = init_state(exp, name, st, tx, workdir, reset_mask)
   seed = stage_seed(cfg, name)
-  streams = {o.stream: exp.stream(o.stream, workdir) for o in objs.values()}
+  given_streams = given_streams or {}
+  streams = {o.stream: given_streams[o.stream] if o.stream in given_streams else exp.stream(o.stream, workdir)
+             for o in objs.values()}
   batch = st.batch_size or cfg.training.batch_size
 
   def get_batches(step):

@@ -14,6 +14,8 @@ branch around:
   train_classifiers(exp, name, workdir, fit) -> DONE.json info (None: no classifier)
   classifier_params(exp, workdir)
   forget_rates(exp, params, clf, n, rng) -> {"ar", "ar_cl", "class_histogram", ...}
+  attack_measures(exp, params, clf, n, rng, rates, cache) -> an attack curve point's other
+                              measures ({"fd", "nll_forget"}; {} where the task has none)
   evaluate(exp, workdir, model, params, clf, rng, out_dir) -> a results.json model entry
   finalize(exp, results, workdir)      the task's own results.json entries
   report_tables(results, workdir)      report.md's body (markdown lines)

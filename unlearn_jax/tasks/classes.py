@@ -191,20 +191,96 @@ def sample_quality(exp: Experiment, pred: np.ndarray, conf: np.ndarray) -> dict:
                                    threshold=e.confidence_threshold, min_confident_share=e.min_confident_share)
 
 
+def _predict(exp: Experiment, clf_params, x: np.ndarray) -> np.ndarray:
+  """The classifier's class of each sample (toy data: the nearest mixture component)."""
+  if exp.is_image:
+    return evaluation.predict(exp.classifier.apply, clf_params, x)
+  return np.asarray(data_lib.nearest_component(x))
+
+
 def forget_rates(exp: Experiment, params, clf_params, n: int, rng: jax.Array, cond_rows=None) -> dict:
   """AR (share of forget-conditioned samples classified as a forgotten class) and
-  AR_CL (share classified as the alternative class of their condition).
+  AR_CL (share classified as the alternative class of their condition).  An unconditional
+  model's samples have no condition: AR is then the share of its n samples classified as a
+  forgotten class, i.e. `evaluate_unconditional`'s unlearning ratio (SGU Sec. 5) on n samples,
+  and AR_CL is NaN.
 
   `cond_rows` (F, E): the samples are conditioned on these rows of the class-embedding space in
   place of the labels, row j standing for forget_labels[j] (`attacks.condition`)."""
   labels = np.resize(np.asarray(exp.forget_labels, np.int32), n)
   cond = None if cond_rows is None else np.asarray(cond_rows)[np.resize(np.arange(len(exp.forget_labels)), n)]
   x = generation.generate(exp, params, n, rng, labels=labels, cond=cond)
-  pred = evaluation.predict(exp.classifier.apply, clf_params, x)
+  pred = _predict(exp, clf_params, x)
   return {"ar": evaluation.attack_rate(pred, exp.forget_labels),
-          "ar_cl": float(np.mean(pred == exp.alt[labels])) if n else float("nan"),
+          "ar_cl": float(np.mean(pred == exp.alt[labels])) if n and exp.conditional else float("nan"),
           "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
           "samples": x}
+
+
+def _retain_reference(exp: Experiment, n: int) -> np.ndarray:
+  """The n D_r training examples (as stored) every Fréchet distance of a run compares with."""
+  ref = exp.streams["retain"]
+  return ref.images[np.random.default_rng(exp.config.seed).permutation(len(ref))[:n]]
+
+
+def _features(exp: Experiment, clf_params, x: np.ndarray) -> np.ndarray:
+  """The evaluation classifier's features of images in [0, 1] (toy data: the points)."""
+  if exp.is_image:
+    return evaluation.embed(exp.classifier.apply, clf_params, x)
+  return np.asarray(x, np.float64)
+
+
+def has_likelihood(exp: Experiment) -> bool:
+  """A probability-flow NLL exists: an unconditional model on a continuous SDE."""
+  return not exp.conditional and not isinstance(exp.process, sde_lib.DDPMSchedule)
+
+
+def set_nll(exp: Experiment, params, ds: data_lib.Dataset, rng: jax.Array) -> float:
+  """Bits/dim (`evaluation.dataset_nll`) of the first `config.eval.nll.num_examples` examples of
+  `ds` under the model's probability-flow ODE (the jitted NLL of `generation.nll_function`)."""
+  ncfg = exp.config.eval.nll
+  x = ds.images[:ncfg.num_examples]
+  x = data_lib.to_float(x) if exp.is_image else np.asarray(x, np.float32)
+  return evaluation.dataset_nll(generation.nll_function(exp), params, x, rng,
+                                batch_size=min(ncfg.batch_size, len(x)), passes=ncfg.passes,
+                                is_image=exp.is_image, centered=exp.config.data.centered)
+
+
+def attack_measures(exp: Experiment, params, clf_params, n: int, rng: jax.Array, rates: Optional[dict] = None,
+                    cache: Optional[dict] = None) -> dict:
+  """What each attack curve point records beside AR / AR_CL (issue 15).
+
+  "fd": the utility along the curve, the Fréchet distance on the evaluation classifier's
+  features (toy data: the points) between n samples and n D_r training images -- a
+  class-conditional model's samples conditioned on the retained classes (`evaluate_conditional`'s
+  FD on n samples), an unconditional model's AR samples `rates["samples"]` (reused); NaN
+  for n < 2.  "nll_forget" (only where `has_likelihood`): bits/dim of the first
+  `config.eval.nll.num_examples` test images of D_f (`evaluate_unconditional`'s NLL D_f).
+  `cache`, kept by the caller from point to point, holds D_r's feature statistics.
+  A class-conditional model's "fd" needs n samples more per point: only with
+  `config.eval.attack_fd` (the robustness configs set it).
+  """
+  cache = {} if cache is None else cache
+  out = {}
+  if has_likelihood(exp):
+    out["nll_forget"] = set_nll(exp, params, exp.test_forget, jax.random.fold_in(rng, 1))
+  if exp.conditional and not exp.config.eval.attack_fd:
+    return out
+  if exp.conditional:
+    labels = np.resize(np.asarray(exp.retained_classes, np.int32), n)
+    x = generation.generate(exp, params, n, jax.random.fold_in(rng, 0), labels=labels)
+  else:
+    x = rates["samples"] if rates and "samples" in rates else generation.generate(exp, params, n,
+                                                                                  jax.random.fold_in(rng, 0))
+  out["fd"] = float("nan")
+  if n >= 2:
+    if ("fd_reference", n) not in cache:
+      ref = _retain_reference(exp, n)
+      cache[("fd_reference", n)] = evaluation.gaussian_stats(
+          _features(exp, clf_params, data_lib.to_float(ref) if exp.is_image else ref))
+    out["fd"] = evaluation.frechet_distance(*evaluation.gaussian_stats(_features(exp, clf_params, x)),
+                                            *cache[("fd_reference", n)])
+  return out
 
 
 def evaluate(exp: Experiment, workdir: str, model: str, params, clf_params, rng: jax.Array,
@@ -240,21 +316,12 @@ def evaluate_unconditional(exp: Experiment, workdir: str, model: str, params, rn
             "class_histogram": np.bincount(pred, minlength=exp.train.num_classes).tolist(),
             **quality}
   if exp.inception is not None:              # FID against as many D_r training images
-    ref = exp.streams["retain"]
-    ref_idx = np.random.default_rng(cfg.seed).permutation(len(ref))[:len(samples)]
-    result.update(inception_entries(exp, workdir, samples, ref.images[ref_idx], "D_r (train)"))
-  ncfg = cfg.eval.nll
-  if isinstance(exp.process, sde_lib.DDPMSchedule):
-    ncfg = None                           # no probability-flow NLL for the discrete schedule
+    result.update(inception_entries(exp, workdir, samples, _retain_reference(exp, len(samples)), "D_r (train)"))
+  ncfg = cfg.eval.nll if has_likelihood(exp) else None   # no probability-flow NLL for the discrete schedule
   offset = generation.nll_offset(exp)
   nll = {}
   for i, (key, ds) in enumerate((("retain", exp.test_retain), ("forget", exp.test_forget)) if ncfg else ()):
-    nll_fn = generation.nll_function(exp)
-    x = ds.images[:ncfg.num_examples]
-    x = data_lib.to_float(x) if exp.is_image else np.asarray(x, np.float32)
-    nll[key] = evaluation.dataset_nll(nll_fn, params, x, jax.random.fold_in(rng, 10 + i),
-                                      batch_size=min(ncfg.batch_size, len(x)), passes=ncfg.passes,
-                                      is_image=exp.is_image, centered=cfg.data.centered)
+    nll[key] = set_nll(exp, params, ds, jax.random.fold_in(rng, 10 + i))
   if ncfg:
     nll.update(unit="bits/dim", offset=offset, num_examples=min(ncfg.num_examples, len(exp.test_forget)),
                convention=cfg.eval.nll.offset)
@@ -284,9 +351,8 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, params, rng:
   feats = evaluation.embed(exp.classifier.apply, clf_params, x)
   pred, conf = evaluation.classify(exp.classifier.apply, clf_params, x)
   quality = sample_quality(exp, pred, conf)
-  ref = exp.streams["retain"]
-  ref_idx = np.random.default_rng(cfg.seed).permutation(len(ref))[:n]
-  ref_feats = evaluation.embed(exp.classifier.apply, clf_params, data_lib.to_float(ref.images[ref_idx]))
+  ref_images = _retain_reference(exp, n)
+  ref_feats = evaluation.embed(exp.classifier.apply, clf_params, data_lib.to_float(ref_images))
   grid_lab = generation.grid_labels(exp, cfg.eval.grid_size)
   grid_x = generation.generate(exp, params, len(grid_lab), jax.random.fold_in(rng, 2), labels=grid_lab)
   grid = os.path.join(out_dir, f"{model}_samples.png")
@@ -298,7 +364,7 @@ def evaluate_conditional(exp: Experiment, workdir: str, model: str, params, rng:
           "fd_num_samples": int(n), "retain_accuracy": float(np.mean(pred == retain_labels)),
           "confident_share": quality["confident_share"], "confidence_threshold": quality["confidence_threshold"],
           "recognised": quality["recognised"],
-          **inception_entries(exp, workdir, x, ref.images[ref_idx], "D_r (train)"),
+          **inception_entries(exp, workdir, x, ref_images, "D_r (train)"),
           "samples_png": os.path.relpath(grid, workdir), "wall_time_s": time.time() - t0}
 
 
@@ -383,8 +449,9 @@ def finalize(exp: Experiment, results: dict, workdir: str) -> None:
 def report_tables(results: dict, workdir: str) -> list:
   """report.md's body: the DiMUM paper's Tables I-III and curves (class-conditional), or the
   SGU paper's Table 1 (toy data) / Table 2 or 5 (images) and, where measured, its Tables 3-4
-  (inpainting, reconstruction)."""
-  if "attacks" in results:
+  (inpainting, reconstruction).  An unconditional model's attacks are in results.json
+  ("attacks"), not in these tables."""
+  if "alternative_classes" in results:       # a class-conditional run
     return markdown.conditional_lines(results, workdir)
   return markdown.sgu_lines(results) + markdown.restoration_lines(results["models"])
 

@@ -75,14 +75,14 @@ from unlearn_jax.models import stable_diffusion as sd
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting import markdown
 from unlearn_jax.tasks import sd_common
-from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, TINY, decode, named_params,
-                                         trainable)
+from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, TINY, attack_measures, decode,
+                                         named_params, trainable)
 from unlearn_jax.unlearning import dimum as dimum_lib
 
 transformers = lazy.load("transformers")
 
 NAME = DATA_NAME
-__all__ = ["BASE", "NAMED_MODELS", "named_params", "trainable"]   # from sd_common
+__all__ = ["BASE", "NAMED_MODELS", "attack_measures", "named_params", "trainable"]   # from sd_common
 #: `config.eval.clip_dir` / `inception_weights` naming a random model written into inputs/.
 TINY_CLIP_DIR = "tiny_clip"
 TINY_INCEPTION_FILE = "fid_inception_random.npz"

@@ -131,6 +131,13 @@ def check_stages(exp) -> None:
                       f"{BASE!r} (the model directory) or an earlier stage")
 
 
+def attack_measures(exp, params, clf, n: int, rng, rates=None, cache=None) -> dict:
+  """An attack curve point's measures beside AR / AR_CL (`tasks.classes.attack_measures`):
+  none yet on Stable Diffusion (no likelihood; its utility along the curve is a later step)."""
+  del exp, params, clf, n, rng, rates, cache
+  return {}
+
+
 def named_params(exp, name: str):
   """"base": the model directory's UNet with the prompt table (theta*)."""
   if name != BASE:

@@ -54,13 +54,14 @@ from unlearn_jax.reporting import figures
 from unlearn_jax.reporting import markdown
 from unlearn_jax.tasks import sd_common
 from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, SUBSET_MASKS, TINY,
-                                         SDModelConfig, decode, named_params, trainable, trainable_mask)
+                                         SDModelConfig, attack_measures, decode, named_params, trainable,
+                                         trainable_mask)
 from unlearn_jax.unlearning import dimum as dimum_lib
 
 NAME = "unlearncanvas"
 SYNTHETIC = "synthetic"
 __all__ = ["BASE", "CACHE_DIR", "DTYPES", "NAMED_MODELS", "SUBSET_MASKS", "SDModelConfig", "TINY",
-           "decode", "named_params", "trainable", "trainable_mask"]   # from sd_common, shared with tasks.prompts
+           "attack_measures", "decode", "named_params", "trainable", "trainable_mask"]   # from sd_common, shared with tasks.prompts
 
 
 @dataclasses.dataclass
