@@ -45,7 +45,7 @@ def test_collect_gathers_every_stage_output_exactly(tmp_path):
       "experiment": "dimum", "dataset": "digits", "data_source": "sklearn digits", "forget_classes": [3],
       "forget_class_names": ["3"], "classifier": {"test_accuracy": 0.9},
       "alternative_classes": [7],
-      "attacks": {"attack_salun": {"model": "salun", "data": "retain", "steps": [0, 2, 4],
+      "attacks": {"attack_salun": {"model": "salun", "data": "retain", "attack": "retain", "steps": [0, 2, 4],
                                    "ar_dimra": [0.25, 0.75, 0.5], "ar_cl": [0.5, 0.125, 0.25],
                                    "max_ar_dimra": 0.75, "max_ar_dimra_step": 2, "final_ar_dimra": 0.5,
                                    "min_ar_cl": 0.125, "csv": "attack_salun/curve.csv"}},

@@ -21,7 +21,9 @@ from unlearn_jax.unlearning import methods as methods_lib
 PRETTY = {"standard": "Standard", "unseen": "Unseen", "pretrained": "Pretrained", "base": "Base (pre-trained)",
           **{name: s.display for name, s in methods_lib.SPECS.items()},
           **{f"{name}_{v}": shown for name, s in methods_lib.SPECS.items() for v, shown in s.stage_display.items()}}
-STREAM_NAMES = {"retain": "D_r (assumption i)", "test_retain": "test w/o forget (assumption ii)"}
+STREAM_NAMES = {"retain": "D_r (assumption i)", "test_retain": "test w/o forget (assumption ii)",
+                "benign": "benign fine-tuning", "embedding": "embedding attack (weights frozen)",
+                "condition": "condition attack (weights frozen)"}
 
 
 def pretty(name: str) -> str:
@@ -145,28 +147,34 @@ def dimum_tables(results: dict, workdir: str) -> list:
         pngs.append(f"![{n} {label or 'cosines'}]({png})")
       lines.append("\n" + " ".join(pngs) + "\n")
   if attacks:
-    datas = list(dict.fromkeys(a["data"] for a in attacks.values()))
+    datas = list(dict.fromkeys(_label(a) for a in attacks.values()))
     lines += ["", "## DiMRA: largest AR_DiMRA during the attack (DiMUM paper, Tables II-III shape)", "",
               "| Method | unlearning steps | " + " | ".join(STREAM_NAMES.get(d, d) for d in datas) + " |",
               "|---|---|" + "---|" * len(datas)]
     for model in dict.fromkeys(a["model"] for a in attacks.values()):
       cells = []
       for d in datas:
-        a = next((a for a in attacks.values() if a["model"] == model and a["data"] == d), None)
+        a = next((a for a in attacks.values() if a["model"] == model and _label(a) == d), None)
         cells.append("" if a is None else f"{a['max_ar_dimra']:.3f} (step {a['max_ar_dimra_step']}, "
                      f"final {a['final_ar_dimra']:.3f}, min AR_CL {a['min_ar_cl']:.3f})")
       steps = models.get(model, {}).get("unlearn_steps", "")
       lines.append(f"| {pretty(model)} | {steps} | " + " | ".join(cells) + " |")
     lines += ["", "## AR_DiMRA curves (DiMUM paper, Figs. 5-6 shape)", ""]
     for d in datas:
-      curves = {pretty(a["model"]): (a["steps"], a["ar_dimra"]) for a in attacks.values() if a["data"] == d}
+      curves = {pretty(a["model"]): (a["steps"], a["ar_dimra"]) for a in attacks.values() if _label(a) == d}
       png = f"attack_curves_{d}.png"
       figures.plot_curves(os.path.join(workdir, png), curves, title=f"DiMRA on {STREAM_NAMES.get(d, d)}",
                           xlabel="attack step", ylabel="AR_DiMRA", ylim=(0.0, 1.0))
       lines.append(f"![{d}]({png})  CSV per attack: " +
-                   ", ".join(f"`{a['csv']}`" for a in attacks.values() if a["data"] == d))
+                   ", ".join(f"`{a['csv']}`" for a in attacks.values() if _label(a) == d))
       lines.append("")
   return lines
+
+
+def _label(attack: dict) -> str:
+  """An attacks entry's column: its "attack" label (`results.attack_label`; results.json files
+  written before it existed: the data stream)."""
+  return attack.get("attack", attack["data"])
 
 
 def sgu_lines(results: dict) -> list:

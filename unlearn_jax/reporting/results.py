@@ -113,13 +113,22 @@ def training_log(stage_dir: str) -> dict:
   return out
 
 
+def attack_label(st) -> str:
+  """An attack stage's column in the report: its data stream for a DiMRA / benign fine-tuning
+  attack, "fewshot<k>" for few-shot relearning, the attack's name for the condition attacks."""
+  if st.attack != "finetune":
+    return st.attack
+  return f"fewshot{st.shots}" if st.data == "fewshot" else st.data
+
+
 def _attack_summary(name: str, st, curve: dict) -> dict:
   steps = sorted(int(k) for k in curve)
   ar = [curve[str(k)]["ar"] for k in steps]
   ar_cl = [curve[str(k)]["ar_cl"] for k in steps]
   i = int(np.nanargmax(ar)) if ar else 0
-  return {"model": st.init, "data": st.data, "steps": steps, "ar_dimra": ar, "ar_cl": ar_cl,
+  return {"model": st.init, "data": st.data, "attack": attack_label(st), "steps": steps, "ar_dimra": ar,
+          "ar_cl": ar_cl,
           "max_ar_dimra": ar[i] if ar else float("nan"), "max_ar_dimra_step": steps[i] if ar else 0,
           "final_ar_dimra": ar[-1] if ar else float("nan"),
-          "min_ar_cl": float(np.nanmin(ar_cl)) if ar_cl else float("nan"),
+          "min_ar_cl": float(np.nanmin(ar_cl)) if np.isfinite(ar_cl).any() else float("nan"),
           "csv": os.path.join(name, "curve.csv")}
