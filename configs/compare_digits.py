@@ -30,8 +30,7 @@ def get_config(arg=None):
   c.experiment = "compare"
   c.data.forget_classes = (a.get("forget", 3),)
   c.training.log_every = 50 if a.get("cpu") else 100      # EraseDiff's g and lambda_t curves
-  c.sa.fisher_samples = 500 if a.get("cpu") else 2000
-  c.esd.ddim_steps = 6 if a.get("cpu") else 25
+  config_lib.digits_method_settings(c, bool(a.get("cpu")))
   pretrain, unlearn, attack, every = 20000, 2000, 4000, 500
   if a.get("cpu"):   # measured: 4000/400/600 with 10-step ESD took 33 min on 2 cores
     c.eval.update(dict(num_samples=300, fd_num_samples=400, attack_num_samples=200, sample_batch_size=400))

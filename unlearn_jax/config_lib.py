@@ -306,7 +306,7 @@ def _unlearn_stages(stages, order: list, methods, init: str, steps_of, extra_of=
 def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, eval_every: int,
                  methods=DIMUM_METHODS, attack_data=("retain",), pretrained: str = "",
                  sfron_steps: int = 0, synthetic: int = -1, mask_batches: int = 0,
-                 unlearn_lr: float = None) -> tuple:
+                 unlearn_lr: float = None, condition_shots: int = 0, condition_eps: float = 0.0) -> tuple:
   """The DiMUM/DiMRA chain: classifier, pretraining (or a pretrained directory), per method
   (any of `unlearning.methods.METHODS`, or "method:variant" for a stage `method_variant`
   with that variant, e.g. "erasediff:noise", "core:all_to_one") a mask stage where it takes
@@ -315,7 +315,9 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
   assumption (ii); "synthetic": data the pretrained model generates under D_r's
   conditions, `synthetic` images, 0 = |D_r|; "benign": benign fine-tuning, stage
   attack_<m>_benign; "fewshot<k>", e.g. "fewshot5": few-shot relearning on k forget examples,
-  stage attack_<m>_fewshot5), report.
+  stage attack_<m>_fewshot5; "embedding" / "condition": the condition attacks, stage
+  attack_<m>_embedding / attack_<m>_condition, on `condition_shots` forget images, the
+  condition attack within `condition_eps`), report.
   """
   stages = ml_collections.ConfigDict()
   order = ["classifier"]
@@ -341,12 +343,30 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
   for d in data_streams:
     for m in names:
       name = f"attack_{m}{suffix.get(d, '_' + d)}"
-      stages[name] = stage("attack", init=m, steps=attack_steps, eval_every=eval_every,
-                           **{"data": d, **lr_kw, **fewshot_fields(d)})
+      if d in CONDITION_ATTACKS:
+        eps = {"eps": condition_eps} if d == "condition" else {}
+        stages[name] = stage("attack", attack=d, init=m, data="forget", steps=attack_steps, eval_every=eval_every,
+                             shots=condition_shots, **eps)
+      else:
+        stages[name] = stage("attack", init=m, steps=attack_steps, eval_every=eval_every,
+                             **{"data": d, **lr_kw, **fewshot_fields(d)})
       order.append(name)
   stages.report = stage("report")
   order.append("report")
   return stages, tuple(order)
+
+
+#: `dimum_stages` attack_data entries that are condition attacks (`attacks.condition.ATTACKS`).
+CONDITION_ATTACKS = ("embedding", "condition")
+
+
+def digits_method_settings(c: ml_collections.ConfigDict, cpu: bool) -> ml_collections.ConfigDict:
+  """The method settings of the digits comparisons (compare_digits, robustness_digits):
+  Selective Amnesia's Fisher from 500 generated samples on cpu (2,000 otherwise), ESD's x_t
+  from a 6-step partial DDIM on cpu (25 otherwise)."""
+  c.sa.fisher_samples = 500 if cpu else 2000
+  c.esd.ddim_steps = 6 if cpu else 25
+  return c
 
 
 def fewshot_fields(entry: str) -> dict:

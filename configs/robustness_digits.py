@@ -1,0 +1,72 @@
+r"""Robustness suite on sklearn's 8x8 digits (issue 15): every unlearned model against every attack.
+
+A class-conditional DDPM with classifier-free guidance is pretrained on all ten digits, digit 3
+is unlearned (alternative / anchor: the next class, 4) and each unlearned model is attacked,
+from the same weights, by (stage attack_<method><suffix>):
+
+  ""            DiMRA on D_r (DiMUM paper Eq. 7, assumption i)
+  _test         DiMRA on test data without the forget class (assumption ii)
+  _synth        DiMRA on data the pretrained model generates under D_r's conditions
+  _benign       benign fine-tuning: D_r's examples of classes unrelated to the forgotten one
+                (concept resurgence; `experiment.benign_classes`)
+  _fewshot<k>   few-shot relearning on k forget examples (k = 1, 5, 10, 50)
+  _embedding    a new class-embedding row learned on 5 forget images, every weight frozen
+                (textual inversion's analogue)
+  _condition    the forgotten class's embedding optimised within an L-inf ball of radius `eps`
+                so that the model's own denoising loss on forget images is minimal
+                (UnlearnDiffAtk's formulation: the diffusion model is the attack's classifier)
+
+Each curve point holds AR (share of forget-conditioned samples the classifier files under the
+forgotten digit), AR_CL and "fd" (utility: FD of retain-conditioned samples); report.md's
+robustness section and robustness.json (the card) summarise them (max / final success, steps
+to half the pretrained model's AR, area under the curve).
+
+  python -m unlearn_jax.main --config=configs/robustness_digits.py:cpu --workdir=workdir/robustness_digits_cpu
+  python -m unlearn_jax.main --config=configs/robustness_digits.py --workdir=workdir/robustness_digits
+
+Arguments (comma-separated): cpu, forget=<digit>, methods=<m1-m2-...> (default: cpu the DiMUM
+paper's three, ga-salun-dimum; otherwise every class-conditional method of `METHODS`),
+attack=<attack steps>, eps=<condition budget>, pretrained=<a stage directory of the same model>.
+
+Scale choices: gradient ascent gets a tenth of the others' unlearning steps (as in
+dimum_digits.py); each attack has the same step budget and lr (the unlearning lr; the condition
+attacks: `attacks.condition.DEFAULT_LR`); eps = 0.1 per coordinate of the class embedding was not
+tuned on any outcome.
+"""
+from unlearn_jax import config_lib
+
+#: every class-conditional method the digits DDPM runs (UCE edits Stable Diffusion's cross-attention).
+METHODS = ("ga", "salun", "dimum", "sfron", "erasediff", "core", "esd", "ca", "sa", "shs", "finetune")
+CPU_METHODS = ("ga", "salun", "dimum")
+ATTACKS = ("retain", "test_retain", "synthetic", "benign", "fewshot1", "fewshot5", "fewshot10", "fewshot50",
+           "embedding", "condition")
+CONDITION_SHOTS = 5
+#: the one-step smoke run (tests/test_configs.py) of every attack on one method: the other methods'
+#: attacks repeat the same stages (and the methods' own steps are tested in tests/unlearning/).
+SMOKE_ARG = "cpu,methods=dimum"
+
+
+def get_config(arg=None):
+  a = config_lib.parse_arg(arg, {"cpu": True, "forget": 3, "methods": "", "attack": 0, "eps": 0.1,
+                                 "pretrained": ""})
+  cpu = bool(a.get("cpu"))
+  c = config_lib.digits_ddpm(cpu=cpu)
+  c.experiment = "robustness"
+  c.data.forget_classes = (a.get("forget", 3),)
+  config_lib.digits_method_settings(c, cpu)
+  c.eval.attack_fd = True
+  methods = tuple(a["methods"].split("-")) if a.get("methods") else (CPU_METHODS if cpu else METHODS)
+  if not set(methods) <= set(METHODS):
+    raise ValueError(f"methods={a['methods']!r}: expected names among {', '.join(METHODS)} joined by '-'")
+  pretrain, unlearn, attack, every = 20000, 4000, 2000, 250
+  if cpu:
+    pretrain, unlearn, attack, every = 3500, 1000, 300, 100
+    c.eval.update(dict(attack_num_samples=100))
+  attack = a.get("attack") or attack
+  c.stages, c.stage_order = config_lib.dimum_stages(
+      pretrain_steps=pretrain, unlearn_steps=unlearn, attack_steps=attack, eval_every=every, methods=methods,
+      attack_data=ATTACKS, pretrained=a.get("pretrained", ""), unlearn_lr=3e-4 if cpu else 1e-4,
+      condition_shots=CONDITION_SHOTS, condition_eps=float(a.get("eps", 0.1)))
+  if "ga" in c.stages:
+    c.stages.ga.steps = max(unlearn // 10, 1)
+  return c
