@@ -196,3 +196,14 @@ def test_max_std_zeroes_the_weight_above_the_window():
   assert 0 < inside.sum() < 64
   np.testing.assert_array_equal(np.asarray(w_win)[inside], np.asarray(w_full)[inside])
   np.testing.assert_array_equal(np.asarray(w_win)[~inside], 0.0)
+
+
+def test_param_diagnostics_norm_and_finiteness():
+  """train_loop's per-log-step check: the global L2 norm over every leaf, finite 0.0 as soon as
+  one entry of one leaf is NaN or Inf."""
+  tree = {"a": jnp.array([3.0, 0.0]), "b": {"c": jnp.array([[4.0]])}}
+  d = jax.device_get(training.param_diagnostics(tree))
+  assert d["param_norm"] == pytest.approx(5.0) and d["finite"] == 1.0
+  for bad in (jnp.nan, jnp.inf):
+    d = jax.device_get(training.param_diagnostics({"a": tree["a"], "b": {"c": jnp.array([[bad]])}}))
+    assert d["finite"] == 0.0

@@ -63,3 +63,13 @@ def test_collect_gathers_every_stage_output_exactly(tmp_path):
   assert got == want
   assert list(got["models"]) == ["pretrained", "salun", "dimum"]          # the config's order
   assert list(got["wall_time_s"]) == list(want["wall_time_s"])
+
+
+def test_attack_label_names_each_attack_column():
+  """The report's attack columns: the data stream (DiMRA, benign), fewshot<k> (so two budgets
+  get two columns), the condition attacks by name (both train on data="forget")."""
+  st = lambda **kw: config_lib.stage("attack", init="m", **kw)
+  got = [results_lib.attack_label(types.SimpleNamespace(**st(**kw).to_dict())) for kw in (
+      {"data": "retain"}, {"data": "benign"}, {"data": "fewshot", "shots": 5}, {"data": "fewshot", "shots": 50},
+      {"attack": "embedding", "data": "forget"}, {"attack": "condition", "data": "forget", "eps": 0.1})]
+  assert got == ["retain", "benign", "fewshot5", "fewshot50", "embedding", "condition"]
