@@ -166,7 +166,6 @@ def _check_condition_attacks(config) -> None:
     if st.kind != "attack":
       continue
     attack = check_choice(f"{field}.attack", st.get("attack", "finetune"), ("finetune",) + condition.ATTACKS)
-    check_range(f"{field}.shots", st.get("shots", 0), 0, 10 ** 9, integer=True)
     check_range(f"{field}.eps", st.get("eps", 0.0), 0.0, 1e6)
     if st.get("eps", 0.0) and attack != "condition":
       raise UserError(f"{field}.eps", st.eps, "expected 0: only attack='condition' has a perturbation budget")
@@ -208,7 +207,7 @@ def _check_attack_fields(config, field: str, st, conditional: bool) -> None:
 
 def check_attack_data(exp: Experiment, name: str) -> None:
   """A benign fine-tuning's classes (in the data set, none forgotten, some examples) and a
-  few-shot relearning's shots (at most |D_f|), on the built experiment."""
+  few-shot relearning's and a condition attack's shots (at most |D_f|), on the built experiment."""
   st, field = exp.config.stages[name], f"config.stages.{name}"
   if st.data == "benign":
     bad = [c for c in st.classes if c >= exp.train.num_classes or c in exp.forget_labels]
@@ -218,9 +217,9 @@ def check_attack_data(exp: Experiment, name: str) -> None:
                       "sees a forget example")
     if len(attack_stream(exp, st, stage_seed(exp.config, name), "")) == 0:
       raise UserError(f"{field}.classes", st.classes, "the retain set holds no example of these classes")
-  if st.data == "fewshot" and st.shots > len(exp.streams["forget"]):
-    raise UserError(f"{field}.shots", st.shots, f"expected 1..{len(exp.streams['forget'])} (|D_f|, the forget "
-                    "examples few-shot relearning draws from)")
+  if (st.data == "fewshot" or st.attack in condition.ATTACKS) and st.shots > len(exp.streams["forget"]):
+    raise UserError(f"{field}.shots", st.shots, f"expected at most {len(exp.streams['forget'])} (|D_f|, the forget "
+                    "examples few-shot relearning and the condition attacks draw from)")
 
 
 INF = float("inf")
@@ -349,17 +348,7 @@ def check_experiment(exp: Experiment) -> None:
       if (options.frozen or options.reset) and st.init == "scratch":
         raise UserError(f"config.stages.{name}.init", st.init, f"method {st.method!r} starts from a pretrained "
                         "model (its frozen targets / weights to reset): name an earlier stage or a stage directory")
-  _check_condition_shots(exp)
   exp.task.check(exp)
-
-
-def _check_condition_shots(exp: Experiment) -> None:
-  """An embedding / condition attack's `shots` are at most the |D_f| forget images there are."""
-  n = len(exp.streams["forget"])
-  for name in exp.config.stage_order:
-    st = exp.config.stages[name]
-    if st.kind == "attack" and st.attack in condition.ATTACKS and st.shots > n:
-      raise UserError(f"config.stages.{name}.shots", st.shots, f"expected at most |D_f| = {n} forget images")
 
 
 def _check_meta(exp: Experiment, field: str, path: str) -> None:
