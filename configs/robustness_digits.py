@@ -26,7 +26,8 @@ to half the pretrained model's AR, area under the curve).
 
 Arguments (comma-separated): cpu, forget=<digit>, methods=<m1-m2-...> (default: cpu the DiMUM
 paper's three, ga-salun-dimum; otherwise every class-conditional method of `METHODS`),
-attack=<attack steps>, eps=<condition budget>, pretrained=<a stage directory of the same model>.
+attacks=<a1-a2-...> (default: all of `ATTACKS`), attack=<attack steps>, eps=<condition budget>,
+pretrained=<a stage directory of the same model>.
 
 Scale choices: gradient ascent gets a tenth of the others' unlearning steps (as in
 dimum_digits.py); each attack has the same step budget and lr (the unlearning lr; the condition
@@ -38,8 +39,7 @@ from unlearn_jax import config_lib
 #: every class-conditional method the digits DDPM runs (UCE edits Stable Diffusion's cross-attention).
 METHODS = ("ga", "salun", "dimum", "sfron", "erasediff", "core", "esd", "ca", "sa", "shs", "finetune")
 CPU_METHODS = ("ga", "salun", "dimum")
-ATTACKS = ("retain", "test_retain", "synthetic", "benign", "fewshot1", "fewshot5", "fewshot10", "fewshot50",
-           "embedding", "condition")
+ATTACKS = config_lib.ROBUSTNESS_ATTACKS
 CONDITION_SHOTS = 5
 #: the one-step smoke run (tests/test_configs.py) of every attack on one method: the other methods'
 #: attacks repeat the same stages (and the methods' own steps are tested in tests/unlearning/).
@@ -47,8 +47,8 @@ SMOKE_ARG = "cpu,methods=dimum"
 
 
 def get_config(arg=None):
-  a = config_lib.parse_arg(arg, {"cpu": True, "forget": 3, "methods": "", "attack": 0, "eps": 0.1,
-                                 "pretrained": ""})
+  a = config_lib.parse_arg(arg, {"cpu": True, "forget": 3, "methods": "", "attacks": "", "attack": 0,
+                                 "eps": 0.1, "pretrained": ""})
   cpu = bool(a.get("cpu"))
   c = config_lib.digits_ddpm(cpu=cpu)
   c.experiment = "robustness"
@@ -65,7 +65,8 @@ def get_config(arg=None):
   attack = a.get("attack") or attack
   c.stages, c.stage_order = config_lib.dimum_stages(
       pretrain_steps=pretrain, unlearn_steps=unlearn, attack_steps=attack, eval_every=every, methods=methods,
-      attack_data=ATTACKS, pretrained=a.get("pretrained", ""), unlearn_lr=3e-4 if cpu else 1e-4,
+      attack_data=config_lib.parse_attacks(a.get("attacks", "")), pretrained=a.get("pretrained", ""),
+      unlearn_lr=3e-4 if cpu else 1e-4,
       condition_shots=CONDITION_SHOTS, condition_eps=float(a.get("eps", 0.1)))
   if "ga" in c.stages:
     c.stages.ga.steps = max(unlearn // 10, 1)

@@ -131,14 +131,15 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
   attack: attack ("finetune": the fine-tuning attacks above; "embedding" | "condition": a
-  class-conditional DDPM's condition optimised, its weights frozen, `attacks.condition`):
-  both fit rows of the class-embedding space (one per forgotten class) to the denoising loss
+  class-conditional DDPM's or Stable Diffusion's condition optimised, its weights frozen,
+  `attacks.condition`): both fit rows of the condition table (one per forgotten class or prompt) to the denoising loss
   of `shots` forget images (data="forget"; 0: `condition.DEFAULT_SHOTS` = 5, drawn from the
   stage seed), Adam at lr (None: `condition.DEFAULT_LR` = 5e-3), batch_size, `steps`;
   "embedding" starts a new row at the null row (textual inversion), "condition" at the
   forgotten class's row within ||e - e0||_inf <= eps (UnlearnDiffAtk; eps 0: unconstrained,
-  the only value "embedding" takes).  Their checkpoint holds {"net": the init stage's weights,
-  unchanged, "rows": e}; an evaluate stage or a later stage's init cannot name them.
+  the only value "embedding" takes).  On Stable Diffusion (UnlearnCanvas) a row is a forget
+  prompt's (L, D) text-encoder output.  Their checkpoint holds the rows e only (the weights are
+  the init stage's, unchanged); an evaluate stage or a later stage's init cannot name them.
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
            models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="", decay="", shots=0, classes=(),
@@ -333,31 +334,60 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
   models = (() if pretrained else ("pretrained",)) + tuple(names)
   stages.evaluate = stage("evaluate", models=models)
   order.append("evaluate")
-  data_streams = []
-  for d in attack_data:
-    if d == "synthetic":
-      stages.synthetic = stage("synthesize", init=init, num=max(synthetic, 0))
-      order.append("synthetic")
-    data_streams.append(d)
-  suffix = {"retain": "", "test_retain": "_test", "synthetic": "_synth"}
-  for d in data_streams:
-    for m in names:
-      name = f"attack_{m}{suffix.get(d, '_' + d)}"
-      if d in CONDITION_ATTACKS:
-        eps = {"eps": condition_eps} if d == "condition" else {}
-        stages[name] = stage("attack", attack=d, init=m, data="forget", steps=attack_steps, eval_every=eval_every,
-                             shots=condition_shots, **eps)
-      else:
-        stages[name] = stage("attack", init=m, steps=attack_steps, eval_every=eval_every,
-                             **{"data": d, **lr_kw, **fewshot_fields(d)})
-      order.append(name)
+  _attack_stages(stages, order, names, attack_data, init, steps=attack_steps, eval_every=eval_every,
+                 synthetic=synthetic, lr_kw=lr_kw, condition_shots=condition_shots, condition_eps=condition_eps)
   stages.report = stage("report")
   order.append("report")
   return stages, tuple(order)
 
 
-#: `dimum_stages` attack_data entries that are condition attacks (`attacks.condition.ATTACKS`).
+#: every attack of the robustness suite (issue 15), as `dimum_stages` / `sd_stages` attack_data
+#: entries: DiMRA on D_r / test data without the forget class / synthetic data, benign
+#: fine-tuning, few-shot relearning on k = 1, 5, 10, 50 forget examples, the embedding and the
+#: condition attacks.
+ROBUSTNESS_ATTACKS = ("retain", "test_retain", "synthetic", "benign", "fewshot1", "fewshot5", "fewshot10",
+                      "fewshot50", "embedding", "condition")
+
+
+def parse_attacks(value: str, default=ROBUSTNESS_ATTACKS) -> tuple:
+  """A config argument attacks=<a1-a2-...> -> a tuple of `ROBUSTNESS_ATTACKS` entries ("" : default)."""
+  if not value:
+    return tuple(default)
+  got = tuple(value.split("-"))
+  bad = [a for a in got if a not in ROBUSTNESS_ATTACKS]
+  if bad:
+    raise ValueError(f"attacks={value!r}: {bad[0]!r} is not an attack; expected names among "
+                     f"{', '.join(ROBUSTNESS_ATTACKS)} joined by '-'")
+  return got
+
+
+#: `attack_data` entries that are condition attacks (`attacks.condition.ATTACKS`).
 CONDITION_ATTACKS = ("embedding", "condition")
+#: `attack_data` entry -> the suffix of its stages' names attack_<method><suffix> (others: "_<entry>").
+ATTACK_SUFFIX = {"retain": "", "test_retain": "_test", "synthetic": "_synth"}
+
+
+def _attack_stages(stages, order: list, names, attack_data, init: str, *, steps: int, eval_every: int,
+                   synthetic: int, lr_kw=None, condition_shots: int = 0, condition_eps: float = 0.0,
+                   suffix=None) -> None:
+  """Per `attack_data` entry (see `dimum_stages`) and unlearned model in `names` an attack stage
+  attack_<m><suffix> (`ATTACK_SUFFIX`, updated by `suffix`), after a synthesize stage from
+  `init` (`synthetic` images, 0 = |D_r|) when "synthetic" is an entry."""
+  suffix = {**ATTACK_SUFFIX, **(suffix or {})}
+  if "synthetic" in attack_data:
+    stages.synthetic = stage("synthesize", init=init, num=max(synthetic, 0))
+    order.append("synthetic")
+  for d in attack_data:
+    for m in names:
+      name = f"attack_{m}{suffix.get(d, '_' + d)}"
+      if d in CONDITION_ATTACKS:
+        eps = {"eps": condition_eps} if d == "condition" else {}
+        stages[name] = stage("attack", attack=d, init=m, data="forget", steps=steps, eval_every=eval_every,
+                             shots=condition_shots, **eps)
+      else:
+        stages[name] = stage("attack", init=m, steps=steps, eval_every=eval_every,
+                             **{"data": d, **(lr_kw or {}), **fewshot_fields(d)})
+      order.append(name)
 
 
 def digits_method_settings(c: ml_collections.ConfigDict, cpu: bool) -> ml_collections.ConfigDict:
@@ -497,13 +527,16 @@ def unlearncanvas_config(args: dict, experiment: str) -> ml_collections.ConfigDi
 
 
 def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batch: dict = None,
-              attack_steps: int = 0, eval_every: int = 0, synthetic: int = 0, pretrain_steps: int = 0) -> tuple:
+              attack_steps: int = 0, eval_every: int = 0, synthetic: int = 0, pretrain_steps: int = 0,
+              attack_data=("synthetic",), condition_shots: int = 0, condition_eps: float = 0.0) -> tuple:
   """Stable Diffusion chain: the style / object classifiers, (pretrain_steps > 0) fine-tuning
   of the whole UNet on all the data first (what UnlearnCanvas's authors did to SD v1.5; the
   `cpu` variants do it to their random tiny model), per method (or "method:variant") a SalUn
   mask stage where it takes one and the unlearning stage, evaluation of the starting model
-  and every unlearned one, and (attack_steps > 0) DiMRA on synthetic auxiliary data the
-  starting model generates under D_r's prompts (DiMUM paper Sec. VI-B), report."""
+  and every unlearned one, and (attack_steps > 0) per `attack_data` entry (`dimum_stages`'
+  entries) and method an attack stage: by default DiMRA on synthetic auxiliary data the
+  starting model generates under D_r's prompts (DiMUM paper Sec. VI-B), stage attack_<m>;
+  the others attack_<m>_<entry> ("retain": attack_<m>_retain), report."""
   lr, batch = lr or {}, batch or {}
   stages = ml_collections.ConfigDict()
   stages.classifier = stage("classifier")
@@ -519,11 +552,9 @@ def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batc
   stages.evaluate = stage("evaluate", models=(init,) + tuple(names))
   order.append("evaluate")
   if attack_steps:
-    stages.synthetic = stage("synthesize", init=init, num=synthetic)
-    order.append("synthetic")
-    for m in names:
-      stages[f"attack_{m}"] = stage("attack", init=m, data="synthetic", steps=attack_steps, eval_every=eval_every)
-      order.append(f"attack_{m}")
+    _attack_stages(stages, order, names, attack_data, init, steps=attack_steps, eval_every=eval_every,
+                   synthetic=synthetic, condition_shots=condition_shots, condition_eps=condition_eps,
+                   suffix={"synthetic": "", "retain": "_retain"})
   stages.report = stage("report")
   order.append("report")
   return stages, tuple(order)

@@ -85,11 +85,12 @@ class Experiment:
     return load_synthetic(self, os.path.join(workdir, name))
 
   def apply(self, variables, x, time, labels=None, train=False, rngs=None, cond_embedding=None):
-    """The model's output; `cond_embedding` (B, E) in place of the labels' embedding rows
-    (`models.ddpm_unet.UNet`; only passed on when given, so other models need not take it)."""
+    """The model's output; `cond_embedding` (B, ...) rows of the condition table in place of the
+    labels' rows (`models.class_table`; `models.ddpm_unet.UNet` and `SDUNet` take it; only
+    passed on when given, so other models need not)."""
     if cond_embedding is not None:
       return self.module.apply(variables, x, time, labels, train=train, rngs=rngs,
-                               cond_embedding_BxE=cond_embedding)
+                               cond_embedding=cond_embedding)
     return self.module.apply(variables, x, time, labels, train=train, rngs=rngs)
 
 

@@ -80,7 +80,7 @@ def check_config(config) -> None:
         _check_source(config, f"{field}.init", st.init, seen)
     if st.kind == "attack":
       check_range(f"{field}.eval_every", st.eval_every, 0, 10 ** 9)
-      _check_attack_fields(config, field, st, conditional)
+      _check_attack_fields(config, field, st)
       if not any(config.stages[n].kind == "classifier" for n in seen):
         raise UserError(f"{field}.kind", st.kind, "the attack's AR needs a classifier stage earlier in "
                         "config.stage_order")
@@ -146,15 +146,12 @@ def check_config(config) -> None:
   tasks.get(config).validate(config)
 
 
-#: config.model.name values whose class-embedding table the condition attacks optimise in.
-CONDITION_MODELS = ("ddpm_unet", "ncsnpp")
-
-
 def _check_condition_attacks(config) -> None:
-  """An attack stage's `attack` ("finetune" or `condition.ATTACKS`), `shots` and `eps` (>= 0;
-  nonzero only for "condition"); an embedding / condition attack needs a class-conditional
-  DDPM UNet of the classes task, takes data="forget", and is no model for an evaluate stage or
-  a later stage's init (its weights are its init's)."""
+  """An attack stage's `attack` ("finetune" or `condition.ATTACKS`) and `eps` (>= 0; nonzero
+  only for "condition"); an embedding / condition attack needs a model with a condition table
+  (the task's `condition_attack_error`: a class-conditional DDPM UNet, Stable Diffusion's
+  prompt table), takes data="forget", and is no model for an evaluate stage or a later
+  stage's init (its weights are its init's)."""
   cond_attacks = set()
   for name in config.stage_order:
     st, field = config.stages[name], f"config.stages.{name}"
@@ -171,29 +168,18 @@ def _check_condition_attacks(config) -> None:
       raise UserError(f"{field}.eps", st.eps, "expected 0: only attack='condition' has a perturbation budget")
     if attack not in condition.ATTACKS:
       continue
-    if not config.model.get("conditional", False) or config.model.get("name") not in CONDITION_MODELS \
-       or tasks.get(config).NAME != "classes":
-      raise UserError(f"{field}.attack", attack, "needs a class-conditional DDPM UNet of the classes task "
-                      "(config.model.conditional=True, config.model.name in " + ", ".join(CONDITION_MODELS) + ")")
+    why = tasks.get(config).condition_attack_error(config)
+    if why:
+      raise UserError(f"{field}.attack", attack, why)
     if st.data != "forget":
       raise UserError(f"{field}.data", st.data, f"expected 'forget': attack {attack!r} fits its condition to "
                       "`shots` forget images")
     cond_attacks.add(name)
 
 
-#: the attacks that fine-tune the weights (any model); the others (embedding / condition
-#: attacks) optimise a class condition and need a class-conditional model.
-FINETUNE_ATTACKS = ("finetune",)
-
-
-def _check_attack_fields(config, field: str, st, conditional: bool) -> None:
-  """An attack stage's own fields that need only the config (`check_attack_data` checks them
-  against the data): its attack kind against the model, shots, classes."""
-  kind = st.get("attack", "finetune")
-  if kind not in FINETUNE_ATTACKS and not conditional:
-    raise UserError(f"{field}.attack", kind, "needs a class-conditional model (config.model.conditional=True): "
-                    "it optimises a class condition; on an unconditional model only the fine-tuning attacks "
-                    "(attack='finetune': data=retain, test_retain, benign, fewshot, a synthesize stage) run")
+def _check_attack_fields(config, field: str, st) -> None:
+  """An attack stage's shots and classes, which need only the config (`check_attack_data`
+  checks them against the data; `_check_condition_attacks` the attack kind)."""
   check_range(f"{field}.shots", st.get("shots", 0), 0, 10 ** 9, integer=True)
   if st.data == "fewshot":
     check_range(f"{field}.shots", st.get("shots", 0), 1, 10 ** 9, integer=True)

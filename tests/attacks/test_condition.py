@@ -1,7 +1,7 @@
 """The condition attacks (`attacks.condition`, `stages.attack.run_condition`) on a tiny
 class-conditional DDPM: the UNet's cond_embedding input is backward compatible, the loss is
 the ordinary DDPM loss with the label's row replaced, the embedding attack changes only its
-new row (every network leaf bit-identical), the condition attack stays in its budget after
+new row (its checkpoint holds the rows only; every network leaf stays bit-identical), the condition attack stays in its budget after
 every step, a killed attack resumes to the uninterrupted result, and bad settings are
 refused before anything is written."""
 import functools
@@ -160,9 +160,13 @@ def _rows(stage_dir):
   return np.asarray(checkpoints.load_raw(stage_dir)["params"]["rows"])
 
 
-def _check_net(stage_dir, params):
-  net = checkpoints.load_raw(stage_dir)["params"]["net"]
-  for x, y in zip(_leaves(net), _leaves(params), strict=True):     # every network leaf, bit for bit
+def _check_net(stage_dir, exp, workdir, params):
+  """The attack's checkpoint holds its rows only, and the attacked stage's weights, which the
+  attack read, are still the ones it started from, bit for bit."""
+  raw = checkpoints.load_raw(stage_dir)["params"]
+  assert set(raw) == {"rows"}
+  net = exp_lib.source_params(exp, workdir, "pretrained")
+  for x, y in zip(_leaves(net), _leaves(params), strict=True):     # every network leaf
     np.testing.assert_array_equal(x, y)
 
 
@@ -195,7 +199,7 @@ def test_the_embedding_attack_changes_only_its_new_row_and_resumes(prefix, tmp_p
   a, b = (json.load(open(os.path.join(d, "emb", "curve.json"))) for d in (ref, run))
   assert a == b and sorted(map(int, b)) == [0, 2, 4]
   np.testing.assert_array_equal(_rows(stage), _rows(os.path.join(ref, "emb")))
-  _check_net(stage, params)
+  _check_net(stage, exp, run, params)
   table = np.asarray(models.class_table(params))
   emb = _rows(stage)
   assert emb.shape == (len(exp.forget_labels), table.shape[1]) and not np.allclose(emb, table[-1])
@@ -213,7 +217,7 @@ def test_the_condition_attack_keeps_its_budget_after_every_step(prefix, tmp_path
   shutil.copytree(src, run)
   _run(exp, run, "cond")
   stage = os.path.join(run, "cond")
-  _check_net(stage, params)
+  _check_net(stage, exp, run, params)
   rows0 = np.asarray(models.class_table(params))[list(exp.forget_labels)]
   assert np.max(np.abs(_rows(stage) - rows0)) <= EPS + 1e-6
   logged = training.read_history(stage)                # log_every=1: each step's distance

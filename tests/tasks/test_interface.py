@@ -15,6 +15,7 @@ HOOKS = {  # hook -> its parameters (tasks/__init__.py's list)
     "check": ("exp",), "save": ("exp",), "named_params": ("exp", "name"), "trainable": ("exp", "st"),
     "train_classifiers": ("exp", "name", "workdir", "fit"), "classifier_params": ("exp", "workdir"),
     "forget_rates": ("exp", "params", "clf_params|clf", "n", "rng"),
+    "condition_attack_error": ("config",),
     "attack_measures": ("exp", "params", "clf_params|clf", "n", "rng"),
     "evaluate": ("exp", "workdir", "model", "params", "clf_params|clf", "rng", "out_dir"),
     "finalize": ("exp", "results", "workdir"), "report_tables": ("results", "workdir"),

@@ -6,10 +6,11 @@ import json
 import os
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import config_lib, pipeline, training
+from unlearn_jax import checkpoints, config_lib, models, pipeline, training
 from unlearn_jax.errors import UserError
 from unlearn_jax.models import stable_diffusion as sd
 from unlearn_jax import experiment as exp_lib
@@ -30,7 +31,17 @@ def tiny_config(methods=("core", "dimum"), attack=2):
   c.eval.update(dict(num_samples=4, fd_num_samples=4, attack_num_samples=4, sample_batch_size=4, grid_size=2))
   c.eval.sampler.n_steps = 2
   c.sd.fit_vae_steps = 10                  # a short fit of the tiny VAE (the wiring; quality: test_stable_diffusion)
+  if attack and "dimum" in methods:   # the condition attacks on the prompt table (issue 15), on one unlearned model
+    c.stages.emb_dimum = config_lib.stage("attack", attack="embedding", init="dimum", data="forget", steps=attack,
+                                          eval_every=2, shots=2, lr=0.05)
+    c.stages.cond_dimum = config_lib.stage("attack", attack="condition", init="dimum", data="forget", steps=attack,
+                                           eval_every=2, shots=2, lr=0.1, eps=COND_EPS)
+    order = list(c.stage_order)
+    c.stage_order = tuple(order[:-1] + ["emb_dimum", "cond_dimum", order[-1]])
   return c
+
+
+COND_EPS = 0.05
 
 
 def leaves(tree):
@@ -118,7 +129,7 @@ def test_results_report_and_attacks(run):
       assert 0.0 <= m[k] <= 1.0, (k, m[k])
     assert m["frechet_distance"] >= 0 and 0 <= m["sfid"] <= 100
   assert res["models"]["pretrained"]["sfid"] == pytest.approx(100.0)
-  assert sorted(res["attacks"]) == ["attack_core", "attack_dimum"]
+  assert sorted(res["attacks"]) == ["attack_core", "attack_dimum", "cond_dimum", "emb_dimum"]
   assert res["attacks"]["attack_core"]["steps"] == [0, 2]
   synth = np.load(os.path.join(workdir, "synthetic", "data.npz"))
   assert synth["images"].dtype == np.float32 and synth["images"].shape == (8, 16, 16, 4)   # latents
@@ -141,6 +152,45 @@ def test_results_report_and_attacks(run):
   assert f"- autoencoder: {ae['summary']}" in report and f"{ae['reconstruction_mse']:.4f}" in ae["summary"]
   assert (f"accuracy on reconstructions {ae['style_accuracy_reconstructed']:.2f} / "
           f"{ae['object_accuracy_reconstructed']:.2f}") in ae["summary"]
+
+
+def test_the_condition_attacks_optimise_prompt_embeddings_only(run):
+  """embedding / condition attacks (`attacks.condition`) on SD: rows of the (K + 1, L, D) prompt
+  table, one per forget prompt; the checkpoint holds the rows only (the UNet is never written),
+  the embedding rows leave the null prompt's, the condition rows stay within eps of the forget
+  prompts' own (the projection binds: lr 0.1 > eps), and curve points come at 0, 2."""
+  exp, workdir = run
+  table = np.asarray(models.class_table(exp_lib.source_params(exp, workdir, "dimum")))
+  forget = list(exp.forget_labels)
+  rows = {}
+  for name in ("emb_dimum", "cond_dimum"):
+    stage = os.path.join(workdir, name)
+    raw = checkpoints.load_raw(stage)["params"]
+    assert set(raw) == {"rows"} and checkpoints.is_done(stage)
+    rows[name] = np.asarray(raw["rows"])
+    assert rows[name].shape == (len(forget),) + table.shape[1:]
+    curve = json.load(open(os.path.join(stage, "curve.json")))
+    assert sorted(map(int, curve)) == [0, 2] and all(0.0 <= p["ar"] <= 1.0 for p in curve.values())
+  assert not np.allclose(rows["emb_dimum"], table[-1])
+  dist = np.max(np.abs(rows["cond_dimum"] - table[forget]))
+  assert dist == pytest.approx(COND_EPS, rel=1e-5)
+  info = json.load(open(os.path.join(workdir, "cond_dimum", "attack.json")))
+  assert info["budget"]["eps"] == COND_EPS and len(info["fewshot_indices"]) == 2
+
+
+def test_prompt_rows_as_cond_embedding_equal_their_labels(run):
+  """SDUNet's cond_embedding: a batch of the table's rows gives the output of their labels."""
+  exp, workdir = run
+  params = exp_lib.source_params(exp, workdir, "dimum")
+  table = models.class_table(params)
+  labels = np.array([exp.forget_labels[0], 0, exp.null_label], np.int32)
+  x = jax.random.normal(jax.random.key(0), (3,) + exp.example_shape)
+  t = jnp.full((3,), 0.3)
+  f = jax.jit(lambda p, lab, cond: (exp.apply({"params": p}, x, t, lab),
+                                     exp.apply({"params": p}, x, t, cond_embedding=cond)))
+  a, b = f(params, jnp.asarray(labels), table[labels])
+  np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+  assert not np.allclose(np.asarray(a[0]), np.asarray(a[1]), atol=1e-4)     # the prompts matter
 
 
 def test_rerun_skips_finished_stages(run):

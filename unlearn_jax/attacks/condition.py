@@ -1,17 +1,21 @@
 """Condition attacks: optimise the condition of a frozen class-conditional model, never its weights.
 
-Both attacks search the class-embedding space of the model (`models.ddpm_unet.UNet`'s
-(K + 1, E) table; the condition reaches the network as `cond_embedding`) for rows
-e = (e_1 .. e_F), one per forgotten class c_j, minimising the model's own denoising loss on
-forget images x_0 of class c_j (the CDM loss, DiMUM paper Eq. 4, with the label's embedding
-replaced by e_j):
+Both attacks search the condition space of the model (`models.class_table`: the DDPM
+UNet's (K + 1, E) class embeddings, or Stable Diffusion's (K + 1, L, D) prompt table, the
+text encoder's outputs of the K prompts; the condition reaches the network as
+`cond_embedding`) for rows e = (e_1 .. e_F), one per forgotten class (or forget prompt) c_j,
+minimising the model's own denoising loss on forget images x_0 of c_j (the CDM loss, DiMUM
+paper Eq. 4, with the label's embedding replaced by e_j):
 
     L(e) = E_{(x_0, c_j), t, z} w(t) || z - eps_theta(x_t, t | e_j) ||^2,   theta frozen.
 
   embedding  textual inversion's analogue (Gal et al. 2023, Eq. 2: v* = argmin_v of the
              same loss over a new token embedding): e is a NEW row per forgotten class,
              initialised at the null row of the table (`INITS["null"]`: before the attack
-             its samples are the guided model's unconditional ones), unconstrained.
+             its samples are the guided model's unconditional ones), unconstrained.  On
+             Stable Diffusion the row is a whole (L, D) text-encoder output, a superset of
+             what one new input token can reach through the frozen text encoder (textual
+             inversion proper searches D numbers; this attack L x D).
   condition  UnlearnDiffAtk (Zhang et al. 2024, Eq. 3-4: the diffusion model as its own
              classifier, the adversarial prompt minimising the denoising loss of the target
              image): e starts at the forgotten class's own row e0 = table[c_j]
@@ -19,9 +23,9 @@ replaced by e_j):
              step (projected Adam; eps = 0: unconstrained).
 
 The step is pure: `attack_step(state, batches, rng, consts, spec=..., tx=...)` has the shape
-`training.train_loop` pmaps; state.params = {"net": the frozen weights, "rows": e}, and only
-"rows" has gradients, optimiser moments and updates (the network passes through untouched).
-The network runs as at sampling (train=False: no dropout).
+`training.train_loop` pmaps; state.params = {"rows": e} (the only leaves with gradients,
+optimiser moments, updates and checkpoints), the frozen weights travel in consts["net"] with
+the starting rows consts["rows0"].  The network runs as at sampling (train=False: no dropout).
 """
 from __future__ import annotations
 
@@ -63,14 +67,14 @@ class AttackSpec:
   eps: float = 0.0
 
 
-def initial_rows(table_KxE: jax.Array, forget_labels, init: str) -> jax.Array:
-  """(F, E) starting rows: the null row (the table's last) F times ("null"), or the forgotten
-  classes' own rows ("class")."""
+def initial_rows(table: jax.Array, forget_labels, init: str) -> jax.Array:
+  """(F, ...) starting rows of a (K + 1, ...) table: the null row (the table's last) F times
+  ("null"), or the forgotten classes' own rows ("class")."""
   forget = np.asarray(forget_labels, np.int32)
   if init == "null":
-    return jnp.tile(table_KxE[-1][None], (len(forget), 1))
+    return jnp.repeat(table[-1][None], len(forget), axis=0)
   if init == "class":
-    return table_KxE[forget]
+    return table[forget]
   raise ValueError(f"init must be one of {sorted(set(INITS.values()))}, got {init!r}")
 
 
@@ -87,39 +91,40 @@ def project(rows: jax.Array, rows0: jax.Array, eps: float) -> jax.Array:
   return rows0 + jnp.clip(rows - rows0, -eps, eps)
 
 
-def condition_loss(rows_FxE: jax.Array, net, batch, keys: jax.Array, spec: AttackSpec) -> jax.Array:
+def condition_loss(rows_F: jax.Array, net, batch, keys: jax.Array, spec: AttackSpec) -> jax.Array:
   """L(e) above on one batch {"x": (B, ...) in [0, 1], "labels": (B,) forgotten classes}, the
   noise of example k drawn from keys[k] (`training.perturb_examples`), mean over the batch."""
   x0 = training.preprocess(batch["x"], keys, spec.centered, spec.random_flip)
   noised = training.perturb_examples(spec.process, x0, keys, spec.weighting)
-  cond_BxE = rows_FxE[row_index(batch["labels"], spec.forget_labels)]
-  out = spec.apply_fn({"params": net}, noised.x_t, noised.time_input, train=False, cond_embedding=cond_BxE)
+  cond_B = rows_F[row_index(batch["labels"], spec.forget_labels)]
+  out = spec.apply_fn({"params": net}, noised.x_t, noised.time_input, train=False, cond_embedding=cond_B)
   eps_pred = score_lib.to_eps(out, noised.std, spec.output_type)
   return jnp.mean(losses.denoising_loss(eps_pred, noised.noise, noised.weight, reduce=spec.reduce))
 
 
-def init_state(net, rows0: jax.Array, tx: optax.GradientTransformation) -> ts.TrainState:
-  """The attack's TrainState: params {"net", "rows"}, optimiser state of the rows only, no EMA
-  (ema_params is params)."""
-  params = {"net": net, "rows": rows0}
+def init_state(rows0: jax.Array, tx: optax.GradientTransformation) -> ts.TrainState:
+  """The attack's TrainState: params {"rows"}, their optimiser state, no EMA (ema_params is
+  params); the frozen network is not part of it (consts["net"])."""
+  params = {"rows": rows0}
   return ts.TrainState(step=jnp.zeros((), jnp.int32), params=params, ema_params=params,
                        opt_state=tx.init(rows0))
 
 
 def attack_step(state: ts.TrainState, batches, rng: jax.Array, consts=None, *, spec: AttackSpec,
                 tx: optax.GradientTransformation, axis_name: Optional[str] = training.AXIS):
-  """One projected step on the rows: e <- Pi_eps(e + Adam(grad_e L)); consts {"rows0": e0}.
-  Pure; pmap it with `axis_name` (the gradient is averaged over devices) or call it with None."""
+  """One projected step on the rows: e <- Pi_eps(e + Adam(grad_e L)); consts {"net": the frozen
+  weights, "rows0": e0}.  Pure; pmap it with `axis_name` (the gradient is averaged over
+  devices) or call it with None."""
   batch = batches["forget"]
   step_rng = jax.random.fold_in(rng, state.step)
   keys = training.example_keys(step_rng, batch["x"].shape[0], axis_name)
-  net, rows = state.params["net"], state.params["rows"]
+  net, rows = consts["net"], state.params["rows"]
   loss, grad = jax.value_and_grad(condition_loss)(rows, net, batch, keys, spec)
   if axis_name is not None:
     loss, grad = jax.lax.pmean((loss, grad), axis_name)
   updates, opt_state = tx.update(grad, state.opt_state, rows)
   rows = project(optax.apply_updates(rows, updates), consts["rows0"], spec.eps)
-  params = {"net": net, "rows": rows}
+  params = {"rows": rows}
   metrics = {"loss/attack": loss, "grad_norm/rows": optax.tree.norm(grad),
              "dist_inf": jnp.max(jnp.abs(rows - consts["rows0"])),
              "finite": training.all_finite(rows).astype(jnp.float32)}

@@ -99,8 +99,14 @@ def downsample_factor(cfg: UNetConfig) -> int:
 
 
 def class_table(params) -> jax.Array:
-  """The (K + 1, E) class-embedding table of a conditional model's parameters (row K: null)."""
-  return params["class_embed"]["embedding"]
+  """The condition table of a conditional model's parameters, row K the null condition: this
+  UNet's (K + 1, E) class embeddings, or `models.stable_diffusion.SDUNet`'s (K + 1, L, D)
+  prompt embeddings (both models take a batch of its rows as `cond_embedding`)."""
+  if "class_embed" in params:
+    return params["class_embed"]["embedding"]
+  if "prompts" in params:
+    return params["prompts"]["embeddings"]
+  raise KeyError(f"no condition table (class_embed or prompts) among the parameters {sorted(params)}")
 
 
 class UNet(nn.Module):
@@ -110,15 +116,15 @@ class UNet(nn.Module):
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, time_B: jax.Array,
                labels_B: Optional[jax.Array] = None, train: bool = False,
-               cond_embedding_BxE: Optional[jax.Array] = None) -> jax.Array:
+               cond_embedding: Optional[jax.Array] = None) -> jax.Array:
     cfg = self.config
     B = x_BxHxWxC.shape[0]
     embed_dim = cfg.ch * cfg.embed_dim_mult
     emb_BxE = layers.TimeEmbedding(cfg.ch, embed_dim, name="time_embed")(time_B)
-    if cond_embedding_BxE is not None:
+    if cond_embedding is not None:      # (B, E)
       if cfg.num_classes == 0 or labels_B is not None:
         raise ValueError("cond_embedding replaces the labels of a class-conditional UNet: pass one, not both")
-      emb_BxE = emb_BxE + cond_embedding_BxE
+      emb_BxE = emb_BxE + cond_embedding
     elif cfg.num_classes > 0:
       if labels_B is None:
         labels_B = jnp.full((B,), cfg.num_classes, jnp.int32)

@@ -680,9 +680,12 @@ def _call_unet(unet, sample_BxCxHxW, timesteps_B, context_BxLxD, train):
 class SDUNet(nn.Module):
   """eps(z_t, t, prompt) of a diffusers Flax SD UNet in the library's call signature.
 
-  `apply({"params": params}, x, time, labels=None, train=False, rngs=None)`:
+  `apply({"params": params}, x, time, labels=None, train=False, rngs=None, cond_embedding=None)`:
   x NHWC latents (B, h, w, C); time (B,) = i / num_train_timesteps; labels (B,)
-  prompt ids in [0, num_prompts], num_prompts (and None) = the null prompt.
+  prompt ids in [0, num_prompts], num_prompts (and None) = the null prompt;
+  `cond_embedding` (B, L, D), when given, is the text context in place of the table
+  rows of `labels` (the condition attacks, `attacks.condition`: a row of the table gives
+  the same output as its label).
   Returns the eps prediction, NHWC float32.  `train=True` enables dropout
   (pass rngs={"dropout": key}).  `remat=True` wraps the diffusers UNet in
   `nn.remat` (same outputs and gradients; its activations are recomputed in
@@ -698,12 +701,17 @@ class SDUNet(nn.Module):
 
   @nn.compact
   def __call__(self, x_BxHxWxC: jax.Array, time_B: jax.Array,
-               labels: Optional[jax.Array] = None, train: bool = False) -> jax.Array:
+               labels: Optional[jax.Array] = None, train: bool = False,
+               cond_embedding: Optional[jax.Array] = None) -> jax.Array:
     B = x_BxHxWxC.shape[0]
+    if cond_embedding is not None and labels is not None:
+      raise ValueError("cond_embedding replaces the prompt labels: pass one, not both")
     if labels is None:
       labels = jnp.full((B,), self.num_prompts, jnp.int32)
     context_BxLxD = _PromptTable((self.num_prompts + 1, self.text_len, self.text_dim),
                                  name="prompts")(labels.astype(jnp.int32))
+    if cond_embedding is not None:
+      context_BxLxD = jnp.broadcast_to(cond_embedding, context_BxLxD.shape)
     unet = diffusers.FlaxUNet2DConditionModel(**_unet_kwargs(self.unet_config), dtype=self.dtype,
                                     name="unet")
     sample_BxCxHxW = jnp.transpose(x_BxHxWxC, (0, 3, 1, 2)).astype(self.dtype)

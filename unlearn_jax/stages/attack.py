@@ -127,17 +127,15 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
   end) into curve.json / curve.csv ("ar_cl": the share classified as the alternative of the
   class a row stands for; no "fd": with the weights frozen, the retained classes' samples
   do not change); attack.json records the effective budget.  The checkpoint
-  holds {"net": the init stage's weights, "rows": e}; a killed attack resumes from it."""
+  holds the rows e only (the init stage's weights stay where they are); a killed attack
+  resumes from it."""
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
-  os.makedirs(stage_dir, exist_ok=True)
   st = dataclasses.replace(st, shots=st.shots or condition.DEFAULT_SHOTS,
                            lr=condition.DEFAULT_LR if st.lr is None else st.lr,
                            batch_size=st.batch_size or cfg.training.batch_size)
+  train_stage.start_stage_dir(stage_dir, {**train_stage.meta(exp, name, st), "attack": st.attack, "init": st.init})
   write_attack_info(exp, name, st, stage_dir)
-  if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
-    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META),
-                           {**train_stage.meta(exp, name, st), "attack": st.attack, "init": st.init})
   seed = stage_seed(cfg, name)
   forget = exp.streams["forget"]
   shots = data_lib.subset(forget, fewshot_indices(len(forget), st.shots, seed))
@@ -172,11 +170,10 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
                              log_every=cfg.training.log_every, ckpt_every=cfg.training.ckpt_every,
                              sample_every=st.eval_every, max_to_keep=cfg.training.max_to_keep)
   t0 = time.time()
-  final = training.train_loop(stage_dir, condition.init_state(net, rows0, tx),
+  final = training.train_loop(stage_dir, condition.init_state(rows0, tx),
                               functools.partial(condition.attack_step, spec=spec, tx=tx), loop, get_batches,
                               sample_hook=lambda step, state: record(step, state.params["rows"]),
-                              step_hook=hooks.step, stage_name=name, consts={"rows0": rows0})
+                              step_hook=hooks.step, stage_name=name, consts={"net": net, "rows0": rows0})
   record(st.steps, final.params["rows"])
   write_curve_csv(stage_dir, curve)
-  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
-                         {"steps": st.steps, "wall_time_s": time.time() - t0})
+  train_stage.finish_stage_dir(stage_dir, t0, steps=st.steps)

@@ -143,6 +143,18 @@ def edited_state(params) -> ts.TrainState:
                        opt_state=optax.identity().init(params))
 
 
+def start_stage_dir(stage_dir: str, meta_content: dict) -> None:
+  """Creates the stage directory and writes its meta.json once (a resumed stage keeps the first)."""
+  os.makedirs(stage_dir, exist_ok=True)
+  if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
+    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), meta_content)
+
+
+def finish_stage_dir(stage_dir: str, t0: float, **done) -> None:
+  """DONE.json: `done` (e.g. steps) and the wall time since t0; the pipeline skips the stage after."""
+  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE), {**done, "wall_time_s": time.time() - t0})
+
+
 def run_closed_form(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:
   """An unlearn stage of a closed-form method: the evaluated weights of `st.init` edited once
   (`methods.edit`), saved as the stage's checkpoint at step 1 (a TrainState whose params and
@@ -151,9 +163,7 @@ def run_closed_form(exp: Experiment, name: str, st, workdir: str, hooks: Hooks =
   again (the pipeline skips one with DONE.json).  `st.steps` is ignored."""
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
-  os.makedirs(stage_dir, exist_ok=True)
-  if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
-    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), meta(exp, name, st))
+  start_stage_dir(stage_dir, meta(exp, name, st))
   t0 = time.time()
   source = source_params(exp, workdir, st.init)
   restored, step = checkpoints.restore_latest(stage_dir, edited_state(source), cfg.training.max_to_keep)
@@ -174,8 +184,7 @@ def run_closed_form(exp: Experiment, name: str, st, workdir: str, hooks: Hooks =
     logging.info("[%s] checkpoint of step %d found: the edit is not recomputed", name, step)
   if hooks.step is not None:
     hooks.step(1)
-  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
-                         {"steps": 0, "closed_form": True, "wall_time_s": time.time() - t0})
+  finish_stage_dir(stage_dir, t0, steps=0, closed_form=True)
 
 
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
@@ -200,9 +209,7 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
                                b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
                                trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps,
                                name=cfg.optim.name)
-  os.makedirs(stage_dir, exist_ok=True)
-  if not os.path.exists(os.path.join(stage_dir, checkpoints.META)):
-    checkpoints.write_json(os.path.join(stage_dir, checkpoints.META), meta(exp, name, st))
+  start_stage_dir(stage_dir, meta(exp, name, st))
   state = init_state(exp, name, st, tx, workdir, reset_mask)
   seed = stage_seed(cfg, name)
   given_streams = given_streams or {}
@@ -237,5 +244,4 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
                               stage_name=name, consts=consts)
   if eval_hook is not None:
     eval_hook(st.steps, final)
-  checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
-                         {"steps": st.steps, "wall_time_s": time.time() - t0})
+  finish_stage_dir(stage_dir, t0, steps=st.steps)

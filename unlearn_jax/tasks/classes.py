@@ -50,6 +50,19 @@ from unlearn_jax.unlearning import dimum as dimum_lib
 NAME = "classes"
 #: models a stage may name besides stages and directories (none here).
 NAMED_MODELS = ()
+#: config.model.name values whose class-embedding table the condition attacks optimise in.
+CONDITION_MODELS = ("ddpm_unet", "ncsnpp")
+
+
+def condition_attack_error(config) -> str:
+  """Why the condition attacks (`attacks.condition`) cannot run on the config's model, "" when
+  they can: they need a class-conditional model with a class-embedding table."""
+  if config.model.get("conditional", False) and config.model.get("name") in CONDITION_MODELS:
+    return ""
+  return ("needs a class-conditional model with a class-embedding table (config.model.conditional=True, "
+          "config.model.name in " + ", ".join(CONDITION_MODELS) + "): it optimises a class condition; on an "
+          "unconditional model only the fine-tuning attacks (attack='finetune': data=retain, test_retain, "
+          "benign, fewshot, a synthesize stage) run")
 
 
 # ----------------------------------------------------------------------------

@@ -314,6 +314,13 @@ def reference_images(path: str) -> List[str]:
   return sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(_IMAGE_EXTENSIONS))
 
 
+def condition_attack_error(config) -> str:
+  """The condition attacks are not available here (forget_rates takes no condition rows yet)."""
+  del config
+  return ("is not available on the prompts task (its forget measure takes no prompt embeddings yet); "
+          "attack='finetune' runs here")
+
+
 def validate(config) -> None:
   """The prompt task's config checks, with every user file read or looked at (nothing is
   written before them): prompts, counts, sampler, the I2P CSV, the caption list, the CLIP

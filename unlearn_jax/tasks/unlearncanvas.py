@@ -360,12 +360,19 @@ def _prompt_labels(ids: np.ndarray, n: int, seed: int) -> np.ndarray:
   return np.resize(order, n).astype(np.int32)
 
 
-def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = False) -> dict:
+def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = False, cond_rows=None) -> dict:
   """AR (the forgotten style in the style classifier's top 3, DiMUM paper Sec. VI-B) and
-  AR_CL (top-1 = the alternative style) of n samples under the forget prompts."""
+  AR_CL (top-1 = the alternative style) of n samples under the forget prompts.
+
+  `cond_rows` (F, L, D): the samples are conditioned on these prompt embeddings in place of
+  the prompt table's, row j standing for forget prompt forget_labels[j] (`attacks.condition`)."""
   ctx = exp.context
   labels = _prompt_labels(np.asarray(exp.forget_labels), n, exp.config.seed)
-  x = decode(ctx, generation.generate(exp, params, n, rng, labels=labels))
+  kw = {}
+  if cond_rows is not None:
+    row_of = {int(p): j for j, p in enumerate(exp.forget_labels)}
+    kw["cond"] = np.asarray(cond_rows)[[row_of[int(p)] for p in labels]]
+  x = decode(ctx, generation.generate(exp, params, n, rng, labels=labels, **kw))
   logits, _ = classify(ctx, "style", clf["style"], x)
   style_true = ctx.data.prompt_style[labels]
   out = {"ar": evaluation.topk_match_rate(logits, style_true, k=3),
@@ -526,6 +533,13 @@ def autoencoder_summary(exp, workdir: str) -> dict:
 # ----------------------------------------------------------------------------
 # The task's hooks (`unlearn_jax.tasks`).
 # ----------------------------------------------------------------------------
+def condition_attack_error(config) -> str:
+  """"": the condition attacks optimise rows of the SD UNet's prompt table (the forget prompts'
+  text-encoder outputs), `attacks.condition`."""
+  del config
+  return ""
+
+
 def validate(config) -> None:
   """The `config.sd` checks that need no inputs (before `prepare` writes any)."""
   check_vae_fit_fields(config)
