@@ -14,6 +14,9 @@ is attacked, from the same weights, by (stage attack_<method><suffix>):
                 started at the null prompt's) learned on 5 forget images, every weight frozen:
                 textual inversion's analogue in the text encoder's output space, which holds
                 every embedding one new token could reach (`attacks.condition`)
+  _textual_inversion  textual inversion proper: one new token's input embedding v, the forget
+                prompts re-captioned with the placeholder token in place of the style, their
+                conditions the frozen text encoder's outputs, fitted on 5 forget images
   _condition    each forget prompt's embedding optimised within an L-inf ball of radius `eps`
                 around its own so that the model's own denoising loss on forget images is
                 minimal (UnlearnDiffAtk's formulation with a soft prompt)
@@ -26,7 +29,8 @@ robustness section and robustness.json summarise the curves.
   python -m unlearn_jax.main --config=configs/robustness_unlearncanvas.py:cpu --workdir=W
 
 Arguments: cpu (the tiny random model on the synthetic tree), model_dir, data_dir,
-methods=<ga-salun-dimum>, attacks=<synthetic-retain-benign-fewshot1-fewshot5-embedding-condition>,
+methods=<ga-salun-dimum>, attacks=<synthetic-retain-benign-fewshot1-fewshot5-embedding-
+textual_inversion-condition>,
 steps=<unlearning steps: 1000; cpu 400>, attack=<attack steps: 10000; cpu 200>,
 every=<AR every k steps: 400; cpu 50>, eps=<condition budget, 0.1>.  Scale: DiMUM paper's SD
 protocol (Adam 1e-5, batch 4, AR on 100 images; cpu 12); eps was not tuned on any outcome.
@@ -34,10 +38,10 @@ protocol (Adam 1e-5, batch 4, AR on 100 images; cpu 12); eps was not tuned on an
 from unlearn_jax import config_lib
 
 METHODS = ("ga", "salun", "dimum")
-ATTACKS = ("synthetic", "retain", "benign", "fewshot1", "fewshot5", "embedding", "condition")
+ATTACKS = ("synthetic", "retain", "benign", "fewshot1", "fewshot5", "embedding", "textual_inversion", "condition")
 CONDITION_SHOTS = 5
 #: the smoke run (tests/test_configs.py): the attacks dimum_unlearncanvas.py's smoke does not run.
-SMOKE_ARG = "cpu,methods=dimum,attacks=benign-fewshot1-embedding-condition"
+SMOKE_ARG = "cpu,methods=dimum,attacks=benign-fewshot1-embedding-textual_inversion-condition"
 
 
 def get_config(arg=None):

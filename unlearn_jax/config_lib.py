@@ -130,7 +130,8 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   `experiment.fewshot_indices`), with their labels.
   mask: method ("salun" | "sfron"), init.
   synthesize: init (the generating model), num (0: as many as D_r).
-  attack: attack ("finetune": the fine-tuning attacks above; "embedding" | "condition": a
+  attack: attack ("finetune": the fine-tuning attacks above; "embedding" | "condition" |
+  "textual_inversion": a
   class-conditional DDPM's or Stable Diffusion's condition optimised, its weights frozen,
   `attacks.condition`): both fit rows of the condition table (one per forgotten class or prompt) to the denoising loss
   of `shots` forget images (data="forget"; 0: `condition.DEFAULT_SHOTS` = 5, drawn from the
@@ -138,7 +139,8 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   "embedding" starts a new row at the null row (textual inversion), "condition" at the
   forgotten class's row within ||e - e0||_inf <= eps (UnlearnDiffAtk; eps 0: unconstrained,
   the only value "embedding" takes).  On Stable Diffusion (UnlearnCanvas) a row is a forget
-  prompt's (L, D) text-encoder output.  Their checkpoint holds the rows e only (the weights are
+  prompt's (L, D) text-encoder output; "textual_inversion" (SD only) learns one new token's
+  input embedding instead (`tasks.unlearncanvas.textual_inversion`).  Their checkpoint holds the rows e only (the weights are
   the init stage's, unchanged); an evaluate stage or a later stage's init cannot name them.
   """
   d = dict(kind=kind, steps=0, data="all", init="scratch", method="", variant="",
@@ -316,9 +318,9 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
   assumption (ii); "synthetic": data the pretrained model generates under D_r's
   conditions, `synthetic` images, 0 = |D_r|; "benign": benign fine-tuning, stage
   attack_<m>_benign; "fewshot<k>", e.g. "fewshot5": few-shot relearning on k forget examples,
-  stage attack_<m>_fewshot5; "embedding" / "condition": the condition attacks, stage
-  attack_<m>_embedding / attack_<m>_condition, on `condition_shots` forget images, the
-  condition attack within `condition_eps`), report.
+  stage attack_<m>_fewshot5; "embedding" / "condition" / "textual_inversion" (Stable
+  Diffusion only): the condition attacks, stage attack_<m>_<entry>, on `condition_shots`
+  forget images, the condition attack within `condition_eps`), report.
   """
   stages = ml_collections.ConfigDict()
   order = ["classifier"]
@@ -350,19 +352,21 @@ ROBUSTNESS_ATTACKS = ("retain", "test_retain", "synthetic", "benign", "fewshot1"
 
 
 def parse_attacks(value: str, default=ROBUSTNESS_ATTACKS) -> tuple:
-  """A config argument attacks=<a1-a2-...> -> a tuple of `ROBUSTNESS_ATTACKS` entries ("" : default)."""
+  """A config argument attacks=<a1-a2-...> -> a tuple of attack_data entries (of `default` or
+  `ROBUSTNESS_ATTACKS`; "": default)."""
   if not value:
     return tuple(default)
   got = tuple(value.split("-"))
-  bad = [a for a in got if a not in ROBUSTNESS_ATTACKS]
+  known = tuple(dict.fromkeys(tuple(default) + ROBUSTNESS_ATTACKS))
+  bad = [a for a in got if a not in known]
   if bad:
     raise ValueError(f"attacks={value!r}: {bad[0]!r} is not an attack; expected names among "
-                     f"{', '.join(ROBUSTNESS_ATTACKS)} joined by '-'")
+                     f"{', '.join(known)} joined by '-'")
   return got
 
 
 #: `attack_data` entries that are condition attacks (`attacks.condition.ATTACKS`).
-CONDITION_ATTACKS = ("embedding", "condition")
+CONDITION_ATTACKS = ("embedding", "condition", "textual_inversion")
 #: `attack_data` entry -> the suffix of its stages' names attack_<method><suffix> (others: "_<entry>").
 ATTACK_SUFFIX = {"retain": "", "test_retain": "_test", "synthetic": "_synth"}
 

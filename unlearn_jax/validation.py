@@ -148,9 +148,9 @@ def check_config(config) -> None:
 
 def _check_condition_attacks(config) -> None:
   """An attack stage's `attack` ("finetune" or `condition.ATTACKS`) and `eps` (>= 0; nonzero
-  only for "condition"); an embedding / condition attack needs a model with a condition table
-  (the task's `condition_attack_error`: a class-conditional DDPM UNet, Stable Diffusion's
-  prompt table), takes data="forget", and is no model for an evaluate stage or a later
+  only for "condition"); an embedding / condition / textual-inversion attack needs a model the
+  task's `condition_attack_error` accepts (a class-conditional DDPM UNet's class embeddings,
+  Stable Diffusion's prompt table and text encoder), takes data="forget", and is no model for an evaluate stage or a later
   stage's init (its weights are its init's)."""
   cond_attacks = set()
   for name in config.stage_order:
@@ -168,7 +168,7 @@ def _check_condition_attacks(config) -> None:
       raise UserError(f"{field}.eps", st.eps, "expected 0: only attack='condition' has a perturbation budget")
     if attack not in condition.ATTACKS:
       continue
-    why = tasks.get(config).condition_attack_error(config)
+    why = tasks.get(config).condition_attack_error(config, attack)
     if why:
       raise UserError(f"{field}.attack", attack, why)
     if st.data != "forget":

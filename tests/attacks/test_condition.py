@@ -234,6 +234,7 @@ def test_the_condition_attack_keeps_its_budget_after_every_step(prefix, tmp_path
 
 @pytest.mark.parametrize("mutate,field", [
     (lambda c: c.stages.emb.update(attack="textual"), "config.stages.emb.attack"),
+    (lambda c: c.stages.emb.update(attack="textual_inversion"), "config.stages.emb.attack"),   # no text encoder
     (lambda c: c.stages.cond.update(eps=-0.1), "config.stages.cond.eps"),
     (lambda c: c.stages.emb.update(eps=0.1), "config.stages.emb.eps"),
     (lambda c: c.stages.emb.update(data="retain"), "config.stages.emb.data"),

@@ -15,7 +15,7 @@ HOOKS = {  # hook -> its parameters (tasks/__init__.py's list)
     "check": ("exp",), "save": ("exp",), "named_params": ("exp", "name"), "trainable": ("exp", "st"),
     "train_classifiers": ("exp", "name", "workdir", "fit"), "classifier_params": ("exp", "workdir"),
     "forget_rates": ("exp", "params", "clf_params|clf", "n", "rng"),
-    "condition_attack_error": ("config",),
+    "condition_attack_error": ("config", "attack"),
     "attack_measures": ("exp", "params", "clf_params|clf", "n", "rng"),
     "evaluate": ("exp", "workdir", "model", "params", "clf_params|clf", "rng", "out_dir"),
     "finalize": ("exp", "results", "workdir"), "report_tables": ("results", "workdir"),
@@ -61,3 +61,19 @@ def test_the_engine_reaches_the_family_only_through_the_hooks(tmp_path, monkeypa
     assert hook in calls, hook
   assert calls.count("evaluate") == len(c.stages.evaluate.models)
   assert (tmp_path / "results.json").exists() and (tmp_path / "report.md").exists()
+
+
+def test_which_tasks_run_the_condition_attacks():
+  """classes: a class-conditional UNet's embedding / condition attacks, never textual inversion
+  (no text encoder), none on an unconditional model; unlearncanvas: all three; prompts: none."""
+  digits, canvas_cfg = config_lib.digits_ddpm(cpu=True), config_lib.unlearncanvas_base(cpu=True)
+  nudity = load_config("erasediff_nudity.py")
+  for attack in ("embedding", "condition"):
+    assert classes.condition_attack_error(digits, attack) == ""
+    unconditional = config_lib.digits_ddpm(cpu=True)
+    unconditional.model.conditional = False
+    assert "class-conditional" in classes.condition_attack_error(unconditional, attack)
+  assert "text encoder" in classes.condition_attack_error(digits, "textual_inversion")
+  for attack in ("embedding", "condition", "textual_inversion"):
+    assert unlearncanvas.condition_attack_error(canvas_cfg, attack) == ""
+    assert prompts.condition_attack_error(nudity, attack) != ""

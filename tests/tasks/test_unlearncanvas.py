@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import checkpoints, config_lib, models, pipeline, training
+from unlearn_jax import canvas, checkpoints, config_lib, models, pipeline, training
 from unlearn_jax.errors import UserError
 from unlearn_jax.models import stable_diffusion as sd
 from unlearn_jax import experiment as exp_lib
@@ -36,8 +36,10 @@ def tiny_config(methods=("core", "dimum"), attack=2):
                                           eval_every=2, shots=2, lr=0.05)
     c.stages.cond_dimum = config_lib.stage("attack", attack="condition", init="dimum", data="forget", steps=attack,
                                            eval_every=2, shots=2, lr=0.1, eps=COND_EPS)
+    c.stages.ti_dimum = config_lib.stage("attack", attack="textual_inversion", init="dimum", data="forget",
+                                         steps=attack, eval_every=2, shots=2, lr=0.05)
     order = list(c.stage_order)
-    c.stage_order = tuple(order[:-1] + ["emb_dimum", "cond_dimum", order[-1]])
+    c.stage_order = tuple(order[:-1] + ["emb_dimum", "cond_dimum", "ti_dimum", order[-1]])
   return c
 
 
@@ -129,7 +131,7 @@ def test_results_report_and_attacks(run):
       assert 0.0 <= m[k] <= 1.0, (k, m[k])
     assert m["frechet_distance"] >= 0 and 0 <= m["sfid"] <= 100
   assert res["models"]["pretrained"]["sfid"] == pytest.approx(100.0)
-  assert sorted(res["attacks"]) == ["attack_core", "attack_dimum", "cond_dimum", "emb_dimum"]
+  assert sorted(res["attacks"]) == ["attack_core", "attack_dimum", "cond_dimum", "emb_dimum", "ti_dimum"]
   assert res["attacks"]["attack_core"]["steps"] == [0, 2]
   synth = np.load(os.path.join(workdir, "synthetic", "data.npz"))
   assert synth["images"].dtype == np.float32 and synth["images"].shape == (8, 16, 16, 4)   # latents
@@ -176,6 +178,39 @@ def test_the_condition_attacks_optimise_prompt_embeddings_only(run):
   assert dist == pytest.approx(COND_EPS, rel=1e-5)
   info = json.load(open(os.path.join(workdir, "cond_dimum", "attack.json")))
   assert info["budget"]["eps"] == COND_EPS and len(info["fewshot_indices"]) == 2
+
+
+def test_textual_inversion_learns_one_token_embedding(run):
+  """Textual inversion: the checkpoint holds one (1, D_token) vector, moved from the placeholder's
+  own embedding; at that starting vector the conditions are the text encoder's outputs of the
+  placeholder captions (encode_prompts), and the loss has a gradient in the vector."""
+  exp, workdir = run
+  comp = exp.context.comp
+  space = unlearncanvas.textual_inversion(exp)
+  v0 = np.asarray(space.rows0)
+  stage = os.path.join(workdir, "ti_dimum")
+  raw = checkpoints.load_raw(stage)["params"]
+  assert set(raw) == {"rows"} and np.asarray(raw["rows"]).shape == v0.shape == (1, sd.token_embedding(
+      comp.text_params).shape[1])
+  assert not np.allclose(np.asarray(raw["rows"]), v0)
+  data = exp.context.data
+  captions = [canvas.prompt(unlearncanvas.PLACEHOLDER, data.objects[data.prompt_object[p]],
+                            exp.config.data.template) for p in exp.forget_labels]
+  assert all(unlearncanvas.PLACEHOLDER in c and "Van Gogh" not in c for c in captions)
+  idx = jnp.arange(len(captions))
+  got = jax.jit(space.to_condition)(space.rows0, idx, space.consts)
+  np.testing.assert_allclose(np.asarray(got), sd.encode_prompts(comp, captions), atol=1e-5)
+  shift = jax.random.normal(jax.random.key(1), space.rows0.shape)            # not constant: LayerNorm removes a mean
+  other = np.asarray(jax.jit(space.to_condition)(space.rows0 + shift, idx, space.consts))
+  ids = sd.token_ids(comp, captions)
+  at = ids == comp.tokenizer.convert_tokens_to_ids(unlearncanvas.PLACEHOLDER + "</w>")   # (F, L), one per row
+  before = np.cumsum(at, axis=1) == 0                                          # CLIP's attention is causal
+  np.testing.assert_array_equal(other[before], np.asarray(got)[before])
+  assert np.linalg.norm(other[at] - np.asarray(got)[at], axis=-1).min() > 0.1   # the vector reaches the output
+  curve = json.load(open(os.path.join(stage, "curve.json")))
+  assert sorted(map(int, curve)) == [0, 2]
+  info = json.load(open(os.path.join(stage, "attack.json")))
+  assert info["attack"] == "textual_inversion" and info["budget"]["eps"] == 0.0
 
 
 def test_prompt_rows_as_cond_embedding_equal_their_labels(run):

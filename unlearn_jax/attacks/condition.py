@@ -16,6 +16,13 @@ paper Eq. 4, with the label's embedding replaced by e_j):
              Stable Diffusion the row is a whole (L, D) text-encoder output, a superset of
              what one new input token can reach through the frozen text encoder (textual
              inversion proper searches D numbers; this attack L x D).
+  textual_inversion  textual inversion proper (Gal et al. 2023, Eq. 2), Stable Diffusion only:
+             e is ONE new token embedding v (1, D_token) in the frozen text encoder's input
+             space; the condition of forget prompt c_j is the text encoder's output of c_j
+             with the forgotten style's words replaced by the placeholder token, whose row of
+             the token-embedding table is v (`AttackSpec.to_condition`,
+             `models.stable_diffusion.encode_with_token`); v starts at the placeholder's own
+             embedding (`INITS["token"]`), unconstrained.
   condition  UnlearnDiffAtk (Zhang et al. 2024, Eq. 3-4: the diffusion model as its own
              classifier, the adversarial prompt minimising the denoising loss of the target
              image): e starts at the forgotten class's own row e0 = table[c_j]
@@ -42,9 +49,10 @@ from unlearn_jax import score as score_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax import training
 
-#: attack -> the rows it starts from: "null" (the table's null row, for every forgotten class)
-#: or "class" (each forgotten class's own row).
-INITS = {"embedding": "null", "condition": "class"}
+#: attack -> the rows it starts from: "null" (the table's null row, for every forgotten class),
+#: "class" (each forgotten class's own row) or "token" (the placeholder token's input embedding,
+#: given by the task: `tasks.unlearncanvas.textual_inversion`).
+INITS = {"embedding": "null", "condition": "class", "textual_inversion": "token"}
 ATTACKS = tuple(INITS)
 #: forget images an attack uses when its stage's `shots` is 0 (textual inversion's 3-5 images).
 DEFAULT_SHOTS = 5
@@ -65,6 +73,25 @@ class AttackSpec:
   random_flip: bool = False
   #: the budget ||e - e0||_inf <= eps; 0: unconstrained.
   eps: float = 0.0
+  #: (rows, idx_B, consts) -> the (B, ...) conditions standing for rows idx_B (positions in
+  #: forget_labels); None: rows[idx_B] (the rows are conditions of the table's space).
+  to_condition: Optional[Callable] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ConditionSpace:
+  """Where an attack's rows live when they are not rows of the condition table (a task's
+  textual inversion): the starting rows, `AttackSpec.to_condition`, and the consts it reads."""
+  rows0: Any
+  to_condition: Callable
+  consts: Any
+
+
+def conditions(rows: jax.Array, idx_B: jax.Array, consts, spec: AttackSpec) -> jax.Array:
+  """The model conditions of forget classes / prompts idx_B under the rows."""
+  if spec.to_condition is None:
+    return rows[idx_B]
+  return spec.to_condition(rows, idx_B, consts)
 
 
 def initial_rows(table: jax.Array, forget_labels, init: str) -> jax.Array:
@@ -91,12 +118,13 @@ def project(rows: jax.Array, rows0: jax.Array, eps: float) -> jax.Array:
   return rows0 + jnp.clip(rows - rows0, -eps, eps)
 
 
-def condition_loss(rows_F: jax.Array, net, batch, keys: jax.Array, spec: AttackSpec) -> jax.Array:
+def condition_loss(rows_F: jax.Array, net, batch, keys: jax.Array, spec: AttackSpec, consts=None) -> jax.Array:
   """L(e) above on one batch {"x": (B, ...) in [0, 1], "labels": (B,) forgotten classes}, the
-  noise of example k drawn from keys[k] (`training.perturb_examples`), mean over the batch."""
+  noise of example k drawn from keys[k] (`training.perturb_examples`), mean over the batch;
+  `consts` reach `spec.to_condition`."""
   x0 = training.preprocess(batch["x"], keys, spec.centered, spec.random_flip)
   noised = training.perturb_examples(spec.process, x0, keys, spec.weighting)
-  cond_B = rows_F[row_index(batch["labels"], spec.forget_labels)]
+  cond_B = conditions(rows_F, row_index(batch["labels"], spec.forget_labels), consts, spec)
   out = spec.apply_fn({"params": net}, noised.x_t, noised.time_input, train=False, cond_embedding=cond_B)
   eps_pred = score_lib.to_eps(out, noised.std, spec.output_type)
   return jnp.mean(losses.denoising_loss(eps_pred, noised.noise, noised.weight, reduce=spec.reduce))
@@ -113,13 +141,13 @@ def init_state(rows0: jax.Array, tx: optax.GradientTransformation) -> ts.TrainSt
 def attack_step(state: ts.TrainState, batches, rng: jax.Array, consts=None, *, spec: AttackSpec,
                 tx: optax.GradientTransformation, axis_name: Optional[str] = training.AXIS):
   """One projected step on the rows: e <- Pi_eps(e + Adam(grad_e L)); consts {"net": the frozen
-  weights, "rows0": e0}.  Pure; pmap it with `axis_name` (the gradient is averaged over
+  weights, "rows0": e0, and what `spec.to_condition` reads (textual inversion: "text")}.  Pure; pmap it with `axis_name` (the gradient is averaged over
   devices) or call it with None."""
   batch = batches["forget"]
   step_rng = jax.random.fold_in(rng, state.step)
   keys = training.example_keys(step_rng, batch["x"].shape[0], axis_name)
   net, rows = consts["net"], state.params["rows"]
-  loss, grad = jax.value_and_grad(condition_loss)(rows, net, batch, keys, spec)
+  loss, grad = jax.value_and_grad(condition_loss)(rows, net, batch, keys, spec, consts)
   if axis_name is not None:
     loss, grad = jax.lax.pmean((loss, grad), axis_name)
   updates, opt_state = tx.update(grad, state.opt_state, rows)

@@ -382,8 +382,7 @@ def encode_prompts(comp: SDComponents, prompts: Sequence[str], batch_size: int =
   tok = comp.tokenizer
   if not prompts:
     return np.zeros((0, tok.model_max_length, comp.text_encoder.config.hidden_size), np.float32)
-  ids = tok(prompts, padding="max_length", max_length=tok.model_max_length, truncation=True,
-            return_tensors="np").input_ids.astype(np.int32)
+  ids = token_ids(comp, prompts)
   if "text" not in comp._jitted:
     comp._jitted["text"] = jax.jit(
         lambda params, ids: comp.text_encoder(ids, params=params, train=False)[0])
@@ -396,6 +395,27 @@ def encode_prompts(comp: SDComponents, prompts: Sequence[str], batch_size: int =
     chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk
     out.append(np.asarray(fn(comp.text_params, chunk), np.float32)[:batch_size - pad])
   return np.concatenate(out, 0)
+
+
+def token_ids(comp: SDComponents, prompts: Sequence[str]) -> np.ndarray:
+  """(P, L) int32 token ids of `prompts` as `encode_prompts` tokenizes them."""
+  tok = comp.tokenizer
+  return tok(list(prompts), padding="max_length", max_length=tok.model_max_length, truncation=True,
+             return_tensors="np").input_ids.astype(np.int32)
+
+
+def token_embedding(text_params) -> jax.Array:
+  """The (V, D) input token-embedding table of a FlaxCLIPTextModel's params."""
+  return text_params["text_model"]["embeddings"]["token_embedding"]["embedding"]
+
+
+def encode_with_token(text_encoder, text_params, ids_BxL: jax.Array, token_id: int, vector_D: jax.Array) -> jax.Array:
+  """(B, L, D) last hidden states of the token ids with token `token_id`'s input embedding
+  replaced by `vector_D` (textual inversion's new token; differentiable in the vector)."""
+  table = token_embedding(text_params).at[token_id].set(vector_D.astype(jnp.float32))
+  emb = {**text_params["text_model"]["embeddings"], "token_embedding": {"embedding": table}}
+  params = {**text_params, "text_model": {**text_params["text_model"], "embeddings": emb}}
+  return text_encoder(ids_BxL, params=params, train=False)[0]
 
 
 def prompt_table(comp: SDComponents, prompts: Sequence[str], batch_size: int = 32) -> np.ndarray:

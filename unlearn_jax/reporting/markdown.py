@@ -23,7 +23,8 @@ PRETTY = {"standard": "Standard", "unseen": "Unseen", "pretrained": "Pretrained"
           **{f"{name}_{v}": shown for name, s in methods_lib.SPECS.items() for v, shown in s.stage_display.items()}}
 STREAM_NAMES = {"retain": "D_r (assumption i)", "test_retain": "test w/o forget (assumption ii)",
                 "benign": "benign fine-tuning", "embedding": "embedding attack (weights frozen)",
-                "condition": "condition attack (weights frozen)"}
+                "condition": "condition attack (weights frozen)",
+                "textual_inversion": "textual inversion (weights frozen)"}
 
 
 def pretty(name: str) -> str:

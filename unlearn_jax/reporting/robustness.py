@@ -198,6 +198,8 @@ def attack_label(a: dict) -> str:
     return f"DiMRA on {STREAM_NAMES.get(data, data)}"
   if kind == "embedding":
     return "embedding" + (f" (n={b['shots']})" if b.get("shots") else "")
+  if kind == "textual_inversion":
+    return "textual inversion" + (f" (n={b['shots']})" if b.get("shots") else "")
   if kind == "condition":
     return "condition" + (f" (eps={b['eps']:g})" if b.get("eps") else " (unconstrained)")
   return f"{kind} on {data}"

@@ -9,8 +9,8 @@ classes (`experiment.benign_classes`: concept resurgence); few-shot relearning
 <stage>/curve.json: {"<step>": {"ar", "ar_cl", "fd"[, "nll_forget"]}} (`exp.task.forget_rates`
 and `attack_measures`; for an unconditional model "ar" is the share of samples classified as
 a forgotten class, "ar_cl" NaN) and curve.csv; <stage>/attack.json records the attack and its
-budget (`write_attack_info`).  st.attack "embedding" / "condition" optimise a
-condition of the frozen class-conditional model instead (`attacks.condition`, `run_condition`).  A killed attack resumes: the training from its checkpoint,
+budget (`write_attack_info`).  st.attack "embedding" / "condition" / "textual_inversion"
+optimise a condition of the frozen conditional model instead (`attacks.condition`, `run_condition`).  A killed attack resumes: the training from its checkpoint,
 the curve from the points already written (not recomputed).
 """
 from __future__ import annotations
@@ -118,7 +118,8 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
 
 
 def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:
-  """The embedding / condition attack (`attacks.condition`) on the frozen weights of `st.init`:
+  """The embedding / condition / textual-inversion attack (`attacks.condition`; textual
+  inversion's token space from the task, `textual_inversion`) on the frozen weights of `st.init`:
   Adam (config.optim's name, b1, eps; no warmup, no clipping; the stage's decay), projected
   onto the eps-ball for "condition", on the class-embedding rows, fitted to
   `shots` forget images (the first of D_f in the stage seed's permutation, `DEFAULT_SHOTS`
@@ -140,13 +141,22 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
   forget = exp.streams["forget"]
   shots = data_lib.subset(forget, fewshot_indices(len(forget), st.shots, seed))
   net = source_params(exp, workdir, st.init)
-  rows0 = condition.initial_rows(models.class_table(net), exp.forget_labels, condition.INITS[st.attack])
+  if condition.INITS[st.attack] == "token":           # textual inversion: the task's token space
+    space = exp.task.textual_inversion(exp)
+  else:
+    space = condition.ConditionSpace(
+        rows0=condition.initial_rows(models.class_table(net), exp.forget_labels, condition.INITS[st.attack]),
+        to_condition=None, consts={})
+  rows0 = space.rows0
+  consts = {"net": net, "rows0": rows0, **space.consts}
   tx = training.make_optimizer(st.lr, grad_clip=0.0, b1=cfg.optim.b1, eps=cfg.optim.eps, name=cfg.optim.name,
                                decay=train_stage.stage_decay(cfg, st), total_steps=st.steps)
   spec = condition.AttackSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
                               forget_labels=tuple(exp.forget_labels), weighting=cfg.training.weighting,
                               reduce=cfg.training.reduce, centered=cfg.data.centered,
-                              random_flip=cfg.data.random_flip, eps=st.eps)
+                              random_flip=cfg.data.random_flip, eps=st.eps, to_condition=space.to_condition)
+  forget_idx = np.arange(len(exp.forget_labels))
+  cond_of = jax.jit(lambda rows, c: condition.conditions(rows, forget_idx, c, spec))
   clf = exp.task.classifier_params(exp, workdir)
   curve_path = os.path.join(stage_dir, CURVE_FILE)
   curve = checkpoints.read_json(curve_path) if os.path.exists(curve_path) else {}
@@ -156,7 +166,7 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
     if str(step) in curve:
       return
     r = exp.task.forget_rates(exp, net, clf, cfg.eval.attack_num_samples, jax.random.fold_in(key, step),
-                              cond_rows=np.asarray(rows))
+                              cond_rows=np.asarray(cond_of(rows, consts)))
     curve[str(step)] = {"ar": r["ar"], "ar_cl": r["ar_cl"]}
     checkpoints.write_json(curve_path, curve)
     logging.info("[%s] step %d AR %.3f AR_CL %.3f", name, step, r["ar"], r["ar_cl"])
@@ -173,7 +183,7 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
   final = training.train_loop(stage_dir, condition.init_state(rows0, tx),
                               functools.partial(condition.attack_step, spec=spec, tx=tx), loop, get_batches,
                               sample_hook=lambda step, state: record(step, state.params["rows"]),
-                              step_hook=hooks.step, stage_name=name, consts={"net": net, "rows0": rows0})
+                              step_hook=hooks.step, stage_name=name, consts=consts)
   record(st.steps, final.params["rows"])
   write_curve_csv(stage_dir, curve)
   train_stage.finish_stage_dir(stage_dir, t0, steps=st.steps)

@@ -14,8 +14,8 @@ branch around:
   train_classifiers(exp, name, workdir, fit) -> DONE.json info (None: no classifier)
   classifier_params(exp, workdir)
   forget_rates(exp, params, clf, n, rng[, cond_rows]) -> {"ar", "ar_cl", "class_histogram", ...}
-  condition_attack_error(config) -> "" when the condition attacks (`attacks.condition`) can
-                              run on the config's model, else why not
+  condition_attack_error(config, attack) -> "" when condition attack `attack`
+                              (`attacks.condition`) can run on the config's model, else why not
   attack_measures(exp, params, clf, n, rng, rates, cache) -> an attack curve point's other
                               measures ({"fd", "nll_forget"}; {} where the task has none)
   evaluate(exp, workdir, model, params, clf, rng, out_dir) -> a results.json model entry

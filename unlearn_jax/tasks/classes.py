@@ -54,9 +54,13 @@ NAMED_MODELS = ()
 CONDITION_MODELS = ("ddpm_unet", "ncsnpp")
 
 
-def condition_attack_error(config) -> str:
-  """Why the condition attacks (`attacks.condition`) cannot run on the config's model, "" when
-  they can: they need a class-conditional model with a class-embedding table."""
+def condition_attack_error(config, attack: str) -> str:
+  """Why condition attack `attack` (`attacks.condition`) cannot run on the config's model, ""
+  when it can: a class-conditional model with a class-embedding table runs "embedding" and
+  "condition"; textual inversion needs a text encoder."""
+  if attack == "textual_inversion":
+    return ("needs a text encoder (Stable Diffusion, the UnlearnCanvas task); a class-conditional model's "
+            "analogue is attack='embedding'")
   if config.model.get("conditional", False) and config.model.get("name") in CONDITION_MODELS:
     return ""
   return ("needs a class-conditional model with a class-embedding table (config.model.conditional=True, "

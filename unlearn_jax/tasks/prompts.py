@@ -314,9 +314,9 @@ def reference_images(path: str) -> List[str]:
   return sorted(os.path.join(path, n) for n in os.listdir(path) if n.lower().endswith(_IMAGE_EXTENSIONS))
 
 
-def condition_attack_error(config) -> str:
+def condition_attack_error(config, attack: str) -> str:
   """The condition attacks are not available here (forget_rates takes no condition rows yet)."""
-  del config
+  del config, attack
   return ("is not available on the prompts task (its forget measure takes no prompt embeddings yet); "
           "attack='finetune' runs here")
 

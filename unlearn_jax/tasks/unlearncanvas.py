@@ -46,6 +46,7 @@ from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import generation
 from unlearn_jax import models
+from unlearn_jax.attacks import condition
 from unlearn_jax.config_lib import UNLEARNCANVAS as DATA_NAME
 from unlearn_jax.errors import UserError, check_choice, check_range
 from unlearn_jax.experiment import Experiment, first_stage, load_params
@@ -533,11 +534,40 @@ def autoencoder_summary(exp, workdir: str) -> dict:
 # ----------------------------------------------------------------------------
 # The task's hooks (`unlearn_jax.tasks`).
 # ----------------------------------------------------------------------------
-def condition_attack_error(config) -> str:
+def condition_attack_error(config, attack: str) -> str:
   """"": the condition attacks optimise rows of the SD UNet's prompt table (the forget prompts'
-  text-encoder outputs), `attacks.condition`."""
-  del config
+  text-encoder outputs), textual inversion one token embedding (`textual_inversion`)."""
+  del config, attack
   return ""
+
+
+#: the word standing for the forgotten styles in textual inversion's prompts (one CLIP token).
+PLACEHOLDER = "*"
+
+
+def textual_inversion(exp) -> condition.ConditionSpace:
+  """Textual inversion's token space (Gal et al. 2023; `attacks.condition`): forget prompt j is
+  re-captioned with `PLACEHOLDER` in place of its style ("An image of Dogs in * style."), and its
+  condition is the frozen text encoder's output of that caption with the placeholder token's
+  input embedding set to the attack's vector v (rows (1, D_token), one for every forgotten
+  style, starting at the placeholder's own embedding; consts {"text": the encoder's params})."""
+  ctx = exp.context
+  comp, data = ctx.comp, ctx.data
+  captions = [canvas.prompt(PLACEHOLDER, data.objects[data.prompt_object[p]], exp.config.data.template)
+              for p in exp.forget_labels]
+  ids = sd.token_ids(comp, captions)
+  token_id = int(comp.tokenizer.convert_tokens_to_ids(PLACEHOLDER + "</w>"))
+  if not np.all((ids == token_id).sum(axis=1) == 1):
+    raise UserError("config.data.template", exp.config.data.template,
+                    f"textual inversion needs the placeholder {PLACEHOLDER!r} as one token in every forget caption")
+  ids = jnp.asarray(ids)
+
+  def to_condition(rows, idx_B, consts):
+    return sd.encode_with_token(comp.text_encoder, consts["text"], ids[idx_B], token_id, rows[0])
+
+  v0 = np.asarray(sd.token_embedding(comp.text_params))[token_id][None]
+  return condition.ConditionSpace(rows0=jnp.asarray(v0, jnp.float32), to_condition=to_condition,
+                                  consts={"text": comp.text_params})
 
 
 def validate(config) -> None:
