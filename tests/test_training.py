@@ -88,6 +88,26 @@ def test_pmap_two_devices_equals_one_device(method):
   assert diff < 1e-5, diff
 
 
+def test_non_finite_params_with_a_finite_loss_stop_the_loop(tmp_path):
+  """The loop's own check of the parameters (`param_diagnostics`), not only of the step's
+  metrics: a step that writes an Inf into the weights at step 8 (a log step) while every metric
+  it returns stays finite stops there, naming only the parameters, and keeps the last good
+  checkpoint."""
+  state, spec, tx = _setup(False)
+  train = functools.partial(training.train_step, spec=spec, tx=tx)
+
+  def step(state, batches, rng, consts=None, **kw):
+    new, metrics = train(state, batches, rng, consts, **kw)
+    poison = jnp.where(new.step == 8, jnp.inf, 0.0)
+    params = jax.tree_util.tree_map(lambda p: p + poison, new.params)
+    return new.replace(params=params), metrics
+
+  loop = training.LoopConfig(num_steps=20, batch_size=8, seed=0, log_every=2, ckpt_every=4)
+  with pytest.raises(training.TrainingDiverged, match=r"diverged at step 8: non-finite param_norm, params;"):
+    training.train_loop(str(tmp_path), state, step, loop, _batches)
+  assert checkpoints.latest_step(str(tmp_path)) == 4
+
+
 def test_example_keys_do_not_depend_on_sharding():
   rng = jax.random.key(5)
   whole = training.example_keys(rng, 6, None)
