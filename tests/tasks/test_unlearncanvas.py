@@ -180,6 +180,22 @@ def test_the_condition_attacks_optimise_prompt_embeddings_only(run):
   assert info["budget"]["eps"] == COND_EPS and len(info["fewshot_indices"]) == 2
 
 
+def test_forget_rates_on_the_forget_prompts_own_rows_equal_the_labels(run):
+  """cond_rows = the table's rows of the forget prompts samples what the labels sample: row j
+  stands for forget prompt j (each of the several forget prompts gets its own row)."""
+  exp, workdir = run
+  params = exp_lib.source_params(exp, workdir, "dimum")
+  clf = exp.task.classifier_params(exp, workdir)
+  rows = np.asarray(models.class_table(params))[list(exp.forget_labels)]
+  assert len(rows) > 1
+  key = jax.random.key(3)
+  a = unlearncanvas.forget_rates(exp, params, clf, 4, key, keep_samples=True)
+  b = unlearncanvas.forget_rates(exp, params, clf, 4, key, keep_samples=True, cond_rows=rows)
+  c = unlearncanvas.forget_rates(exp, params, clf, 4, key, keep_samples=True, cond_rows=rows[::-1])
+  np.testing.assert_allclose(b["samples"], a["samples"], atol=1e-4)
+  assert not np.allclose(c["samples"], a["samples"], atol=1e-3)
+
+
 def test_textual_inversion_learns_one_token_embedding(run):
   """Textual inversion: the checkpoint holds one (1, D_token) vector, moved from the placeholder's
   own embedding; at that starting vector the conditions are the text encoder's outputs of the
