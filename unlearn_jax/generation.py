@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import console
 from unlearn_jax import data as data_lib
 from unlearn_jax import likelihood
 from unlearn_jax import models
@@ -124,6 +125,7 @@ def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Option
   else:
     conds = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
   out, i = [], 0
+  progress = console.Progress("sampling", n, "samples")
   while sum(len(o) for o in out) < n:
     keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
     idx = np.resize(np.arange(i * step, min((i + 1) * step, n)), step) if n else np.zeros(step, np.int64)
@@ -131,6 +133,7 @@ def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Option
     out.append(np.asarray(sample(params, keys, c.reshape((n_dev, per_dev) + c.shape[1:])))
                .reshape((-1,) + exp.example_shape))
     i += 1
+    progress.update(min(i * step, n))
   return np.concatenate(out)[:n]
 
 
@@ -218,6 +221,7 @@ def restore(exp: Experiment, params, kind: str, x01: np.ndarray, rng: jax.Array,
   run = _restorer(exp, kind, per_dev)
   known = np.ones(exp.example_shape, np.float32) if known is None else np.asarray(known, np.float32)
   out = []
+  progress = console.Progress(kind, n, "images")
   for i, start in enumerate(range(0, n, step)):
     chunk = x01[start:start + step]
     pad = step - len(chunk)
@@ -226,4 +230,5 @@ def restore(exp: Experiment, params, kind: str, x01: np.ndarray, rng: jax.Array,
     keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
     y = run(params, keys, chunk.reshape((n_dev, per_dev) + exp.example_shape), known)
     out.append(np.asarray(y).reshape((-1,) + exp.example_shape)[:step - pad])
+    progress.update(min(start + step, n))
   return np.concatenate(out)

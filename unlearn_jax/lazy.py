@@ -4,7 +4,7 @@
     ...
     builder = tfds.builder(name)                     # the import happens here, once
 
-TensorFlow (through `clu.metric_writers` and `tensorflow_datasets`, ~20 s), diffusers and
+TensorFlow (through `tensorflow_datasets`' fallback, ~20 s; the `tf` extra), diffusers and
 transformers (~10 s), scipy's integrators, scikit-learn, mlxtend, torch and nudenet are
 needed by some runs only.  Importing them when `unlearn_jax` is imported would make every
 command pay for them: a bad flag's one-line error, `--help`, the unit tests, a library
@@ -13,7 +13,7 @@ user who only wants a loss.  Instead each module names what it uses at its top w
 inside a function), and the module object is imported on its first attribute access.
 
 `load(name, extra=...)` names the optional extra that provides a module outside
-`install_requires` (`torch`: "convert", `nudenet`: "nudity"); using it without the extra
+`install_requires` (`torch`: "convert", `nudenet`: "nudity", diffusers / transformers: "sd"); using it without the extra
 raises one `ImportError` line that says what to install.
 """
 from __future__ import annotations

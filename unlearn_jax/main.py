@@ -13,23 +13,63 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import logging as std_logging  # noqa: E402
-
 import jax  # noqa: E402
 import ml_collections  # noqa: E402
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
+from unlearn_jax import console  # noqa: E402
 from unlearn_jax import pipeline  # noqa: E402
 from unlearn_jax import training  # noqa: E402
 from unlearn_jax.errors import UserError  # noqa: E402
 
-_CONFIG_DEFAULT = "configs/sgu_mnist.py:cpu"
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def config_dirs() -> list:
+  """Where a relative `configs/<name>.py` is looked up when the working directory has none:
+  the source checkout's configs/ (a `pip install -e .`), then the configs shipped inside
+  the installed package (`unlearn_jax.configs`, setup.py's package_dir)."""
+  dirs = [os.path.join(os.path.dirname(_PACKAGE_DIR), "configs"), os.path.join(_PACKAGE_DIR, "configs")]
+  spec = importlib.util.find_spec("unlearn_jax.configs")
+  dirs += list(spec.submodule_search_locations or []) if spec is not None else []
+  return [d for i, d in enumerate(dirs) if os.path.isdir(d) and d not in dirs[:i]]
+
+
+def resolve_config(config_arg: str) -> str:
+  """`config_arg` (path.py[:arg]) with a relative `configs/x.py` or `x.py` that does not exist
+  here replaced by the library's own configs/x.py, so the README's commands and the default
+  config work from any directory; anything else unchanged."""
+  path, sep, rest = config_arg.partition(":")
+  if os.path.isfile(path) or os.path.isabs(path) or os.path.dirname(os.path.normpath(path)) not in ("", "configs"):
+    return config_arg
+  for d in config_dirs():
+    candidate = os.path.join(d, os.path.basename(path))
+    if os.path.isfile(candidate):
+      return candidate + sep + rest
+  return config_arg
+
+
+def _resolve_argv(argv):
+  out, i = [], 0
+  while i < len(argv):
+    a = argv[i]
+    if a == "--config" and i + 1 < len(argv):
+      out += [a, resolve_config(argv[i + 1])]
+      i += 2
+      continue
+    out.append("--config=" + resolve_config(a.split("=", 1)[1]) if a.startswith("--config=") else a)
+    i += 1
+  return out
+
+
+_CONFIG_DEFAULT = resolve_config("configs/sgu_mnist.py:cpu")
 
 
 def _define_config():
   # Without --config on the command line, ml_collections parses the default and the
   # overrides of sys.argv here, at definition: a mistake there is reported like any other.
+  sys.argv[1:] = _resolve_argv(sys.argv)[1:]
   try:
     return config_flags.DEFINE_config_file(
         "config", _CONFIG_DEFAULT, "Experiment config file (optionally `path.py:arg`).", lock_config=True)
@@ -39,6 +79,7 @@ def _define_config():
 
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Output directory (default: workdir/<config name>).")
+_VERBOSE = flags.DEFINE_bool("verbose", False, "Show every library's INFO lines (orbax, jax, ...), not only ours.")
 _MULTIHOST = flags.DEFINE_bool("multihost", False, "Call jax.distributed.initialize() (TPU pods, GPU clusters).")
 
 
@@ -112,6 +153,7 @@ def flag_error(argv, e: BaseException):
 
 def parse_flags(argv):
   """absl's flag parsing, with every mistake in the flags as one `error:` line and exit status 2."""
+  argv = _resolve_argv(argv)
   try:
     return flags.FLAGS(argv)
   except (flags.Error, AttributeError, KeyError, ValueError, TypeError, OSError) as e:
@@ -123,10 +165,7 @@ _CONFIG = _define_config()
 
 
 def main(argv):
-  for name in ("absl", "orbax", "jax._src.xla_bridge"):
-    std_logging.getLogger(name).setLevel(std_logging.WARNING if name != "absl" else std_logging.INFO)
-  logging.get_absl_logger().addFilter(lambda r: not r.pathname.rsplit("/", 1)[-1].startswith(
-      ("array_metadata_store", "async_checkpointer", "checkpoint_manager", "xla_bridge")))
+  console.setup(verbose=_VERBOSE.value)
   if _MULTIHOST.value:
     jax.distributed.initialize()
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
@@ -145,7 +184,19 @@ def main(argv):
   except training.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
-  print(f"results: {os.path.join(workdir, 'results.json')}  report: {os.path.join(workdir, 'report.md')}")
+  if jax.process_index() == 0:
+    print(summary(workdir))
+
+
+def summary(workdir: str) -> str:
+  """The end of a run's output: report.md's main table and the absolute paths of its outputs."""
+  report = os.path.abspath(os.path.join(workdir, "report.md"))
+  table = ""
+  if os.path.exists(report):
+    with open(report) as f:
+      table = console.first_table(f.read())
+  paths = f"results: {os.path.abspath(os.path.join(workdir, 'results.json'))}\nreport:  {report}"
+  return f"\n{table}\n\n{paths}" if table else paths
 
 
 if __name__ == "__main__":

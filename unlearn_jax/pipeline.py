@@ -14,13 +14,14 @@ one resumes from its last checkpoint (see `checkpoints`).
 from __future__ import annotations
 
 import json
-import logging
 import os
+import time
 from typing import Optional
 
 import ml_collections
 
 from unlearn_jax import checkpoints
+from unlearn_jax import console
 from unlearn_jax import settings
 from unlearn_jax import stages
 from unlearn_jax import tasks
@@ -117,11 +118,17 @@ def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Expe
   if merged != stored:
     checkpoints.write_json(cfg_path, merged)
   hooks = stages.Hooks(step=step_hook)
-  for name in exp.config.stage_order:
-    st = exp.config.stages[name]
-    if checkpoints.is_done(os.path.join(workdir, name)) and st.kind != "report":
-      logging.info("[%s] done, skipping", name)
+  order = exp.config.stage_order
+  kinds = [exp.config.stages[n].kind for n in order]
+  progress = console.RunProgress([(n, k, *stages.KINDS[k].work(exp, exp.config.stages[n]))
+                                  for n, k in zip(order, kinds)])
+  for i, (name, kind) in enumerate(zip(order, kinds)):
+    if checkpoints.is_done(os.path.join(workdir, name)) and kind != "report":
+      progress.skip(i)
       continue
-    logging.info("[%s] running (%s)", name, st.kind)
-    stages.KINDS[st.kind].run(exp, name, st, workdir, hooks)
+    progress.start(i)
+    t0 = time.monotonic()
+    with console.context(f"[{name}]"):
+      stages.KINDS[kind].run(exp, name, exp.config.stages[name], workdir, hooks)
+    progress.finish(i, time.monotonic() - t0)
   return exp

@@ -32,7 +32,6 @@ import functools
 import json
 import logging
 import os
-import time
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
 import flax
@@ -40,17 +39,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from clu import parameter_overview
 
 from unlearn_jax import checkpoints
+from unlearn_jax import console
 from unlearn_jax import data as data_lib
-from unlearn_jax import lazy
+from unlearn_jax import events
 from unlearn_jax import losses
 from unlearn_jax import score as score_lib
 from unlearn_jax import train_state as ts
 from unlearn_jax.errors import UserError, check_choice, check_range
-
-metric_writers = lazy.load("clu.metric_writers")     # TensorFlow: imported on first use
-periodic_actions = lazy.load("clu.periodic_actions")
 
 AXIS = "batch"
 
@@ -472,9 +470,11 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
     logging.info("[%s] resumed from step %d", stage_name, start)
   mngr = checkpoints.manager(stage_dir, loop.max_to_keep)
   start = int(state.step)
-  writer = metric_writers.create_default_writer(stage_dir, just_logging=jax.process_index() > 0)
-  report = periodic_actions.ReportProgress(num_train_steps=loop.num_steps, writer=writer,
-                                           every_steps=loop.log_every)
+  if start == 0:
+    logging.info("[%s] %s parameters, %d steps of batch %d", stage_name,
+                 f"{parameter_overview.count_parameters(state.params):,}", loop.num_steps, loop.batch_size)
+  writer = events.EventWriter(stage_dir, enabled=jax.process_index() == 0)
+  progress = console.Progress(f"[{stage_name}]", loop.num_steps, "steps", every_s=60.0, start=start)
   n_dev = jax.local_device_count()
   check_batch_size(loop.batch_size)
   p_step = jax.pmap(functools.partial(step_fn, axis_name=AXIS),
@@ -483,7 +483,6 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
   rng = jax.random.key(loop.seed)
   rstate = replicate(state)
   last_good = start
-  t0 = time.time()
   step = start
   acc, count = None, 0
   try:
@@ -505,22 +504,20 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
           raise TrainingDiverged(
               f"stage {stage_name!r} diverged at step {done}: non-finite {', '.join(bad)}; "
               f"last good checkpoint (step {last_good}) kept in {os.path.join(stage_dir, checkpoints.CKPT_DIR)}")
-        writer.write_scalars(done, m)
+        writer.scalars(done, m)
         if jax.process_index() == 0:
           append_history(stage_dir, done, m)
         if done % loop.log_every == 0:
-          logging.info("[%s] step %d/%d %s", stage_name, done, loop.num_steps,
-                       " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())))
+          progress.update(done, " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())), force=True)
         if done % loop.ckpt_every == 0 or done == loop.num_steps:
           checkpoints.save(mngr, done, flax.jax_utils.unreplicate(rstate))
           last_good = done
-      report(done)
+      progress.update(done)
       if sample_hook is not None and loop.sample_every and done % loop.sample_every == 0:
         sample_hook(done, flax.jax_utils.unreplicate(rstate))
       if step_hook is not None:
         step_hook(done)
   finally:
-    writer.flush()
+    writer.close()
     mngr.close()
-  logging.info("[%s] %d steps in %.1fs", stage_name, loop.num_steps - start, time.time() - t0)
   return jax.device_get(flax.jax_utils.unreplicate(rstate))

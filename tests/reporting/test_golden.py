@@ -7,6 +7,7 @@ import os
 import pytest
 
 from unlearn_jax.reporting import markdown
+from unlearn_jax.reporting import results as results_lib
 from unlearn_jax.tasks import classes, unlearncanvas
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden")
@@ -56,6 +57,10 @@ CANVAS.update(experiment="unlearncanvas", dataset="unlearncanvas", forget_classe
 CANVAS.pop("alternative_classes")
 for n, m in CANVAS["models"].items():
   m.update(ua=0.5, ira=0.875, cra=0.625, sfid=100.0 if n == "pretrained" else 80.0)
+
+for case in (SGU, DIMUM):      # the Wilson intervals results.collect adds (the toy's: none, "UR" alone)
+  for m in case["models"].values():
+    m.update(results_lib.rate_intervals(m))
 
 CASES = {"sgu_mnist": (SGU, classes), "sgu_toy": (TOY, classes), "dimum_digits": (DIMUM, classes),
          "unlearncanvas": (CANVAS, unlearncanvas)}

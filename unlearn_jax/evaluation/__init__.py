@@ -82,6 +82,7 @@ from unlearn_jax.evaluation.rates import ar_cl
 from unlearn_jax.evaluation.rates import attack_rate
 from unlearn_jax.evaluation.rates import topk_match_rate
 from unlearn_jax.evaluation.rates import unlearning_ratio
+from unlearn_jax.evaluation.rates import wilson_interval
 from unlearn_jax.evaluation.restoration import restoration_scores
 from unlearn_jax.evaluation.restoration import upper_half_mask
 
@@ -94,5 +95,5 @@ __all__ = [
     "frechet_distance_from_features", "gaussian_stats", "histogram_tv", "inception_features",
     "inception_metrics", "inception_score", "load_clip", "load_fid_inception", "load_fid_stats", "load_inception_variables",
     "manifold_radii", "mean_clip_score", "nudity_counts", "precision_recall", "predict", "restoration_scores", "sample_quality",
-    "save_fid_stats", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio", "upper_half_mask",
+    "save_fid_stats", "sfid", "topk_match_rate", "ua_ira_cra", "unlearning_ratio", "upper_half_mask", "wilson_interval",
 ]

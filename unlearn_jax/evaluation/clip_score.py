@@ -66,7 +66,7 @@ import numpy as np
 from unlearn_jax import lazy
 from unlearn_jax.errors import UserError
 
-transformers = lazy.load("transformers")
+transformers = lazy.load("transformers", extra="sd")
 
 __all__ = [
     "CLIPComponents", "clip_embedding_distance", "clip_image_embeddings", "clip_preprocess",

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import console
 from unlearn_jax import data as data_lib
 
 
@@ -26,6 +27,7 @@ def dataset_nll(nll_fn: Callable, params, x: np.ndarray, rng: jax.Array, *, batc
   """
   n = len(x)
   total, count = 0.0, 0
+  progress = console.Progress("NLL", n * passes, "examples")
   for p in range(passes):
     for i in range(0, n, batch_size):
       chunk = x[i:i + batch_size]
@@ -40,4 +42,5 @@ def dataset_nll(nll_fn: Callable, params, x: np.ndarray, rng: jax.Array, *, batc
       bpd = np.asarray(nll_fn(params, xb, k_nll)[0])[:m]
       total += float(bpd.sum())
       count += m
+      progress.update(count)
   return total / max(count, 1)

@@ -37,6 +37,22 @@ Classes = Union[int, Sequence[int], np.ndarray]
 Labels = Union[int, Sequence[int], np.ndarray]
 
 
+def wilson_interval(rate: float, n: int, z: float = 1.959963984540054) -> tuple:
+  """Wilson's score interval (Wilson 1927) of a binomial rate observed on n samples:
+  (c - h, c + h) with c = (p + z^2 / 2n) / (1 + z^2 / n) and
+  h = z sqrt(p (1 - p) / n + z^2 / 4n^2) / (1 + z^2 / n); z = 1.96 gives 95 %.  Unlike
+  p +- z sqrt(p (1 - p) / n) it stays inside [0, 1] and is not empty at p = 0 (a model
+  that forgot shows its upper bound: 0 of 500 samples is "below 0.77 %", not "0 %").
+  (nan, nan) without samples or for a non-finite rate."""
+  if not n or not np.isfinite(rate):
+    return float("nan"), float("nan")
+  p, n, z2 = float(rate), float(n), z * z
+  denom = 1.0 + z2 / n
+  centre = (p + z2 / (2 * n)) / denom
+  half = z * np.sqrt(max(p * (1 - p), 0.0) / n + z2 / (4 * n * n)) / denom
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
 def _mean(x: np.ndarray) -> float:
   return float(np.mean(x)) if x.size else float("nan")
 

@@ -73,9 +73,9 @@ import optax
 from unlearn_jax import lazy
 from unlearn_jax.errors import UserError, check_choice
 
-diffusers = lazy.load("diffusers")            # ~10 s with transformers: imported on first use
-transformers = lazy.load("transformers")
-tokenization_clip = lazy.load("transformers.models.clip.tokenization_clip")
+diffusers = lazy.load("diffusers", extra="sd")            # ~10 s with transformers: imported on first use
+transformers = lazy.load("transformers", extra="sd")
+tokenization_clip = lazy.load("transformers.models.clip.tokenization_clip", extra="sd")
 
 __all__ = [
     "SDComponents", "SDUNet", "TRAINABLE", "build_module", "decode_latents", "encode_images",

@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 from typing import Callable
 
+import numpy as np
+
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting.results import LOGGED
 from unlearn_jax.unlearning import methods as methods_lib
@@ -100,13 +102,13 @@ def dimum_tables(results: dict, workdir: str) -> list:
            "FD: Fréchet distance between retain-class samples and D_r on the evaluation classifier's "
            "features (not Inception FID). AR_MU: share of forget-conditioned samples classified as "
            "the forgotten class; AR_CL: as the alternative class.", "",
-           "| Method | unlearning steps | FD | AR_MU | AR_CL | retain-class accuracy | confident (%) | s/step |",
+           "| Method | unlearning steps | FD | AR_MU [95% CI] | AR_CL [95% CI] | retain-class accuracy | confident (%) | s/step |",
            "|---|---|---|---|---|---|---|---|"]
   for n, m in models.items():
     sps = m.get("seconds_per_step")
     conf = m.get("confident_share")
     lines.append(f"| {pretty(n)} | {m.get('unlearn_steps', 0)} | {m['frechet_distance']:.3f} | "
-                 f"{m['ar_mu']:.3f}{flag(m)} | {m['ar_cl']:.3f} | {m['retain_accuracy']:.3f} | "
+                 f"{ci(m, 'ar_mu')}{flag(m)} | {ci(m, 'ar_cl')} | {m['retain_accuracy']:.3f} | "
                  f"{'–' if conf is None else f'{100 * conf:.1f}'} | {'' if sps is None else f'{sps:.3f}'} |")
   bad = [pretty(n) for n, m in models.items() if m.get("recognised") is False]
   if bad:
@@ -198,8 +200,8 @@ def sgu_lines(results: dict) -> list:
     lines.append("| D_f | " + " | ".join(f"{models[n]['nll']['forget']:.2f}" for n in names) + " |")
     lines.append("| D_f / D_g | " + " | ".join(
         f"{models[n]['nll']['forget'] / models[n]['nll']['retain']:.2f}" for n in names) + " |")
-    lines.append("| unlearning ratio | " + " | ".join(
-        f"{100 * models[n]['unlearning_ratio']:.2f}%" for n in names) + " |")
+    lines.append("| unlearning ratio (%) [95% CI] | " + " | ".join(
+        ci(models[n], "unlearning_ratio", percent=True) for n in names) + " |")
   else:
     thr = next((m.get("confidence_threshold") for m in models.values()), None)
     attr = results.get("forget_attribute")
@@ -208,11 +210,11 @@ def sgu_lines(results: dict) -> list:
                f"{attr}, D_g: those without (the paper's Table 5 leaves NLL out for a feature: it does not tell "
                "whether the feature is generated)."]
               if attr else ["## Unlearning ratio and NLL (SGU paper, Table 2 shape)"]) + ["",
-              "| Method | UR (%) | NLL D_g | NLL D_f | D_f - D_g | confident (%) | TV(hist, D) | TV(retained) |",
+              "| Method | UR (%) [95% CI] | NLL D_g | NLL D_f | D_f - D_g | confident (%) | TV(hist, D) | TV(retained) |",
               "|---|---|---|---|---|---|---|---|"]
     for n in names:
       m = models[n]
-      lines.append(f"| {pretty(n)} | {100 * m['unlearning_ratio']:.2f}{flag(m)} | "
+      lines.append(f"| {pretty(n)} | {ci(m, 'unlearning_ratio', percent=True)}{flag(m)} | "
                    f"{m['nll']['retain']:.3f} | {m['nll']['forget']:.3f} | "
                    f"{m['nll']['forget'] - m['nll']['retain']:+.3f} | {_quality_cells(m)} |")
     lines += ["", f"confident: share of samples the classifier assigns a class with probability >= {thr}; "
@@ -272,6 +274,17 @@ def restoration_lines(models: dict) -> list:
               "", "Restored images (per set: originals, " + ("masked, " if kind == "inpaint" else "")
               + "restored): " + " ".join(f"![{n}]({models[n][kind]['png']})" for n in names)]
   return lines
+
+
+def ci(m: dict, key: str, percent: bool = False) -> str:
+  """The rate `key` of model entry m with its Wilson 95 % interval: `0.120 [0.093, 0.154]`
+  (`12.00 [9.30, 15.40]` as percent); the rate alone without an interval."""
+  v, lohi = m.get(key, float("nan")), m.get(f"{key}_ci95")
+  s, f = (100.0, "{:.2f}") if percent else (1.0, "{:.3f}")
+  text = f.format(s * v)
+  if lohi and all(x is not None and np.isfinite(x) for x in lohi):
+    text += f" [{f.format(s * lohi[0])}, {f.format(s * lohi[1])}]"
+  return text
 
 
 def flag(m: dict) -> str:

@@ -38,6 +38,8 @@ An unlearning model whose method logs diagnostics (EraseDiff: the value gap g = 
 lambda_t, cosines of the update with grad L_r and grad g) also has
   "training_log": {"steps": [...], "<metric>": [...], "summary": {"<metric>": {"first", "last", "mean"}}}
 from <stage>/metrics.jsonl.
+Every rate of a model's samples (`RATES`: unlearning_ratio, ar_mu, ar_cl) has beside it
+"<rate>_ci95": [low, high], Wilson's 95 % interval on its num_samples samples.
 """
 from __future__ import annotations
 
@@ -47,6 +49,10 @@ import numpy as np
 
 from unlearn_jax import checkpoints
 from unlearn_jax import training
+from unlearn_jax.evaluation.rates import wilson_interval
+
+#: the rates of a model entry measured on its `num_samples` samples (they get a "<rate>_ci95").
+RATES = ("unlearning_ratio", "ar_mu", "ar_cl")
 
 #: logged metrics a report keeps per unlearning stage (EraseDiff's Fig. 2 diagnostics and the losses).
 LOGGED = ("loss/forget", "loss/retain", "method/lambda_t", "method/cos_update_retain",
@@ -97,9 +103,21 @@ def collect(exp, workdir: str) -> dict:
         if mst is not None and mst.kind == "unlearn" and \
            any(k.startswith("method/") for k in log.get("summary", {})):
           entry["training_log"] = log
+        entry.update(rate_intervals(entry))
         results["models"][model] = entry
   exp.task.finalize(exp, results, workdir)
   return results
+
+
+def rate_intervals(entry: dict) -> dict:
+  """{"<rate>_ci95": [low, high]} for each finite rate of `RATES` in a model entry with num_samples."""
+  n = entry.get("num_samples")
+  out = {}
+  for k in RATES:
+    v = entry.get(k)
+    if n and isinstance(v, (int, float)) and np.isfinite(v):
+      out[f"{k}_ci95"] = list(wilson_interval(v, n))
+  return out
 
 
 def training_log(stage_dir: str) -> dict:

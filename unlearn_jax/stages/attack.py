@@ -20,6 +20,7 @@ import functools
 import logging
 import os
 import time
+from typing import Tuple
 
 import jax
 import numpy as np
@@ -76,6 +77,12 @@ def write_curve_csv(stage_dir: str, curve: dict) -> None:
   figures.write_curve_csv(os.path.join(stage_dir, "curve.csv"), steps,
                           {col: [p[key] for p in points] for key, col in CSV_COLUMNS.items()
                            if all(key in p for p in points)})
+
+
+def work(exp: Experiment, st) -> Tuple[int, str]:
+  """The stage's amount of work for the run's progress line: (its budget of steps)."""
+  del exp
+  return st.steps, "steps"
 
 
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:

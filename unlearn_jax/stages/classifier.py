@@ -5,6 +5,7 @@ import functools
 import logging
 import os
 import time
+from typing import Tuple
 
 import jax
 import numpy as np
@@ -17,6 +18,12 @@ from unlearn_jax import train_state as ts
 from unlearn_jax import training
 from unlearn_jax.experiment import Experiment, stage_seed
 from unlearn_jax.stages.hooks import Hooks
+
+
+def work(exp: Experiment, st) -> Tuple[int, str]:
+  """The stage's amount of work for the run's progress line: (config.classifier.steps per classifier)."""
+  del st
+  return exp.config.classifier.steps, "steps"
 
 
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:

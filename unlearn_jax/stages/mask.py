@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import time
+from typing import Tuple
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +36,12 @@ def _pass_batches(ds: data_lib.Dataset, batch: int, max_batches: int, seed: int)
   n = -(-len(ds) // batch)
   n = min(n, max_batches) if max_batches else n
   return [data_lib.batch_at_step(ds, s, batch, seed) for s in range(n)]
+
+
+def work(exp: Experiment, st) -> Tuple[int, str]:
+  """The stage's amount of work for the run's progress line: (one pass over the data: no count)."""
+  del exp, st
+  return 0, ""
 
 
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:

@@ -4,29 +4,59 @@ A config with attack stages also gets <workdir>/robustness.json (`reporting.robu
 its section in report.md after the task's tables."""
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
+from typing import Tuple
+
+import jax
 
 from unlearn_jax import checkpoints
 from unlearn_jax.experiment import Experiment, source_params
 from unlearn_jax.reporting import markdown
+from unlearn_jax.reporting import overview
 from unlearn_jax.reporting import results as results_lib
 from unlearn_jax.reporting import robustness
 from unlearn_jax.stages.hooks import Hooks
 
 
-def write(exp: Experiment, workdir: str) -> dict:
-  """Writes results.json, robustness.json (with attack stages) and report.md; returns the results."""
+def write(exp: Experiment, workdir: str, name: str = "report") -> dict:
+  """Writes results.json, robustness.json (with attack stages), the figures and report.md, and
+  the results to TensorBoard (`reporting.overview`); returns the results."""
+  cfg = exp.config
   results = results_lib.collect(exp, workdir)
   checkpoints.write_json(os.path.join(workdir, "results.json"), results)
-  tables = exp.task.report_tables
   card = write_card(exp, workdir, results)
-  if card is not None and card["attacks"]:
-    tables = lambda r, w: exp.task.report_tables(r, w) + robustness.report_lines(card, w)  # noqa: E731
+  attack_lines = robustness.report_lines(card, workdir) if card is not None and card["attacks"] else []
+  trained = {n: os.path.join(workdir, n) for n in cfg.stage_order
+             if cfg.stages[n].kind in ("train", "unlearn", "attack") and os.path.isdir(os.path.join(workdir, n))}
+  titles = {n: markdown.pretty(n) for n in list(results["models"]) + list(trained)}
+  figure_lines = overview.figures_section(results, workdir, trained, list(exp.train.class_names), titles)
+  tables = lambda r, w: exp.task.report_tables(r, w) + attack_lines + figure_lines  # noqa: E731
+  text = markdown.render(results, workdir, tables)
   tmp = os.path.join(workdir, "report.md.tmp")
   with open(tmp, "w") as f:
-    f.write(markdown.render(results, workdir, tables))
+    f.write(text)
   os.replace(tmp, os.path.join(workdir, "report.md"))
+  if jax.process_index() == 0:
+    overview.tensorboard(results, workdir, {m: hparams(cfg, m) for m in results["models"]},
+                         os.path.join(workdir, name), text,
+                         json.dumps(dataclasses.asdict(cfg), default=str))
   return results
+
+
+def hparams(cfg, model: str) -> dict:
+  """A model's hyperparameters for TensorBoard: its stage's settings and its method's section."""
+  st = cfg.stages.get(model)
+  if st is None:
+    return {"model": model}
+  out = {"model": model, **{f"stage.{k}": v if isinstance(v, (bool, int, float, str)) else str(v)
+                            for k, v in dataclasses.asdict(st).items() if v not in (None, "", ())}}
+  section = getattr(cfg, st.method, None) if st.method else None
+  if dataclasses.is_dataclass(section):
+    out.update({f"{st.method}.{k}": v if isinstance(v, (bool, int, float, str)) else str(v)
+                for k, v in dataclasses.asdict(section).items() if v is not None})
+  return out
 
 
 def write_card(exp: Experiment, workdir: str, results: dict):
@@ -41,6 +71,12 @@ def write_card(exp: Experiment, workdir: str, results: dict):
   return card
 
 
+def work(exp: Experiment, st) -> Tuple[int, str]:
+  """The stage's amount of work for the run's progress line: (none)."""
+  del exp, st
+  return 0, ""
+
+
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:
-  del name, st, hooks
-  write(exp, workdir)
+  del st, hooks
+  write(exp, workdir, name)

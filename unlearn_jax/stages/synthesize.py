@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import time
+from typing import Tuple
 
 import jax
 import numpy as np
@@ -11,6 +12,11 @@ from unlearn_jax import checkpoints
 from unlearn_jax import generation
 from unlearn_jax.experiment import SYNTH_FILE, Experiment, source_params, stage_seed
 from unlearn_jax.stages.hooks import Hooks
+
+
+def work(exp: Experiment, st) -> Tuple[int, str]:
+  """The stage's amount of work for the run's progress line: (samples)."""
+  return (st.num or len(exp.streams["retain"])), "samples"
 
 
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:

@@ -187,6 +187,12 @@ def run_closed_form(exp: Experiment, name: str, st, workdir: str, hooks: Hooks =
   finish_stage_dir(stage_dir, t0, steps=0, closed_form=True)
 
 
+def work(exp: Experiment, st) -> Tuple[int, str]:
+  """The stage's amount of work for the run's progress line: (steps; a closed-form edit: none)."""
+  del exp
+  return (0, "") if is_closed_form(st) else (st.steps, "steps")
+
+
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
         eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0,
         given_streams: Optional[Dict[str, data_lib.Dataset]] = None) -> None:

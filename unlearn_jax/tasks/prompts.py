@@ -79,7 +79,7 @@ from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, 
                                          named_params, trainable)
 from unlearn_jax.unlearning import dimum as dimum_lib
 
-transformers = lazy.load("transformers")
+transformers = lazy.load("transformers", extra=sd_common.SD_EXTRA)
 
 NAME = DATA_NAME
 __all__ = ["BASE", "NAMED_MODELS", "attack_measures", "named_params", "trainable"]   # from sd_common
@@ -326,6 +326,7 @@ def validate(config) -> None:
   written before them): prompts, counts, sampler, the I2P CSV, the caption list, the CLIP
   directory, the FID weights and reference images, and the nudity extra when asked for."""
   d, e = config.data, config.eval
+  sd_common.check_sd_extra(config)
   sd_common.check_sd_fields(config)
   if config.sd.fit_vae_steps:
     raise UserError("config.sd.fit_vae_steps", config.sd.fit_vae_steps,

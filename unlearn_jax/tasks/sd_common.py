@@ -22,6 +22,7 @@ pieces here are task-independent:
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import os
 import shutil
 from typing import Any, Callable, Optional, Sequence, Tuple
@@ -56,6 +57,20 @@ class SDModelConfig:
   trainable: str
   dtype: str
   remat: bool
+
+
+#: the optional extra with Stable Diffusion's model code (diffusers' Flax UNet and VAE, the CLIP text encoder).
+SD_EXTRA = "sd"
+_SD_MODULES = ("diffusers", "transformers")
+
+
+def check_sd_extra(config) -> None:
+  """UserError (before anything is written) when the `sd` extra is not installed."""
+  missing = [m for m in _SD_MODULES if importlib.util.find_spec(m) is None]
+  if missing:
+    raise UserError("config.experiment", config.experiment,
+                    f"Stable Diffusion experiments need the optional extra {SD_EXTRA!r} ({', '.join(missing)} "
+                    f"not installed): pip install -e \".[{SD_EXTRA}]\"")
 
 
 def check_sd_fields(config) -> None:

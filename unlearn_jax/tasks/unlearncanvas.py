@@ -572,6 +572,7 @@ def textual_inversion(exp) -> condition.ConditionSpace:
 
 def validate(config) -> None:
   """The `config.sd` checks that need no inputs (before `prepare` writes any)."""
+  sd_common.check_sd_extra(config)
   check_vae_fit_fields(config)
 
 
