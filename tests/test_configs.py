@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from unlearn_jax import checkpoints, pipeline
+from unlearn_jax.evaluation.rates import wilson_interval
 from unlearn_jax.reporting import markdown
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -129,7 +130,10 @@ def check_results_against_sources(res: dict, report: str, c, workdir) -> None:
       flag = " (!)" if m.get("recognised") is False else ""
       if "nll" in m and c.data.name != "toy_gmm":       # the toy's table has a column per model
         cells = _row(report, name)
-        assert cells[:4] == [f"{100 * m['unlearning_ratio']:.2f}{flag}", f"{m['nll']['retain']:.3f}",
+        lo, hi = wilson_interval(m["unlearning_ratio"], m["num_samples"])
+        assert m["unlearning_ratio_ci95"] == pytest.approx([lo, hi])
+        assert cells[:4] == [f"{100 * m['unlearning_ratio']:.2f} [{100 * lo:.2f}, {100 * hi:.2f}]{flag}",
+                             f"{m['nll']['retain']:.3f}",
                              f"{m['nll']['forget']:.3f}",
                              f"{m['nll']['forget'] - m['nll']['retain']:+.3f}"]
         assert cells[4] == f"{100 * m['confident_share']:.1f}"
@@ -138,7 +142,9 @@ def check_results_against_sources(res: dict, report: str, c, workdir) -> None:
       assert hist.sum() == c.eval.num_samples * len(c.data.forget_classes)
       cells = _row(report, name)
       flag = " (!)" if m.get("recognised") is False else ""
-      assert cells[1:4] == [f"{m['frechet_distance']:.3f}", f"{m['ar_mu']:.3f}{flag}", f"{m['ar_cl']:.3f}"]
+      (a, b), (c_lo, c_hi) = (wilson_interval(m[k], m["num_samples"]) for k in ("ar_mu", "ar_cl"))
+      assert cells[1:4] == [f"{m['frechet_distance']:.3f}", f"{m['ar_mu']:.3f} [{a:.3f}, {b:.3f}]{flag}",
+                            f"{m['ar_cl']:.3f} [{c_lo:.3f}, {c_hi:.3f}]"]
   for name, a in res.get("attacks", {}).items():
     curve = checkpoints.read_json(os.path.join(workdir, name, "curve.json"))
     steps = sorted(int(k) for k in curve)

@@ -507,7 +507,7 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
         writer.scalars(done, m)
         if jax.process_index() == 0:
           append_history(stage_dir, done, m)
-        if done % loop.log_every == 0:
+        if done % loop.log_every == 0 or done == loop.num_steps:
           progress.update(done, " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())), force=True)
         if done % loop.ckpt_every == 0 or done == loop.num_steps:
           checkpoints.save(mngr, done, flax.jax_utils.unreplicate(rstate))
