@@ -48,15 +48,20 @@ def _save(fig, path: str) -> None:
   matplotlib_plt.close(fig)
 
 
+def _panels(n: int, max_cols: int, size: tuple):
+  """A figure of n panels, at most max_cols a row, each `size` inches; the spare ones hidden."""
+  cols = min(n, max_cols)
+  rows = -(-n // cols)
+  fig, axes = matplotlib_plt.subplots(rows, cols, figsize=(size[0] * cols, size[1] * rows), squeeze=False)
+  for ax in axes.flat[n:]:
+    ax.axis("off")
+  return fig, axes
+
+
 def plot_class_histograms(path: str, histograms: Mapping[str, List[int]], class_names: List[str],
                           forget: List[int], titles: Optional[Mapping[str, str]] = None) -> None:
   """One bar chart per model (shares of its samples per class), forgotten classes in red."""
-  n = len(histograms)
-  cols = min(n, 4)
-  rows = -(-n // cols)
-  fig, axes = matplotlib_plt.subplots(rows, cols, figsize=(3.2 * cols, 2.4 * rows), squeeze=False)
-  for ax in axes.flat[n:]:
-    ax.axis("off")
+  fig, axes = _panels(len(histograms), 4, (3.2, 2.4))
   for ax, (name, hist) in zip(axes.flat, histograms.items()):
     h = np.asarray(hist, np.float64)
     share = h / max(h.sum(), 1.0)
@@ -74,12 +79,7 @@ def plot_class_histograms(path: str, histograms: Mapping[str, List[int]], class_
 
 def plot_loss_curves(path: str, histories: Mapping[str, List[dict]]) -> None:
   """One panel per stage: its `loss/*` (else `loss`) columns over steps."""
-  n = len(histories)
-  cols = min(n, 3)
-  rows = -(-n // cols)
-  fig, axes = matplotlib_plt.subplots(rows, cols, figsize=(4.0 * cols, 2.8 * rows), squeeze=False)
-  for ax in axes.flat[n:]:
-    ax.axis("off")
+  fig, axes = _panels(len(histories), 3, (4.0, 2.8))
   for ax, (name, rows_) in zip(axes.flat, histories.items()):
     keys = sorted({k for r in rows_ for k in r if k.startswith("loss")})
     for k in keys:
