@@ -30,6 +30,11 @@ _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
 _LABEL: contextvars.ContextVar[str] = contextvars.ContextVar("unlearn_jax_console_label", default="")
 
 
+def _own(record: std_logging.LogRecord) -> bool:
+  """Whether `record` was logged from inside this package."""
+  return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+
+
 class _OwnLinesFilter(std_logging.Filter):
   """Passes records logged from this package, and any record of WARNING or above."""
 
@@ -40,7 +45,7 @@ class _OwnLinesFilter(std_logging.Filter):
   def filter(self, record: std_logging.LogRecord) -> bool:
     if self.verbose or record.levelno >= std_logging.WARNING:
       return True
-    return os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
+    return _own(record)
 
 
 _FILTER = _OwnLinesFilter()
@@ -53,8 +58,7 @@ class _Formatter(std_logging.Formatter):
     super().__init__(datefmt="%H:%M:%S")
 
   def format(self, record: std_logging.LogRecord) -> str:
-    own = os.path.abspath(record.pathname).startswith(_PACKAGE_DIR)
-    where = "" if own else f"{record.name}: "
+    where = "" if _own(record) else f"{record.name}: "
     text = f"{record.levelname[:1]} {self.formatTime(record, self.datefmt)} {where}{record.getMessage()}"
     if record.exc_info:
       text += "\n" + self.formatException(record.exc_info)
@@ -132,10 +136,6 @@ class Progress:
       return None
     dt, dn = self.clock() - self.first[0], done - self.first[1]
     return dn / dt if dt > 0 and dn > 0 else None
-
-  def eta(self, done: int) -> Optional[float]:
-    r = self.rate(done)
-    return None if r is None else max(self.total - done, 0) / r
 
   def line(self, done: int, extra: str = "") -> str:
     r = self.rate(done)
