@@ -124,8 +124,6 @@ def plot_curves(path_png: str, curves: Mapping[str, Tuple[Sequence, Sequence[flo
     if len(xs) != len(ys):
       raise ValueError(f"curve {label!r} has {len(xs)} steps and {len(ys)} values")
 
-  directory = os.path.dirname(os.path.abspath(path_png))
-  os.makedirs(directory, exist_ok=True)
   fig, ax = plt.subplots(figsize=(6.0, 4.0))
   try:
     for label, (xs, ys) in curves.items():
@@ -140,14 +138,22 @@ def plot_curves(path_png: str, curves: Mapping[str, Tuple[Sequence, Sequence[flo
     if curves:
       ax.legend()
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
-    os.close(fd)
-    try:
-      fig.savefig(tmp, format="png", dpi=120)
-      os.chmod(tmp, 0o644)
-      os.replace(tmp, path_png)
-    finally:
-      if os.path.exists(tmp):
-        os.remove(tmp)
+    save_figure(fig, path_png)
   finally:
     plt.close(fig)
+
+
+def save_figure(fig, path_png: str, dpi: int = 120) -> None:
+  """Writes a matplotlib figure as PNG atomically (a temporary file, then a rename); its
+  directory is created if missing.  The caller closes the figure."""
+  directory = os.path.dirname(os.path.abspath(path_png))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".png", dir=directory)
+  os.close(fd)
+  try:
+    fig.savefig(tmp, format="png", dpi=dpi)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path_png)
+  finally:
+    if os.path.exists(tmp):
+      os.remove(tmp)

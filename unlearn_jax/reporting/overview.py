@@ -28,6 +28,7 @@ from PIL import Image
 
 from unlearn_jax import events
 from unlearn_jax import training
+from unlearn_jax.reporting import figures
 from unlearn_jax.reporting.figures import plt as matplotlib_plt   # the Agg backend chosen there
 
 #: (results.json key, axis label) of the forgetting rates, first match used.
@@ -41,10 +42,7 @@ EVENTS_NAME = "events.out.tfevents.report"     # one file per directory, rewritt
 
 
 def _save(fig, path: str) -> None:
-  os.makedirs(os.path.dirname(path), exist_ok=True)
-  tmp = path + ".tmp.png"
-  fig.savefig(tmp, dpi=110)
-  os.replace(tmp, path)
+  figures.save_figure(fig, path, dpi=110)
   matplotlib_plt.close(fig)
 
 
