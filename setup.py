@@ -30,6 +30,9 @@ SD = ["diffusers==0.39.0",        # last release with Flax classes
       "safetensors>=0.4,<0.9"]    # PyTorch .safetensors weights read without torch; tested 0.8.0
 TF = ["tensorflow-cpu==2.21.0"]   # `tfds build` (preparing data sets), the `tfds.load` fallback, tfds' mock data
 NUDITY = ["nudenet==3.4.2", "onnxruntime==1.32.0", "opencv-python-headless==4.14.0.94"]
+# libtpu for deviceless TPU compilation (`python -m unlearn_jax.aot`) and for TPU VMs; tested
+# jax[tpu]==0.10.2 (libtpu 0.0.42.1) on a CPU-only machine.
+TPU = ["jax[tpu]>=0.10.2,<0.12"]
 
 setup(
     name="unlearn_jax",
@@ -43,7 +46,8 @@ setup(
         "sd": SD,
         "tf": TF,
         # the tests cover the Stable Diffusion and tfds mock-data paths too
-        "test": ["pytest==9.2.0"] + SD + TF,
+        "test": ["pytest==9.2.0"] + SD + TF + TPU,   # tests/test_aot.py compiles tiny steps for TPU
+        "tpu": TPU,
         "convert": ["torch==2.13.0"],  # evaluation.inception_weights reads a .pth
         # evaluation.nudity: NudeNet's bundled 320n detector (tested together on py3.11, CPU)
         "nudity": NUDITY,

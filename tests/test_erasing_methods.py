@@ -56,7 +56,7 @@ def _one_step(objectives, tx, trainable, params=PARAMS):
   spec = dataclasses.replace(make_spec(**objectives), trainable=trainable)
   state = ts.create(params, tx)
   batches = {o.stream: BATCH for o in objectives.values()}
-  new, _ = training.train_step(state, batches, jax.random.key(0), {}, spec=spec, tx=tx, axis_name=None)
+  new, _ = training.train_step(state, batches, jax.random.key(0), {}, spec=spec, tx=tx)
   return new
 
 

@@ -142,7 +142,7 @@ def test_sgu_gradient_with_mean_reduction_is_alpha_mean_retain_plus_rest_mean_fo
   from unlearn_jax import training
   sde = sde_lib.VESDE(sigma_max=5.0)
   objectives, tx, spec = _sgu_setup(variant, sde, alpha=alpha)
-  keys = training.example_keys(jax.random.key(3), SGU_X.shape[0], None)
+  keys = training.example_keys(jax.random.key(3), SGU_X.shape[0])
   batch = {"x": SGU_X}
   grads = {name: jax.grad(training.objective_loss)(SGU_PARAMS, batch, keys, jax.random.key(4), spec, obj)
            for name, obj in objectives.items()}
@@ -179,7 +179,7 @@ def test_likelihood_weights_per_loss_kind(sde):
   # lambda = g^2: orthogonal (Eq. 9) g^2 / std^4, obtuse (Eq. 10) and retain (Eq. 8) g^2 / std^2;
   # std_power p multiplies each forget weight by std^-p; max_std zeroes std > max_std.
   from unlearn_jax import training
-  keys = training.example_keys(jax.random.key(5), SGU_X.shape[0], None)
+  keys = training.example_keys(jax.random.key(5), SGU_X.shape[0])
   batch = {"x": SGU_X}
   for variant, k in (("orthogonal", 4), ("obtuse", 2)):
     for p, max_std in ((0.0, 0.0), (0.5, 0.0), (0.0, 0.5)):

@@ -103,6 +103,8 @@ def base() -> ml_collections.ConfigDict:
       inpaint=ml_collections.ConfigDict(dict(num_examples=0, split="test", target="label")),
       reconstruct=ml_collections.ConfigDict(dict(num_examples=0, split="test", target="label",
                                                  t_start=0.02, n_steps=0))))
+  # the device mesh (`unlearn_jax.mesh`): fsdp devices share each parameter (1: replicated).
+  c.mesh = ml_collections.ConfigDict(dict(fsdp=1))
   return c
 
 

@@ -1,4 +1,4 @@
-"""Sampling from an experiment's model, batched and pmapped over devices, and its NLL function.
+"""Sampling from an experiment's model, batched and split over the mesh, and its NLL function.
 
     x = generate(exp, params, n, rng, labels=labels)   # n samples in data space
     y = restore(exp, params, "inpaint", x01, rng, known=mask)   # SGU Sec. 4.3 restorations
@@ -9,10 +9,18 @@ score_fn(x, t)) or `DDPM_SAMPLERS` (the discrete schedule: eps_fn(x, i), guided 
 class-conditional models, DiMUM paper Eq. 2-3).  `restore` runs `sampling.inpaint` (the
 pixels where the mask is 1 kept) or `sampling.reconstruct` (from `config.eval.reconstruct.t_start`)
 on given images in [0, 1] of a continuous-SDE model (SGU Sec. 4.3, Tables 3-4).
+
+Every function here is a `jax.jit` over the run's mesh (`mesh.current()`): a batch of
+`batch_size` examples, padded to a multiple of the device count, is split over every
+device, batch i drawing from fold_in(rng, i) with its global shape.  So the samples do not
+depend on the number of devices (JAX's partitionable threefry draws the same values for a
+global shape on any mesh, and the padded rows come after the real ones), except where a
+sampler couples the examples of a batch (the PC corrector's Langevin step size, score_sde's
+batch-mean norms; the NLL's shared adaptive step) and the padding changes the batch: choose
+`config.eval.sample_batch_size` a multiple of the device count.
 """
 from __future__ import annotations
 
-import functools
 from typing import Callable, Optional
 
 import jax
@@ -22,6 +30,7 @@ import numpy as np
 from unlearn_jax import console
 from unlearn_jax import data as data_lib
 from unlearn_jax import likelihood
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import models
 from unlearn_jax import sampling
 from unlearn_jax import score as score_lib
@@ -74,18 +83,18 @@ def model_eps_apply(exp: Experiment, params, embedded: bool = False) -> Callable
   return eps_apply
 
 
-def _sampler(exp: Experiment, per_dev: int, embedded: bool = False) -> Callable:
-  """pmap(params broadcast, one key and label row per device) -> samples in data space;
-  built once per shape.  `embedded`: the conditions are class-embedding rows (B, E), and
-  guidance's null condition is the table's null row."""
-  key = ("sample_embedded" if embedded else "sample", per_dev)
+def _sampler(exp: Experiment, embedded: bool = False) -> Callable:
+  """jit(params, rng, conditions (B,) or (B, E)) -> B samples in data space, split over the
+  mesh; built once per mesh (compiled once per batch shape).  `embedded`: the conditions
+  are class-embedding rows (B, E), and guidance's null condition is the table's null row."""
+  m = mesh_lib.current()
+  key = ("sample_embedded" if embedded else "sample", m)
   if key not in exp.compiled:
     cfg = exp.config
-    shape = (per_dev,) + exp.example_shape
     discrete = isinstance(exp.process, sde_lib.DDPMSchedule)
 
-    @functools.partial(jax.pmap, in_axes=(None, 0, 0))
     def sample(params, rng, labels):
+      shape = (labels.shape[0],) + exp.example_shape
       if discrete:
         eps_apply = model_eps_apply(exp, params, embedded)
         if exp.conditional:
@@ -101,40 +110,47 @@ def _sampler(exp: Experiment, per_dev: int, embedded: bool = False) -> Callable:
         x = jnp.clip(data_lib.inverse_scaler(x, cfg.data.centered), 0.0, 1.0)
       return x
 
-    exp.compiled[key] = sample
+    exp.compiled[key] = jax.jit(sample, out_shardings=mesh_lib.batch(m))
   return exp.compiled[key]
+
+
+def _chunks(n: int, batch_size: int, padded: int):
+  """(i, indices of batch i padded to `padded` by cycling, its number of real rows)."""
+  for i, start in enumerate(range(0, n, batch_size)):
+    real = np.arange(start, min(start + batch_size, n))
+    yield i, np.resize(real, padded), len(real)
 
 
 def generate(exp: Experiment, params, n: int, rng: jax.Array, batch_size: Optional[int] = None,
              labels: Optional[np.ndarray] = None, cond: Optional[np.ndarray] = None) -> np.ndarray:
-  """n samples in data space ([0, 1] images, raw toy points), batched and pmapped over devices.
+  """n samples in data space ([0, 1] images, raw toy points), in batches split over the mesh.
 
   `labels` (n,) are the conditions of a class-conditional model (required there), or `cond`
   (n, E) in their place: rows of its class-embedding space (the condition attacks, a sample
-  conditioned on a row of the table equals one conditioned on that row's label).
+  conditioned on a row of the table equals one conditioned on that row's label).  Batch i
+  (of `batch_size`, default config.eval.sample_batch_size) draws from fold_in(rng, i): the
+  samples are the same on any number of devices (module docstring).
   """
   if exp.conditional and labels is None and cond is None:
     raise ValueError("a class-conditional model needs one label (or embedding row) per sample")
-  n_dev = jax.local_device_count()
-  batch_size = min(batch_size or exp.config.eval.sample_batch_size, max(n, 1))
-  per_dev = -(-batch_size // n_dev)
-  sample = _sampler(exp, per_dev, embedded=cond is not None)
-  step = per_dev * n_dev
+  if n <= 0:
+    return np.zeros((0,) + exp.example_shape, np.float32)
+  m = mesh_lib.current()
+  batch_size = min(batch_size or exp.config.eval.sample_batch_size, n)
+  sample = _sampler(exp, embedded=cond is not None)
   if cond is not None:
     conds = np.asarray(cond, np.float32)
   else:
     conds = np.zeros(n, np.int32) if labels is None else np.asarray(labels, np.int32)
-  out, i = [], 0
+  placed = mesh_lib.put(params)
+  out = []
   progress = console.Progress("sampling", n, "samples")
-  while sum(len(o) for o in out) < n:
-    keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
-    idx = np.resize(np.arange(i * step, min((i + 1) * step, n)), step) if n else np.zeros(step, np.int64)
-    c = conds[idx] if n else np.zeros((step,) + conds.shape[1:], conds.dtype)
-    out.append(np.asarray(sample(params, keys, c.reshape((n_dev, per_dev) + c.shape[1:])))
-               .reshape((-1,) + exp.example_shape))
-    i += 1
-    progress.update(min(i * step, n))
-  return np.concatenate(out)[:n]
+  for i, idx, real in _chunks(n, batch_size, mesh_lib.round_up(batch_size, m)):
+    x = sample(placed, mesh_lib.put(jax.random.fold_in(rng, i), mesh_lib.replicated(m)),
+               mesh_lib.put(conds[idx], mesh_lib.batch(m)))
+    out.append(mesh_lib.to_host(x)[:real])
+    progress.update(min(sum(len(o) for o in out), n))
+  return np.concatenate(out)
 
 
 def grid_labels(exp: Experiment, n: int) -> Optional[np.ndarray]:
@@ -147,13 +163,16 @@ def grid_labels(exp: Experiment, n: int) -> Optional[np.ndarray]:
 
 
 def nll_function(exp: Experiment) -> Callable:
-  """The jitted probability-flow NLL of the experiment's model, built once."""
-  if "nll" not in exp.compiled:
+  """The jitted probability-flow NLL `nll_fn(params, x_B, rng) -> (bpd_B, z_B, nfe)` of the
+  experiment's model, its batch split over the mesh; built once per mesh."""
+  m = mesh_lib.current()
+  if ("nll", m) not in exp.compiled:
     ncfg = exp.config.eval.nll
-    exp.compiled["nll"] = jax.jit(likelihood.get_likelihood_fn(
+    exp.compiled[("nll", m)] = jax.jit(likelihood.get_likelihood_fn(
         exp.process, model_score_apply(exp), rtol=ncfg.rtol, atol=ncfg.atol, eps=exp.config.sde.eps,
-        hutchinson="exact" if not exp.is_image else ncfg.hutchinson, offset=nll_offset(exp)))
-  return exp.compiled["nll"]
+        hutchinson="exact" if not exp.is_image else ncfg.hutchinson, offset=nll_offset(exp)),
+        out_shardings=(mesh_lib.batch(m), mesh_lib.batch(m), mesh_lib.replicated(m)))
+  return exp.compiled[("nll", m)]
 
 
 def nll_offset(exp: Experiment) -> float:
@@ -173,16 +192,16 @@ def nll_offset(exp: Experiment) -> float:
 RESTORATIONS = ("inpaint", "reconstruct")
 
 
-def _restorer(exp: Experiment, kind: str, per_dev: int) -> Callable:
-  """pmap(params and mask broadcast, one key and image batch per device) -> restored images
-  in [0, 1]; built once per (kind, shape), so every model reuses one compilation."""
-  key = (kind, per_dev)
+def _restorer(exp: Experiment, kind: str) -> Callable:
+  """jit(params, rng, images (B, ...), known mask) -> restored images in [0, 1], the batch split
+  over the mesh; built once per (kind, mesh), so every model reuses one compilation."""
+  m = mesh_lib.current()
+  key = (kind, m)
   if key not in exp.compiled:
     cfg = exp.config
     s, r, centered = cfg.eval.sampler, cfg.eval.reconstruct, cfg.data.centered
     score_apply = model_score_apply(exp)
 
-    @functools.partial(jax.pmap, in_axes=(None, 0, 0, None))
     def run(params, rng, x01, known):
       score_fn = lambda x, t: score_apply(params, x, t)
       x = data_lib.scaler(x01, centered)
@@ -194,7 +213,7 @@ def _restorer(exp: Experiment, kind: str, per_dev: int) -> Callable:
                                  predictor=s.predictor, corrector="none", eps=s.eps)
       return jnp.clip(data_lib.inverse_scaler(y, centered), 0.0, 1.0)
 
-    exp.compiled[key] = run
+    exp.compiled[key] = jax.jit(run, out_shardings=mesh_lib.batch(m))
   return exp.compiled[key]
 
 
@@ -206,7 +225,7 @@ def restore(exp: Experiment, params, kind: str, x01: np.ndarray, rng: jax.Array,
   image, e.g. (H, W, 1)) is 1 and fills the others, with config.eval.sampler's PC settings;
   "reconstruct": `sampling.reconstruct` from config.eval.reconstruct.t_start.  Batches of
   `batch_size` (default config.eval.sample_batch_size; the last one padded by repetition,
-  so a run compiles once) are pmapped over the local devices, batch i with fold_in(rng, i).
+  so a run compiles once) are split over the mesh, batch i with fold_in(rng, i).
   """
   if kind not in RESTORATIONS:
     raise ValueError(f"kind must be one of {RESTORATIONS}, got {kind!r}")
@@ -214,21 +233,16 @@ def restore(exp: Experiment, params, kind: str, x01: np.ndarray, rng: jax.Array,
   n = len(x01)
   if n == 0:
     return np.zeros((0,) + exp.example_shape, np.float32)
-  n_dev = jax.local_device_count()
+  m = mesh_lib.current()
   batch_size = min(batch_size or exp.config.eval.sample_batch_size, n)
-  per_dev = -(-batch_size // n_dev)
-  step = per_dev * n_dev
-  run = _restorer(exp, kind, per_dev)
+  run = _restorer(exp, kind)
   known = np.ones(exp.example_shape, np.float32) if known is None else np.asarray(known, np.float32)
+  placed, known = mesh_lib.put(params), mesh_lib.put(known, mesh_lib.replicated(m))
   out = []
   progress = console.Progress(kind, n, "images")
-  for i, start in enumerate(range(0, n, step)):
-    chunk = x01[start:start + step]
-    pad = step - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)])
-    keys = jax.random.split(jax.random.fold_in(rng, i), n_dev)
-    y = run(params, keys, chunk.reshape((n_dev, per_dev) + exp.example_shape), known)
-    out.append(np.asarray(y).reshape((-1,) + exp.example_shape)[:step - pad])
-    progress.update(min(start + step, n))
+  for i, idx, real in _chunks(n, batch_size, mesh_lib.round_up(batch_size, m)):
+    y = run(placed, mesh_lib.put(jax.random.fold_in(rng, i), mesh_lib.replicated(m)),
+            mesh_lib.put(x01[idx], mesh_lib.batch(m)), known)
+    out.append(mesh_lib.to_host(y)[:real])
+    progress.update(int(idx[real - 1]) + 1)
   return np.concatenate(out)

@@ -22,6 +22,7 @@ import ml_collections
 
 from unlearn_jax import checkpoints
 from unlearn_jax import console
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import settings
 from unlearn_jax import stages
 from unlearn_jax import tasks
@@ -43,11 +44,12 @@ def build_experiment(config, workdir: Optional[str] = None) -> Experiment:
 
 #: config fields that may differ between the run that wrote a workdir and a rerun there:
 #: they change no stage's output (logging, checkpoint and sample-grid cadence; resuming is
-#: exact from any step).  Stages may be added to or dropped from stage_order, and a stage
+#: exact from any step; mesh.fsdp changes only float summation order, so a pre-empted run may
+#: resume on another slice).  Stages may be added to or dropped from stage_order, and a stage
 #: with no directory in the workdir yet may change; a started or finished stage must be
 #: unchanged, and so must every other field once any stage has started.
 RESUME_MAY_DIFFER = ("stage_order", "training.log_every", "training.ckpt_every", "training.max_to_keep",
-                     "training.sample_every")
+                     "training.sample_every", "mesh.fsdp")
 _ABSENT = "<absent>"
 _PATH_FIELDS = ("sd.model_dir", "data.data_dir", "data.tfds_data_dir")
 
@@ -108,6 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Expe
   if isinstance(config, settings.Settings):
     config = settings.to_config_dict(config)
   validation.check_config(config)                  # the config's own fields, before inputs/ is written
+  mesh_lib.set_current(mesh_lib.make(config.mesh.fsdp))   # UserError unless fsdp divides the devices
   config = tasks.get(config).prepare(config, workdir)   # e.g. "tiny" / "synthetic" -> <workdir>/inputs/
   exp = build_experiment(config, workdir)          # raises UserError before anything is written
   cfg_path = os.path.join(workdir, "config.json")

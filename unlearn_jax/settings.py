@@ -199,6 +199,14 @@ class Reconstruct(Restoration):
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshSettings:
+  """`config.mesh`: the run's device mesh (`unlearn_jax.mesh`): `fsdp` devices share each
+  parameter, optimizer moment, frozen copy and mask (1: replicated, plain data parallelism);
+  the batch is split over every device."""
+  fsdp: int = 1
+
+
+@dataclasses.dataclass(frozen=True)
 class Eval:
   num_samples: int = 10000
   sample_batch_size: int = 500
@@ -284,7 +292,7 @@ class Stage:
 
 
 _GENERAL = (("data", Data), ("sde", SDE), ("model", Model), ("optim", Optim), ("training", Training),
-            ("unlearn", Unlearn), ("classifier", Classifier), ("eval", Eval))
+            ("unlearn", Unlearn), ("classifier", Classifier), ("eval", Eval), ("mesh", MeshSettings))
 #: the sections of a Settings: the general ones, then one per method (`methods.SECTIONS`).
 SECTIONS: Dict[str, type] = dict(_GENERAL, **methods_lib.SECTIONS)
 

@@ -1,4 +1,4 @@
-"""The training engine: a pure, pmapped train step over one or more objectives.
+"""The training engine: a pure train step over one or more objectives, jitted over the mesh.
 
 A *method* is a set of objectives (each: a data stream and a per-example loss)
 plus an optax transform that combines their gradients:
@@ -13,17 +13,21 @@ An objective's regression target is the noise by default; `Objective.target`
 replaces it by a (stop-gradient) model prediction, e.g. SalUn's
 eps_theta(x_t, c') or a frozen pre-trained model's output (`TargetInputs`).
 Constants that every step needs (a frozen copy of the parameters, a saliency
-mask) travel as `consts`, replicated once, and reach the transform as extra
+mask) travel as `consts`, placed on the mesh once, and reach the transform as extra
 keyword arguments.
 
-The gradient of each objective is computed separately, averaged across devices
-(`lax.pmean`), and handed to the transform: the first objective's gradient as
+The step sees the *global* batch: `train_loop` jits it over the run's mesh (`mesh`: the
+batch split over every device, parameters, optimizer state and consts replicated or split
+along `fsdp`), so a loss's mean is over the whole batch and XLA does the cross-device
+reduction of its gradient -- data parallelism as pmap did it (one program per device,
+gradients averaged), with no axis names in the step.  The gradient of each objective is
+computed separately and handed to the transform: the first objective's gradient as
 `updates`, the others as keyword extras `<name>_grads`.
 
 Randomness is per *example*: example k of the global batch at step s draws its
-(t, z) from fold_in(fold_in(fold_in(seed_key, s), objective), k), so the same
-global batch gives the same update on 1 device or on n (up to float summation
-order).  Only dropout keys are folded by device index.
+(t, z) from fold_in(fold_in(fold_in(seed_key, s), objective), k), and dropout masks are
+draws of the global batch's shape, so the same global batch gives the same update on any
+mesh (up to float summation order).
 """
 from __future__ import annotations
 
@@ -34,7 +38,6 @@ import logging
 import os
 from typing import Any, Callable, Dict, Mapping, NamedTuple, Optional
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -46,12 +49,10 @@ from unlearn_jax import console
 from unlearn_jax import data as data_lib
 from unlearn_jax import events
 from unlearn_jax import losses
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import score as score_lib
 from unlearn_jax import train_state as ts
-from unlearn_jax.errors import UserError, check_choice, check_range
-
-AXIS = "batch"
-
+from unlearn_jax.errors import check_choice, check_range
 
 class TrainingDiverged(RuntimeError):
   """Raised when a loss or the parameters become NaN/Inf."""
@@ -104,13 +105,12 @@ class Objective:
       the noise (wrapped in stop_gradient); None: the noise.
     cond_drop: probability of replacing an example's condition by the null class
       (classifier-free guidance training, Ho & Salimans 2022; 0.1 in pretraining).
-    reduce: `reduce(per_example_losses, axis_name) -> scalar` over this device's examples
-      (`axis_name` the pmap axis, None unmapped: a reduction that normalises over the
-      batch, e.g. SFR-on's weighted ascent, normalises over the global one); None: the mean.
+    reduce: `reduce(per_example_losses) -> scalar` over the (global) batch, e.g. SFR-on's
+      weighted ascent; None: the mean.
     noiser: `noiser(NoiserInputs) -> losses.Noised`, the noisy inputs in place of
       x_t ~ q(x_t | x_0) (e.g. ESD's partial DDIM from noise, Selective Amnesia's
       uniform surrogate images); None: `perturb_examples`.
-    value_fn: `value_fn(loss_of_params, params, axis_name) -> (value, grads)` in place
+    value_fn: `value_fn(loss_of_params, params) -> (value, grads)` in place
       of `jax.value_and_grad(loss_of_params)(params)`; the regression target is
       fixed before, so `loss_of_params` can be evaluated at other parameters
       (EraseDiff's value-function gap L_f(theta) - L_f(phi^K), `unlearning.erasediff`).
@@ -190,11 +190,9 @@ def make_optimizer(lr: float, warmup: int = 0, grad_clip: float = 1.0, b1: float
   return optax.chain(*parts)
 
 
-def example_keys(rng: jax.Array, local_batch: int, axis_name: Optional[str]) -> jax.Array:
-  """One key per example, indexed by its position in the *global* batch."""
-  offset = 0 if axis_name is None else jax.lax.axis_index(axis_name) * local_batch
-  idx = offset + jnp.arange(local_batch)
-  return jax.vmap(jax.random.fold_in, (None, 0))(rng, idx)
+def example_keys(rng: jax.Array, batch_size: int) -> jax.Array:
+  """One key per example of the (global) batch, indexed by its position in it."""
+  return jax.vmap(jax.random.fold_in, (None, 0))(rng, jnp.arange(batch_size))
 
 
 def perturb_examples(process, x0: jax.Array, keys: jax.Array, weighting: str) -> losses.Noised:
@@ -247,13 +245,12 @@ def objective_inputs(params, batch: Mapping[str, jax.Array], keys: jax.Array, sp
   return noised, labels, target, weight
 
 
-def loss_given_inputs(params, inputs, dropout_rng, spec: StepSpec, objective: Objective,
-                      axis_name: Optional[str] = None) -> jax.Array:
+def loss_given_inputs(params, inputs, dropout_rng, spec: StepSpec, objective: Objective) -> jax.Array:
   """The reduced loss at `params` for inputs fixed by `objective_inputs`."""
   noised, labels, target, weight = inputs
   eps_pred = _model_eps(spec, noised)(params, labels, True, {"dropout": dropout_rng})
   per = objective.loss(eps_pred, target, weight)
-  return jnp.mean(per) if objective.reduce is None else objective.reduce(per, axis_name)
+  return jnp.mean(per) if objective.reduce is None else objective.reduce(per)
 
 
 def objective_loss(params, batch: Mapping[str, jax.Array], keys: jax.Array, dropout_rng,
@@ -298,23 +295,22 @@ def fill_frozen(sub_grads, params, trainable):
                                 is_leaf=_is_none)
 
 
-def _objective_grad(state, batches, step_rng, dropout_rng, i, name, spec, consts, axis_name):
+def _objective_grad(state, batches, step_rng, dropout_rng, i, name, spec, consts):
   objective = spec.objectives[name]
   batch = batches[objective.stream]
-  keys = example_keys(jax.random.fold_in(step_rng, i), batch["x"].shape[0], axis_name)
+  keys = example_keys(jax.random.fold_in(step_rng, i), batch["x"].shape[0])
   params, mask = state.params, spec.trainable
   inputs = objective_inputs(params, batch, keys, spec, objective, consts)
   loss_of = functools.partial(loss_given_inputs, inputs=inputs, dropout_rng=jax.random.fold_in(dropout_rng, i),
-                              axis_name=axis_name,
                               spec=spec, objective=objective)
   if mask is None:
-    value_fn = objective.value_fn or (lambda f, p, _: jax.value_and_grad(f)(p))
-    return value_fn(loss_of, params, axis_name)
+    value_fn = objective.value_fn or (lambda f, p: jax.value_and_grad(f)(p))
+    return value_fn(loss_of, params)
   sub_loss = lambda sub: loss_of(merge_trainable(sub, params, mask))
   if objective.value_fn is None:
     value, sub_grads = jax.value_and_grad(sub_loss)(split_trainable(params, mask))
   else:
-    value, sub_grads = objective.value_fn(sub_loss, split_trainable(params, mask), axis_name)
+    value, sub_grads = objective.value_fn(sub_loss, split_trainable(params, mask))
   return value, fill_frozen(sub_grads, params, mask)
 
 
@@ -331,22 +327,17 @@ def method_metrics(opt_state) -> Dict[str, jax.Array]:
 
 def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Array]], rng: jax.Array,
                consts: Optional[Mapping[str, Any]] = None, *, spec: StepSpec,
-               tx: optax.GradientTransformationExtraArgs, axis_name: Optional[str] = AXIS):
-  """One optimisation step.  Pure; pmap it with `axis_name` (or call it unmapped with None).
+               tx: optax.GradientTransformationExtraArgs):
+  """One optimisation step on the global batch.  Pure; `train_loop` jits it over the mesh.
 
   `consts` (e.g. {"mask": ..., "frozen": ...}) are handed to the objectives'
   targets and to `tx.update` as keyword extras.
   """
   consts = dict(consts or {})
   step_rng = jax.random.fold_in(rng, state.step)
-  dropout_rng = step_rng if axis_name is None else jax.random.fold_in(step_rng, 10_000 + jax.lax.axis_index(axis_name))
+  dropout_rng = jax.random.fold_in(step_rng, 10_000)
   names = list(spec.objectives)
-  grad = functools.partial(_objective_grad, state, batches, step_rng, dropout_rng, spec=spec,
-                           consts=consts, axis_name=axis_name)
-  if axis_name is not None:
-    mean = lambda *a: jax.lax.pmean(grad(*a), axis_name)
-  else:
-    mean = grad
+  grad = functools.partial(_objective_grad, state, batches, step_rng, dropout_rng, spec=spec, consts=consts)
   metrics = {}
   if spec.alternate:
     phase = state.step % len(names)
@@ -359,15 +350,13 @@ def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Arra
       loss, g = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs)[phase], *outs)
     else:
       loss, g = jax.lax.switch(phase, branches)
-    if axis_name is not None:
-      loss, g = jax.lax.pmean((loss, g), axis_name)
     metrics["loss/active"] = loss
     metrics["grad_norm/active"] = optax.tree.norm(g)
     updates, opt_state = tx.update(g, state.opt_state, state.params, phase=phase, **consts)
   else:
     grads = {}
     for i, name in enumerate(names):
-      loss, grads[name] = mean(i, name)
+      loss, grads[name] = grad(i, name)
       metrics[f"loss/{name}"] = loss
       metrics[f"grad_norm/{name}"] = optax.tree.norm(grads[name])
     extras = {f"{n}_grads": grads[n] for n in names[1:]}
@@ -378,26 +367,6 @@ def train_step(state: ts.TrainState, batches: Mapping[str, Mapping[str, jax.Arra
   ema = params if spec.ema_rate == 0 else ts.ema_update(state.ema_params, params, spec.ema_rate)
   new_state = state.replace(step=state.step + 1, params=params, ema_params=ema, opt_state=opt_state)
   return new_state, metrics
-
-
-def replicate(tree):
-  """One copy of `tree` per local device, laid out as the pmapped step's own outputs are
-  (a mesh over the local devices named `AXIS`).  `flax.jax_utils.replicate` names its mesh
-  axis otherwise, and the step's second call then compiled it a second time (jax 0.10)."""
-  devices = jax.local_devices()
-  sharding = jax.sharding.NamedSharding(jax.sharding.Mesh(np.array(devices), (AXIS,)),
-                                        jax.sharding.PartitionSpec(AXIS))
-
-  def rep(x):
-    x = np.asarray(x)
-    return jax.device_put(np.broadcast_to(x[None], (len(devices),) + x.shape), sharding)
-
-  return jax.tree_util.tree_map(rep, tree)
-
-
-def shard(batch, n_dev: int):
-  """Reshapes the leading (global) axis to (n_dev, B / n_dev, ...)."""
-  return jax.tree_util.tree_map(lambda a: a.reshape((n_dev, a.shape[0] // n_dev) + a.shape[1:]), batch)
 
 
 @dataclasses.dataclass
@@ -412,12 +381,10 @@ class LoopConfig:
 
 
 def check_batch_size(batch_size: int, field: str = "config.training.batch_size") -> None:
-  """A positive multiple of the number of devices (a stage's 0, "config.training's", is
-  resolved before this is called)."""
-  n = jax.local_device_count() * jax.process_count()
+  """A positive multiple of the number of devices of the mesh (a stage's 0, "config.training's",
+  is resolved before this is called)."""
   check_range(field, batch_size, 1, 1 << 24, integer=True)
-  if batch_size % n:
-    raise UserError(field, batch_size, f"must be a multiple of the number of devices ({n})")
+  mesh_lib.check_batch(batch_size, field)
 
 
 HISTORY = "metrics.jsonl"
@@ -445,6 +412,23 @@ def read_history(stage_dir: str) -> list:
   return [rows[k] for k in sorted(rows)]
 
 
+def jit_step(step_fn: Callable, state, consts, m: Optional[jax.sharding.Mesh] = None):
+  """(jitted step, state shardings, consts shardings): `step_fn(state, batches, rng, consts)`
+  under `jax.jit` over mesh `m` (default `mesh.current()`), as `train_loop` runs it: the
+  batches split over every device (`mesh.batch`), the state and consts placed by
+  `mesh.tree_shardings` (replicated, or split along fsdp), rng and metrics replicated, the
+  state donated.  `state` and `consts` may be arrays or ShapeDtypeStructs (`unlearn_jax.aot`
+  lowers the same jit for a TPU topology)."""
+  m = m or mesh_lib.current()
+  state_sh, consts_sh = mesh_lib.tree_shardings(state, m), mesh_lib.tree_shardings(consts, m)
+  mesh_lib.check_even(state, state_sh)
+  mesh_lib.check_even(consts, consts_sh)
+  rep = mesh_lib.replicated(m)
+  jitted = jax.jit(step_fn, in_shardings=(state_sh, mesh_lib.batch(m), rep, consts_sh),
+                   out_shardings=(state_sh, rep), donate_argnums=(0,))
+  return jitted, state_sh, consts_sh
+
+
 def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: LoopConfig,
                get_batches: Callable[[int], Dict[str, Dict[str, np.ndarray]]],
                *, sample_hook: Optional[Callable[[int, Any], None]] = None,
@@ -452,11 +436,12 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
                stage_name: str = "train", consts: Optional[Mapping[str, Any]] = None) -> ts.TrainState:
   """Runs (or resumes) a training stage and returns its final (host) state.
 
-  `step_fn(state, batches, rng, consts, *, axis_name)` is a pure step such as
-  `functools.partial(train_step, spec=spec, tx=tx)`; it is pmapped here, with
-  `consts` (a pytree or None) replicated to every device once.
-  `get_batches(step)` returns the global batch of every stream for `step`
-  (a pure function of the step, so a resumed run sees the same data).
+  `step_fn(state, batches, rng, consts)` is a pure step on the global batch such as
+  `functools.partial(train_step, spec=spec, tx=tx)`; it is jitted here over the run's mesh
+  (`mesh.current()`): the batch split over every device, the state and `consts` (a pytree
+  or None) placed once by `mesh.tree_shardings` (replicated, or split along `fsdp`), the
+  state donated.  `get_batches(step)` returns this process's slice of the global batch of
+  every stream for `step` (a pure function of the step, so a resumed run sees the same data).
   Checkpoints every `ckpt_every` steps and at the end; a NaN/Inf loss or
   parameter raises `TrainingDiverged` and the last good checkpoint is kept.  Logged
   scalars (TensorBoard, <stage_dir>/metrics.jsonl) are the step's metrics averaged over the
@@ -475,28 +460,26 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
                  f"{parameter_overview.count_parameters(state.params):,}", loop.num_steps, loop.batch_size)
   writer = events.EventWriter(stage_dir, enabled=jax.process_index() == 0)
   progress = console.Progress(f"[{stage_name}]", loop.num_steps, "steps", every_s=60.0, start=start)
-  n_dev = jax.local_device_count()
   check_batch_size(loop.batch_size)
-  p_step = jax.pmap(functools.partial(step_fn, axis_name=AXIS),
-                    axis_name=AXIS, in_axes=(0, 0, None, 0), donate_argnums=(0,))
-  rconsts = replicate(dict(consts or {}))
-  rng = jax.random.key(loop.seed)
-  rstate = replicate(state)
+  consts = dict(consts or {})
+  j_step, state_sh, consts_sh = jit_step(step_fn, state, consts)
+  dconsts = mesh_lib.put(consts, consts_sh)
+  rng = mesh_lib.put(jax.random.key(loop.seed), mesh_lib.replicated())
+  dstate = mesh_lib.put(state, state_sh)
   last_good = start
   step = start
   acc, count = None, 0
   try:
     for step in range(start, loop.num_steps):
-      batches = shard(get_batches(step), n_dev)
-      rstate, metrics = p_step(rstate, batches, rng, rconsts)
+      dstate, metrics = j_step(dstate, mesh_lib.put_batch(get_batches(step)), rng, dconsts)
       # Logged values are means over the steps since the last log (summed on device).
       acc = metrics if acc is None else jax.tree_util.tree_map(jnp.add, acc, metrics)
       count += 1
       done = step + 1
       if done % loop.log_every == 0 or done == loop.num_steps or done % loop.ckpt_every == 0:
-        m = jax.device_get(jax.tree_util.tree_map(lambda a: a[0] / count, acc))
+        m = mesh_lib.to_host(jax.tree_util.tree_map(lambda a: a / count, acc))
         acc, count = None, 0
-        diag = jax.device_get(param_diagnostics(flax.jax_utils.unreplicate(rstate).params))
+        diag = mesh_lib.to_host(param_diagnostics(dstate.params))
         finite = m.pop("finite", 1.0) == 1.0 and diag.pop("finite") == 1.0
         m.update(diag)
         bad = [k for k, v in m.items() if not np.isfinite(v)] + ([] if finite else ["params"])
@@ -510,14 +493,14 @@ def train_loop(stage_dir: str, state: ts.TrainState, step_fn: Callable, loop: Lo
         if done % loop.log_every == 0 or done == loop.num_steps:
           progress.update(done, " ".join(f"{k}={v:.4g}" for k, v in sorted(m.items())), force=True)
         if done % loop.ckpt_every == 0 or done == loop.num_steps:
-          checkpoints.save(mngr, done, flax.jax_utils.unreplicate(rstate))
+          checkpoints.save(mngr, done, mesh_lib.to_host(dstate))
           last_good = done
       progress.update(done)
       if sample_hook is not None and loop.sample_every and done % loop.sample_every == 0:
-        sample_hook(done, flax.jax_utils.unreplicate(rstate))
+        sample_hook(done, mesh_lib.to_host(dstate))
       if step_hook is not None:
         step_hook(done)
   finally:
     writer.close()
     mngr.close()
-  return jax.device_get(flax.jax_utils.unreplicate(rstate))
+  return mesh_lib.to_host(dstate)

@@ -248,7 +248,7 @@ NUMERIC_FIELDS = (
     ("classifier.lr", 0.0, MAX_LR, "(]"), ("classifier.image_size", 1, 1 << 14, "int"),
     ("eval.num_samples", 1, 10 ** 9, "int"), ("eval.sample_batch_size", 1, 1 << 24, "int"),
     ("eval.fd_num_samples", 2, 10 ** 9, "int"), ("eval.attack_num_samples", 1, 10 ** 9, "int"),
-    ("eval.grid_size", 1, 10 ** 5, "int"), ("eval.confidence_threshold", 0.0, 1.0, "[]"),
+    ("eval.grid_size", 1, 10 ** 5, "int"), ("mesh.fsdp", 1, 1 << 16, "int"), ("eval.confidence_threshold", 0.0, 1.0, "[]"),
     ("eval.min_confident_share", 0.0, 1.0, "[]"),
     ("eval.inception_size", 75, 1024, "int"), ("eval.inception_batch_size", 1, 1 << 16, "int"),
     ("eval.precision_recall_k", 0, 1 << 10, "int"),

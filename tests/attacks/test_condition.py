@@ -137,7 +137,7 @@ def test_the_loss_is_the_ddpm_loss_with_the_labels_rows(prefix):
   _, exp, params = prefix
   ds = exp.streams["forget"]
   batch = {"x": jnp.asarray(ds.images[:4], jnp.float32) / 255.0, "labels": jnp.asarray(ds.labels[:4])}
-  keys = training.example_keys(jax.random.key(5), 4, None)
+  keys = training.example_keys(jax.random.key(5), 4)
   spec = training.StepSpec(apply_fn=exp.apply, process=exp.process, output_type="eps",
                            objectives={}, weighting=exp.config.training.weighting, conditional=True,
                            null_label=exp.null_label, centered=exp.config.data.centered)

@@ -47,7 +47,7 @@ LABELS = np.array([1, 2, 1], np.int32)
 PARAMS = {"w": jnp.array([0.5, 1.5, -0.7, 2.0, 0.3]), "b": jnp.array([0.1, -0.4, 0.8, 0.2, -1.0])}
 FROZEN = {"w": jnp.array([1.0, -0.5, 0.4, 0.9, 1.2]), "b": jnp.array([0.3, 0.2, -0.6, 0.7, 0.05])}
 DENOISE = functools.partial(losses.denoising_loss, reduce="mean")
-KEYS = training.example_keys(jax.random.key(1), 3, None)
+KEYS = training.example_keys(jax.random.key(1), 3)
 DROPOUT = jax.random.key(2)
 BATCH = {"x": X, "labels": LABELS}
 

@@ -190,7 +190,7 @@ def test_method_builds_trains_and_combines_by_hand(name, variant):
 
   def step_fn(state, batches, rng, consts):
     traces.append(1)
-    return training.train_step(state, batches, rng, consts, spec=spec, tx=opt, axis_name=None)
+    return training.train_step(state, batches, rng, consts, spec=spec, tx=opt)
 
   step = jax.jit(step_fn)
   batches = {o.stream: BATCHES[o.stream] for o in objectives.values()}

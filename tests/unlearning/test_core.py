@@ -74,7 +74,7 @@ def test_canvas_styles_and_class_labels_share_one_scheme_implementation(monkeypa
 def test_core_draws_cover_the_candidates_and_vary_with_the_key():
   cand = core.anchor_candidates(6, (2,), "random")
   labels = jnp.full((600,), 2, jnp.int32)
-  keys = training.example_keys(jax.random.key(3), 600, None)
+  keys = training.example_keys(jax.random.key(3), 600)
   drawn = np.asarray(core.draw_anchor(cand, labels, keys))
   assert set(drawn.tolist()) == {0, 1, 3, 4, 5}
   assert np.asarray(core.draw_anchor(core.anchor_candidates(6, (2,), "one_to_one"), labels, keys)).tolist() \

@@ -137,12 +137,12 @@ def test_value_fn_objective_in_train_step_logs_g_lambda_and_cosines():
   tx = optax.chain(erasediff.erasediff(eta=0.5), optax.sgd(0.1))
   state = ts.create(PARAMS, tx)
   batches = {"retain": BATCH, "forget": BATCH}
-  new, m = training.train_step(state, batches, jax.random.key(0), spec=spec, tx=tx, axis_name=None)
+  new, m = training.train_step(state, batches, jax.random.key(0), spec=spec, tx=tx)
   for k in ("method/lambda_t", "method/cos_update_retain", "method/cos_update_forget", "loss/forget"):
     assert np.isfinite(float(m[k])), k
   # loss/forget is g = L_f(theta) - L_f(phi^3) >= 0, with the target fixed at theta.
   rng = jax.random.fold_in(jax.random.key(0), 0)
-  keys = training.example_keys(jax.random.fold_in(rng, 1), 3, None)
+  keys = training.example_keys(jax.random.fold_in(rng, 1), 3)
   inputs = training.objective_inputs(PARAMS, BATCH, keys, spec, objectives["forget"])
   lf = functools.partial(training.loss_given_inputs, inputs=inputs, dropout_rng=None, spec=spec,
                          objective=objectives["forget"])
@@ -164,9 +164,9 @@ def _erasediff_step(lr=0.05, **options):
   tx = training.make_optimizer(lr, warmup=0, grad_clip=0.0, method=method, name="sgd")
   rng = jax.random.key(0)
   new, _ = training.train_step(ts.create(PARAMS, tx), {"retain": BATCH, "forget": BATCH_F}, rng,
-                               spec=spec, tx=tx, axis_name=None)
+                               spec=spec, tx=tx)
   step_rng = jax.random.fold_in(rng, 0)
-  inputs = {n: training.objective_inputs(PARAMS, b, training.example_keys(jax.random.fold_in(step_rng, i), 3, None),
+  inputs = {n: training.objective_inputs(PARAMS, b, training.example_keys(jax.random.fold_in(step_rng, i), 3),
                                          spec, objectives[n])
             for i, (n, b) in enumerate((("retain", BATCH), ("forget", BATCH_F)))}
   return new.params, inputs
@@ -275,12 +275,12 @@ def test_erasediff_inner_loop_moves_only_the_trainable_leaves():
   spec = dataclasses.replace(make_spec(forget=objective), trainable=TRAIN_W)
   state = ts.create(PARAMS, optax.sgd(0.1))
   value, grads = training._objective_grad(state, {"forget": BATCH}, jax.random.key(0), DROPOUT, 0, "forget",
-                                          spec, {}, None)
+                                          spec, {})
   inputs = training.objective_inputs(PARAMS, BATCH, training.example_keys(jax.random.fold_in(jax.random.key(0), 0),
-                                                                         3, None), spec, objective)
+                                                                         3), spec, objective)
   loss = lambda w: training.loss_given_inputs({"w": w, "b": PARAMS["b"]}, inputs, jax.random.fold_in(DROPOUT, 0),
                                               spec, objective)
-  expected, expected_grad = gap(loss, PARAMS["w"], None)
+  expected, expected_grad = gap(loss, PARAMS["w"])
   np.testing.assert_allclose(value, expected, rtol=1e-5)
   np.testing.assert_allclose(grads["w"], expected_grad, rtol=1e-5)
   np.testing.assert_array_equal(grads["b"], np.zeros_like(PARAMS["b"]))

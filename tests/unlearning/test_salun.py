@@ -56,6 +56,6 @@ def test_salun_target_draws_c_prime_per_example_from_a_candidate_table():
   diff = eps_np(PARAMS, x_t, LABELS) - eps_np(PARAMS, x_t, drawn)
   np.testing.assert_allclose(loss, np.mean(diff ** 2), rtol=1e-5)
   # over many keys both candidates of a forget row are drawn
-  many = training.example_keys(jax.random.key(7), 64, None)
+  many = training.example_keys(jax.random.key(7), 64)
   seen = set(np.asarray(core.draw_anchor(table, jnp.full((64,), 1, jnp.int32), many)).tolist())
   assert seen == {0, 3}

@@ -49,11 +49,11 @@ def test_train_step_alternates_objectives():
   consts = {"mask": mask}
   batches = {"forget": BATCH, "retain": {"x": X[::-1] * 0.5, "labels": np.array([0, 3, 0], np.int32)}}
   rng = jax.random.key(3)
-  step = functools.partial(training.train_step, spec=spec, tx=tx, axis_name=None)
+  step = functools.partial(training.train_step, spec=spec, tx=tx)
 
   def direct_grad(params, s, i, name):
     step_rng = jax.random.fold_in(rng, s)
-    keys = training.example_keys(jax.random.fold_in(step_rng, i), 3, None)
+    keys = training.example_keys(jax.random.fold_in(step_rng, i), 3)
     return jax.value_and_grad(training.objective_loss)(
         params, batches[objectives[name].stream], keys, jax.random.fold_in(step_rng, i), spec,
         objectives[name], consts)

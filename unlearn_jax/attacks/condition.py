@@ -30,7 +30,7 @@ paper Eq. 4, with the label's embedding replaced by e_j):
              step (projected Adam; eps = 0: unconstrained).
 
 The step is pure: `attack_step(state, batches, rng, consts, spec=..., tx=...)` has the shape
-`training.train_loop` pmaps; state.params = {"rows": e} (the only leaves with gradients,
+`training.train_loop` jits over the mesh; state.params = {"rows": e} (the only leaves with gradients,
 optimiser moments, updates and checkpoints), the frozen weights travel in consts["net"] with
 the starting rows consts["rows0"].  The network runs as at sampling (train=False: no dropout).
 """
@@ -139,17 +139,15 @@ def init_state(rows0: jax.Array, tx: optax.GradientTransformation) -> ts.TrainSt
 
 
 def attack_step(state: ts.TrainState, batches, rng: jax.Array, consts=None, *, spec: AttackSpec,
-                tx: optax.GradientTransformation, axis_name: Optional[str] = training.AXIS):
+                tx: optax.GradientTransformation):
   """One projected step on the rows: e <- Pi_eps(e + Adam(grad_e L)); consts {"net": the frozen
-  weights, "rows0": e0, and what `spec.to_condition` reads (textual inversion: "text")}.  Pure; pmap it with `axis_name` (the gradient is averaged over
-  devices) or call it with None."""
+  weights, "rows0": e0, and what `spec.to_condition` reads (textual inversion: "text")}.  Pure,
+  on the global batch (`training.train_loop` jits it over the mesh)."""
   batch = batches["forget"]
   step_rng = jax.random.fold_in(rng, state.step)
-  keys = training.example_keys(step_rng, batch["x"].shape[0], axis_name)
+  keys = training.example_keys(step_rng, batch["x"].shape[0])
   net, rows = consts["net"], state.params["rows"]
   loss, grad = jax.value_and_grad(condition_loss)(rows, net, batch, keys, spec, consts)
-  if axis_name is not None:
-    loss, grad = jax.lax.pmean((loss, grad), axis_name)
   updates, opt_state = tx.update(grad, state.opt_state, rows)
   rows = project(optax.apply_updates(rows, updates), consts["rows0"], spec.eps)
   params = {"rows": rows}

@@ -1,6 +1,6 @@
 """The evaluation classifier: its training step, predictions, features, and sample quality.
 
-* `classifier_step`: one cross-entropy step (pure; pmapped by the train loop).
+* `classifier_step`: one cross-entropy step (pure; jitted over the mesh by the train loop).
 * `predict` / `classify` / `embed`: batched, jitted inference on images in
   [0, 1]; one jit per (kind, apply_fn), cached in `_JITTED`.
 * Sample quality beside every rate (`sample_quality`): the share of samples the
@@ -19,17 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import train_state as ts
 
 
-def classifier_step(state: ts.TrainState, batches, rng, consts=None, *, apply_fn: Callable, tx,
-                    axis_name: Optional[str] = None):
-  """One cross-entropy step of the evaluation classifier (pure; pmapped by the train loop)."""
+def classifier_step(state: ts.TrainState, batches, rng, consts=None, *, apply_fn: Callable, tx):
+  """One cross-entropy step of the evaluation classifier on the global batch (pure; jitted
+  over the mesh by the train loop)."""
   del consts
   batch = batches["all"]
   dropout_rng = jax.random.fold_in(rng, state.step)
-  if axis_name is not None:
-    dropout_rng = jax.random.fold_in(dropout_rng, jax.lax.axis_index(axis_name))
 
   def loss_fn(params):
     logits = apply_fn({"params": params}, batch["x"], train=True, rngs={"dropout": dropout_rng})
@@ -38,8 +37,6 @@ def classifier_step(state: ts.TrainState, batches, rng, consts=None, *, apply_fn
     return loss, acc
 
   (loss, acc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-  if axis_name is not None:
-    loss, acc, grads = jax.lax.pmean((loss, acc, grads), axis_name)
   updates, opt_state = tx.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = {"loss/classifier": loss, "accuracy/train": acc}
@@ -71,11 +68,10 @@ def _jitted(kind: str, apply_fn: Callable) -> Callable:
 
 def classify(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500):
   """(predicted class (N,), its softmax probability (N,)) for images in [0, 1] (batched, jitted)."""
-  f = _jitted("classify", apply_fn)
-  out = [tuple(map(np.asarray, f(params, x01[i:i + batch_size]))) for i in range(0, len(x01), batch_size)]
-  if not out:
+  out = mesh_lib.map_batches(_jitted("classify", apply_fn), params, np.asarray(x01), batch_size)
+  if out is None:
     return np.zeros((0,), np.int32), np.zeros((0,), np.float32)
-  return np.concatenate([o[0] for o in out]), np.concatenate([o[1] for o in out])
+  return out
 
 
 def histogram_tv(counts, reference_counts, classes: Optional[Sequence[int]] = None) -> float:
@@ -109,6 +105,5 @@ def sample_quality(pred: np.ndarray, confidence: np.ndarray, data_labels: np.nda
 
 def embed(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) -> np.ndarray:
   """The classifier's penultimate features (B, F) of images in [0, 1] (for Fréchet distances)."""
-  f = _jitted("embed", apply_fn)
-  out = [np.asarray(f(params, x01[i:i + batch_size])) for i in range(0, len(x01), batch_size)]
-  return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+  out = mesh_lib.map_batches(_jitted("embed", apply_fn), params, np.asarray(x01), batch_size)
+  return np.zeros((0, 0), np.float32) if out is None else out

@@ -64,6 +64,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import lazy
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax.errors import UserError
 
 transformers = lazy.load("transformers", extra="sd")
@@ -214,17 +215,9 @@ def _jitted(comp: CLIPComponents, kind: str):
 
 
 def _batched(fn, params, arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
-  """fn(params, *chunk) over chunks of `batch_size` rows (the last padded by repetition)."""
-  n = len(arrays[0])
-  batch_size = max(1, min(int(batch_size), n))
-  out = []
-  for start in range(0, n, batch_size):
-    chunk = [a[start:start + batch_size] for a in arrays]
-    pad = batch_size - len(chunk[0])
-    if pad:
-      chunk = [np.concatenate([a, np.repeat(a[-1:], pad, 0)]) for a in chunk]
-    out.append(np.asarray(fn(params, *chunk), np.float32)[:batch_size - pad])
-  return np.concatenate(out, 0)
+  """fn(params, *chunk) over chunks of `batch_size` rows split over the mesh (`mesh.map_batches`)."""
+  out = mesh_lib.map_batches(lambda p, xs: fn(p, *xs), params, tuple(arrays), batch_size)
+  return np.asarray(out, np.float32)
 
 
 def clip_image_embeddings(comp: CLIPComponents, images01: np.ndarray, *,

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax.errors import UserError
 from unlearn_jax.evaluation import frechet
 from unlearn_jax.evaluation import inception_weights
@@ -68,8 +69,8 @@ def inception_features(variables, images, batch_size: int = 50, *, size: Optiona
     variables: the network's {"params", "batch_stats"} (`load_inception_variables`).
     images: uint8 in [0, 255], or float in [0, 1] (quantized to uint8 first
       unless `quantize=False`).  Grey images are repeated to RGB.
-    batch_size: images per device call; the last batch is padded, so one
-      compile serves every call with the same batch and image shape.
+    batch_size: images per call, split over the mesh (`mesh.map_batches`); the last batch is
+      padded, so one compile serves every call with the same batch and image shape.
     size: the side images are resized to (299, the standard); None keeps them
       as they are (any side >= 75; for tests).
     quantize: round float images to 8 bits, as a PNG of them would be.
@@ -85,17 +86,7 @@ def inception_features(variables, images, batch_size: int = 50, *, size: Optiona
     raise ValueError("no images")
   if quantize and images.dtype != np.uint8:
     images = inception.quantize_uint8(images)
-  variables = jax.device_put(variables)  # once, not per batch
-  n = images.shape[0]
-  outs = []
-  for i in range(0, n, batch_size):
-    batch = images[i:i + batch_size]
-    pad = batch_size - batch.shape[0]
-    if pad:
-      batch = np.concatenate([batch, np.zeros((pad,) + batch.shape[1:], batch.dtype)])
-    out = _forward(variables, batch, size)
-    outs.append(jax.tree.map(lambda a, m=batch_size - pad: np.asarray(a)[:m], out))
-  return jax.tree.map(lambda *a: np.concatenate(a), *outs)
+  return mesh_lib.map_batches(functools.partial(_forward, size=size), variables, images, batch_size)
 
 
 # --- FID / sFID ---------------------------------------------------------------

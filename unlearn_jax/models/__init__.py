@@ -150,6 +150,13 @@ def init_params(module, rng: jax.Array, image_shape: tuple, conditional: bool = 
   return lowered.compile(compiler_options=options)(rng, *inputs)["params"]
 
 
+def param_shapes(module, image_shape: tuple, conditional: bool = False):
+  """ShapeDtypeStructs of what `init_params` returns, computed without running the init
+  (`jax.eval_shape`; for compiling a step without weights, `unlearn_jax.aot`)."""
+  inputs = _INIT_INPUTS[type(module)](image_shape, conditional)
+  return jax.eval_shape(module.init, jax.random.key(0), *inputs)["params"]
+
+
 def _unet_shape_problem(cfg: UNetConfig, image_shape: tuple):
   expected = (cfg.image_size, cfg.image_size, cfg.channels)
   if tuple(image_shape) != expected:

@@ -71,6 +71,7 @@ import numpy as np
 import optax
 
 from unlearn_jax import lazy
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax.errors import UserError, check_choice
 
 diffusers = lazy.load("diffusers", extra="sd")            # ~10 s with transformers: imported on first use
@@ -376,7 +377,8 @@ def encode_prompts(comp: SDComponents, prompts: Sequence[str], batch_size: int =
   """(P, L, D) float32 CLIP last hidden states of `prompts` (L = model_max_length).
 
   As the SD pipelines: padded to max_length with <|endoftext|>, truncated, no
-  attention mask.  Batches are padded to `batch_size` so one compile serves all.
+  attention mask.  Batches of `batch_size`, split over the mesh (`mesh.map_batches`), the
+  last one padded so one compile serves all.
   """
   prompts = list(prompts)
   tok = comp.tokenizer
@@ -386,15 +388,7 @@ def encode_prompts(comp: SDComponents, prompts: Sequence[str], batch_size: int =
   if "text" not in comp._jitted:
     comp._jitted["text"] = jax.jit(
         lambda params, ids: comp.text_encoder(ids, params=params, train=False)[0])
-  fn = comp._jitted["text"]
-  batch_size = max(1, min(batch_size, len(prompts)))
-  out = []
-  for start in range(0, len(prompts), batch_size):
-    chunk = ids[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    chunk = np.concatenate([chunk, np.repeat(chunk[-1:], pad, 0)]) if pad else chunk
-    out.append(np.asarray(fn(comp.text_params, chunk), np.float32)[:batch_size - pad])
-  return np.concatenate(out, 0)
+  return np.asarray(mesh_lib.map_batches(comp._jitted["text"], comp.text_params, ids, batch_size), np.float32)
 
 
 def token_ids(comp: SDComponents, prompts: Sequence[str]) -> np.ndarray:
@@ -429,7 +423,7 @@ def encode_images(comp: SDComponents, images01: np.ndarray, *, batch_size: int =
 
   The mean of the VAE posterior, or a sample of it when `sample` (then `rng`
   is required; batch k uses fold_in(rng, k)).  The encoder is jitted once per
-  (batch_size, image shape): the last batch is padded.
+  (batch_size, image shape), its batches split over the mesh: the last one is padded.
   """
   images01 = np.asarray(images01, np.float32)
   if images01.ndim != 4 or images01.shape[-1] != comp.vae.config.in_channels:
@@ -446,19 +440,8 @@ def encode_images(comp: SDComponents, images01: np.ndarray, *, batch_size: int =
       z = dist.sample(rng) if sample else dist.mean
       return (z * comp.scaling_factor).astype(jnp.float32)
     comp._jitted[key] = jax.jit(encode)
-  fn = comp._jitted[key]
-  n = images01.shape[0]
-  batch_size = max(1, min(batch_size, n))
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  out = []
-  for k, start in enumerate(range(0, n, batch_size)):
-    chunk = images01[start:start + batch_size]
-    pad = batch_size - len(chunk)
-    if pad:
-      chunk = np.concatenate([chunk, np.zeros((pad,) + chunk.shape[1:], chunk.dtype)])
-    z = fn(comp.vae_params, chunk, jax.random.fold_in(rng, k))
-    out.append(np.asarray(z)[:batch_size - pad])
-  return np.concatenate(out, 0)
+  return mesh_lib.map_batches(comp._jitted[key], comp.vae_params, images01, batch_size, rng=rng)
 
 
 def decode_latents(vae, vae_params, latents: jax.Array, scaling_factor: float) -> jax.Array:

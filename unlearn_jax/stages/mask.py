@@ -22,6 +22,7 @@ from unlearn_jax import checkpoints
 from unlearn_jax import data as data_lib
 from unlearn_jax import generation
 from unlearn_jax import losses
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import training
 from unlearn_jax.experiment import Experiment, source_params, stage_seed
 from unlearn_jax.stages import train as train_stage
@@ -61,7 +62,7 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
 
   @jax.jit
   def grad_fn(p, batch, key):
-    keys = training.example_keys(key, batch["x"].shape[0], None)
+    keys = training.example_keys(key, batch["x"].shape[0])
     if trainable is None:
       return jax.grad(training.objective_loss)(p, batch, keys, key, spec, objective)
     sub = lambda q: training.objective_loss(training.merge_trainable(q, p, trainable), batch, keys, key, spec,
@@ -69,11 +70,13 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
     return jax.grad(sub)(training.split_trainable(p, trainable))
 
   params_all = params
+  placed = mesh_lib.put(params)          # the passes run on the mesh: batches split over every device
 
   def grads(ds, **kw):
     batches = _pass_batches(ds, cfg.training.batch_size, st.steps, seed)
-    keyed = [(b, jax.random.fold_in(jax.random.key(seed), i)) for i, b in enumerate(batches)]
-    return saliency.accumulate(lambda p, bk: grad_fn(p, *bk), params_all, keyed, **kw)
+    keyed = ((mesh_lib.put(b, mesh_lib.batch()), jax.random.fold_in(jax.random.key(seed), i))
+             for i, b in enumerate(batches))
+    return mesh_lib.to_host(saliency.accumulate(lambda p, bk: grad_fn(p, *bk), placed, keyed, **kw))
 
   if trainable is not None:            # masks over the trainable leaves only (zeros elsewhere)
     params = training.split_trainable(params, trainable)

@@ -193,6 +193,40 @@ def work(exp: Experiment, st) -> Tuple[int, str]:
   return (0, "") if is_closed_form(st) else (st.steps, "steps")
 
 
+@dataclasses.dataclass(frozen=True)
+class StepParts:
+  """What a train / unlearn / attack stage's loop runs: the pure step, its transform, the
+  consts it takes (masks, frozen weights), the weights a Scissorhands reset replaces, and
+  the stage's objectives (their streams name the step's batches)."""
+  step_fn: Callable
+  tx: Any
+  spec: training.StepSpec
+  consts: dict
+  reset_mask: Any
+  objectives: Dict[str, training.Objective]
+
+
+def step_parts(exp: Experiment, st, source=None, mask=None) -> StepParts:
+  """The step of a train / unlearn / attack stage, given the weights it fine-tunes from
+  (`source`, needed when the method keeps a frozen copy) and its mask stage's mask: arrays,
+  or ShapeDtypeStructs for compiling without weights (`unlearn_jax.aot`)."""
+  cfg = exp.config
+  objs, method, options = objectives(exp, st)
+  lr = options.lr if options.lr is not None else st.lr if st.lr is not None else cfg.optim.lr
+  spec = step_spec(exp, objs, options.alternate, exp.task.trainable(exp, st), ema_rate=stage_ema_rate(cfg, st))
+  consts, reset_mask = method_consts(options, mask, source if options.frozen else None)
+  tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
+                               b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
+                               trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps,
+                               name=cfg.optim.name)
+  return StepParts(functools.partial(training.train_step, spec=spec, tx=tx), tx, spec, consts, reset_mask, objs)
+
+
+def needs_source(exp: Experiment, st) -> bool:
+  """Whether the stage's method keeps a frozen copy of the weights it starts from."""
+  return bool(objectives(exp, st)[2].frozen)
+
+
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
         eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0,
         given_streams: Optional[Dict[str, data_lib.Dataset]] = None) -> None:
@@ -203,20 +237,13 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
     return run_closed_form(exp, name, st, workdir, hooks)
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
-  objs, method, options = objectives(exp, st)
-  lr = options.lr if options.lr is not None else st.lr if st.lr is not None else cfg.optim.lr
   ema_rate = stage_ema_rate(cfg, st)
-  spec = step_spec(exp, objs, options.alternate, exp.task.trainable(exp, st), ema_rate=ema_rate)
   mask = saliency.load_mask(os.path.join(workdir, st.mask, MASK_FILE)) if st.kind == "unlearn" and st.mask \
       else None
-  consts, reset_mask = method_consts(options, mask,
-                                     source_params(exp, workdir, st.init) if options.frozen else None)
-  tx = training.make_optimizer(lr, warmup=cfg.optim.warmup, grad_clip=cfg.optim.grad_clip,
-                               b1=cfg.optim.b1, eps=cfg.optim.eps, method=with_mask(method, options, consts),
-                               trainable=spec.trainable, decay=stage_decay(cfg, st), total_steps=st.steps,
-                               name=cfg.optim.name)
+  parts = step_parts(exp, st, source_params(exp, workdir, st.init) if needs_source(exp, st) else None, mask)
+  objs, consts = parts.objectives, parts.consts
   start_stage_dir(stage_dir, meta(exp, name, st))
-  state = init_state(exp, name, st, tx, workdir, reset_mask)
+  state = init_state(exp, name, st, parts.tx, workdir, parts.reset_mask)
   seed = stage_seed(cfg, name)
   given_streams = given_streams or {}
   streams = {o.stream: given_streams[o.stream] if o.stream in given_streams else exp.stream(o.stream, workdir)
@@ -245,8 +272,8 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
                              sample_every=int(np.gcd.reduce(every)) if every else 0,
                              max_to_keep=cfg.training.max_to_keep)
   t0 = time.time()
-  final = training.train_loop(stage_dir, state, functools.partial(training.train_step, spec=spec, tx=tx),
-                              loop, get_batches, sample_hook=sample_hook, step_hook=hooks.step,
+  final = training.train_loop(stage_dir, state, parts.step_fn, loop, get_batches, sample_hook=sample_hook,
+                              step_hook=hooks.step,
                               stage_name=name, consts=consts)
   if eval_hook is not None:
     eval_hook(st.steps, final)

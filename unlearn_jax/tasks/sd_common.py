@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import sampling
 from unlearn_jax import score as score_lib
 from unlearn_jax import sde as sde_lib
@@ -181,11 +182,9 @@ def decode(ctx, latents: np.ndarray, batch_size: int = 16) -> np.ndarray:
   comp = ctx.comp
   if "decode" not in ctx.compiled:
     ctx.compiled["decode"] = jax.jit(lambda p, z: sd.decode_latents(comp.vae, p, z, comp.scaling_factor))
-  f = ctx.compiled["decode"]
-  out = [np.asarray(f(comp.vae_params, jnp.asarray(latents[i:i + batch_size])))
-         for i in range(0, len(latents), batch_size)]
-  if out:
-    return np.concatenate(out)
+  out = mesh_lib.map_batches(ctx.compiled["decode"], comp.vae_params, np.asarray(latents), batch_size)
+  if out is not None:
+    return out
   side = int(np.shape(latents)[1]) * comp.vae_factor if np.ndim(latents) == 4 else comp.image_size
   return np.zeros((0, side, side, comp.vae.config.out_channels), np.float32)
 
@@ -242,15 +241,19 @@ def sample_from_embeddings(ctx, unet_params, embeddings: np.ndarray, null: np.nd
                      f"{len(seeds)} and {len(guidance)}")
   if n == 0:
     return np.zeros((0,) + tuple(ctx.latent_shape), np.float32)
-  batch = max(1, int(batch_size))                 # fixed: one compile for every call
+  chunk = max(1, int(batch_size))
+  batch = mesh_lib.round_up(chunk)                # fixed: one compile for every call
   fn = _embedding_sampler(ctx, batch, n_steps, eta)
-  null = jnp.asarray(null, jnp.float32)
+  m = mesh_lib.current()
+  null = mesh_lib.put(np.asarray(null, np.float32), mesh_lib.replicated(m))
+  placed = mesh_lib.put(unet_params)
   out = []
-  for k, start in enumerate(range(0, n, batch)):
-    idx = np.arange(start, min(start + batch, n))
+  for k, start in enumerate(range(0, n, chunk)):
+    idx = np.arange(start, min(start + chunk, n))
     pad = np.concatenate([idx, np.full(batch - len(idx), idx[0])])
-    z = np.asarray(fn(unet_params, jnp.asarray(embeddings[pad]), null,
-                      jnp.asarray(seeds[pad] % (1 << 31), jnp.uint32), jnp.asarray(guidance[pad])))[:len(idx)]
+    args = mesh_lib.put((embeddings[pad], (seeds[pad] % (1 << 31)).astype(np.uint32), guidance[pad]),
+                        mesh_lib.batch(m))
+    z = mesh_lib.to_host(fn(placed, args[0], null, *args[1:]))[:len(idx)]
     if on_batch is not None:
       on_batch(k, z)
     out.append(z)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import canvas
 from unlearn_jax import checkpoints
 from unlearn_jax import data as data_lib
@@ -316,12 +317,10 @@ def classify(ctx: SDContext, which: str, params, x01: np.ndarray, batch_size: in
       feats = module.apply({"params": p}, x, method="features")
       return module.apply({"params": p}, feats, method=lambda m, f: m.head(f)), feats
     ctx.compiled[key] = jax.jit(logits_and_features)
-  f = ctx.compiled[key]
-  x = _resize(ctx, x01)
-  outs = [f(params, jnp.asarray(x[i:i + batch_size])) for i in range(0, len(x), batch_size)]
-  if not outs:
+  out = mesh_lib.map_batches(ctx.compiled[key], params, _resize(ctx, x01), batch_size)
+  if out is None:
     return np.zeros((0, ctx.classifiers[which].config.num_classes)), np.zeros((0, 0))
-  return (np.concatenate([np.asarray(o[0]) for o in outs]), np.concatenate([np.asarray(o[1]) for o in outs]))
+  return out
 
 
 def classifier_datasets(exp, which: str):

@@ -31,16 +31,14 @@ class Config:
   alpha_max: float = 10.0
 
 
-def weighted_ascent(per_example: jax.Array, axis_name=None) -> jax.Array:
+def weighted_ascent(per_example: jax.Array) -> jax.Array:
   """-sum_i w_i l_i with w = l^-1/2 / sum(l^-1/2), w held constant (Objective.reduce).
 
-  Under pmap (`axis_name`) the weights are normalised over the *global* batch: each
-  device returns -sum_local(w l) / mean_devices(sum_local w), whose device mean (the
-  train step's pmean) is the 1-device value on the whole batch.
+  `per_example` is the global batch's (the step is jitted over the mesh), so the weights
+  are normalised over the whole batch on any number of devices.
   """
   w = jax.lax.stop_gradient(jnp.maximum(per_example, 1e-12) ** -0.5)
-  total = jnp.sum(w) if axis_name is None else jax.lax.pmean(jnp.sum(w), axis_name)
-  return -jnp.sum(w * per_example) / total
+  return -jnp.sum(w * per_example) / jnp.sum(w)
 
 
 class SFRonState(NamedTuple):

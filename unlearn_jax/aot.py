@@ -1,0 +1,202 @@
+r"""Deviceless compilation of a run's steps for a TPU topology: memory and FLOPs per chip.
+
+    python -m unlearn_jax.aot --config=configs/dimum_digits.py:cpu --topology=v5e:2x2 \
+        [--config.mesh.fsdp=2] [--stages=pretrained,dimum]
+
+Needs libtpu (`pip install -e ".[tpu]"`) but no TPU: `jax.experimental.topologies` describes
+the topology's chips, and each distinct train / unlearn / attack step of the config is lowered
+and compiled for them through the same `training.jit_step` the run uses (`mesh.make` over
+the topology's devices, the config's `mesh.fsdp`).  Nothing is trained or loaded: the
+parameters, optimizer state, frozen copies and masks are `jax.eval_shape`s of the stage's
+own init and transform, the batches `ShapeDtypeStruct`s of the stage's batch size.  (The
+experiment itself is built as a run builds it, so its data and, for Stable Diffusion, its
+model directory must be readable; a shape preset for SD v1.5 without weights is not done yet.)
+
+For each step it prints the stage, the step kind, XLA's per-device bytes (arguments,
+temporaries, outputs, and the peak against the chip's HBM), GFLOP per step per chip, a
+roofline time at the chip's bf16 peak (an estimate: FLOPs / peak, nothing else), and the
+compile seconds; the table ends with one JSON line.  A step that cannot be sharded or uses
+an op the TPU compiler rejects fails here, before a job is launched (maxtext's
+`train_compile.py` does the same).
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import time
+from typing import Any, Dict, List, Optional, Sequence
+
+os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")     # libtpu: no metadata server to ask
+
+import jax                                           # noqa: E402
+from absl import flags                               # noqa: E402
+from jax.experimental import topologies              # noqa: E402
+import jax.numpy as jnp                              # noqa: E402
+import numpy as np                                   # noqa: E402
+
+from unlearn_jax import mesh as mesh_lib             # noqa: E402
+from unlearn_jax import models                       # noqa: E402
+from unlearn_jax import pipeline                     # noqa: E402
+from unlearn_jax import train_state as ts            # noqa: E402
+from unlearn_jax import training                     # noqa: E402
+from unlearn_jax import validation                   # noqa: E402
+from unlearn_jax.errors import UserError             # noqa: E402
+from unlearn_jax.experiment import Experiment        # noqa: E402
+from unlearn_jax.stages import train as train_stage  # noqa: E402
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+  hbm_gib: float          # HBM per chip
+  bf16_tflops: float      # peak dense bf16 TFLOP/s per chip
+  source: str
+
+
+#: per-chip HBM and peak bf16 FLOP/s, from Google Cloud's TPU system-architecture pages.
+CHIPS: Dict[str, Chip] = {
+    "v4": Chip(32.0, 275.0, "https://cloud.google.com/tpu/docs/v4"),
+    "v5e": Chip(16.0, 197.0, "https://cloud.google.com/tpu/docs/v5e"),
+    "v5p": Chip(95.0, 459.0, "https://cloud.google.com/tpu/docs/v5p"),
+    "v6e": Chip(32.0, 918.0, "https://cloud.google.com/tpu/docs/v6e"),
+}
+_GIB, _MIB = float(1 << 30), float(1 << 20)
+
+
+def chip_of(topology: str) -> Chip:
+  """The `CHIPS` entry of a topology name such as "v5e:2x4" (field --topology)."""
+  kind = topology.split(":")[0].lower()
+  kind = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e"}.get(kind, kind)
+  if kind not in CHIPS or ":" not in topology:
+    raise UserError("--topology", topology, f"expected <chip>:<shape> with chip one of {sorted(CHIPS)}, "
+                    "e.g. v5e:2x4")
+  return CHIPS[kind]
+
+
+def topology_devices(topology: str) -> List[Any]:
+  """The devices of a TPU topology, described without a TPU (needs libtpu: the [tpu] extra)."""
+  chip_of(topology)
+  try:
+    return list(topologies.get_topology_desc(platform="tpu", topology_name=topology).devices)
+  except Exception as e:  # noqa: BLE001 -- libtpu missing or an unknown shape
+    raise UserError("--topology", topology, f"no TPU topology description ({str(e).splitlines()[0][:200]}); "
+                    'install libtpu with pip install -e ".[tpu]" and give a shape the chip has, e.g. v5e:2x4') from None
+
+
+def _sds(x):
+  return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
+
+
+def stage_step_shapes(exp: Experiment, st):
+  """(step_fn, state, consts, batches) of a train / unlearn / attack stage, all abstract:
+  ShapeDtypeStructs from `jax.eval_shape` of the stage's own init and transform."""
+  params = models.param_shapes(exp.module, exp.example_shape, conditional=exp.conditional)
+  mask = None
+  if st.kind == "unlearn" and st.mask:
+    kind = exp.config.stages[st.mask].method
+    dtype = jnp.float32 if kind == "sa" else jnp.uint8      # Selective Amnesia's Fisher is a float
+    mask = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), params)
+  parts = train_stage.step_parts(exp, st, params, mask)
+  state = jax.eval_shape(lambda p: ts.create(p, parts.tx), params)
+  b = st.batch_size or exp.config.training.batch_size
+  batch = {"x": jax.ShapeDtypeStruct((b,) + tuple(exp.example_shape), jnp.float32),
+           "labels": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  batches = {o.stream: batch for o in parts.objectives.values()}
+  return parts.step_fn, state, jax.tree_util.tree_map(_sds, parts.consts), batches
+
+
+def compile_step(step_fn, state, consts, batches, m) -> Dict[str, Any]:
+  """Lowers and compiles one step over mesh `m`; XLA's memory and cost analyses per device."""
+  jitted, _, _ = training.jit_step(step_fn, state, consts, m)
+  rng = jax.eval_shape(lambda: jax.random.key(0))
+  t0 = time.perf_counter()
+  lowered = jitted.lower(state, batches, rng, consts)
+  text = lowered.as_text()
+  compiled = lowered.compile()
+  seconds = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  row = {"args_bytes": int(mem.argument_size_in_bytes), "temp_bytes": int(mem.temp_size_in_bytes),
+         "out_bytes": int(mem.output_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
+         "code_bytes": int(mem.generated_code_size_in_bytes),
+         "flops": float((cost or {}).get("flops", 0.0)), "compile_s": seconds,
+         "hlo_sha": hashlib.sha256(text.encode()).hexdigest()[:16]}
+  row["peak_bytes"] = row["args_bytes"] + row["temp_bytes"] + row["out_bytes"] - row["alias_bytes"]
+  return row
+
+
+def step_kind(st) -> str:
+  return st.kind if st.kind != "unlearn" else f"unlearn:{st.method}" + (f"/{st.variant}" if st.variant else "")
+
+
+def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+  """One row per distinct step of the run's train / unlearn / attack stages (those named in
+  `stages`, default all), compiled for `topology` on a mesh with the config's mesh.fsdp."""
+  chip = chip_of(topology)
+  m = mesh_lib.make(exp.config.mesh.fsdp, devices=topology_devices(topology))
+  rows, seen = [], {}
+  for name in exp.config.stage_order:
+    st = exp.config.stages[name]
+    if st.kind not in ("train", "unlearn", "attack") or train_stage.is_closed_form(st):
+      continue
+    if st.kind == "attack" and st.attack != "finetune":
+      continue             # condition / embedding attacks run `attacks.condition.attack_step`: not yet here
+    if stages and name not in stages:
+      continue
+    step_fn, state, consts, batches = stage_step_shapes(exp, st)
+    key = (step_kind(st), st.mask, st.trainable, st.batch_size, st.lr, st.decay, st.steps)
+    if key in seen:
+      rows.append(dict(seen[key], stage=name, same_as=seen[key]["stage"]))
+      continue
+    row = {"stage": name, "step": step_kind(st), "devices": m.devices.size,
+           "mesh": dict(m.shape), **compile_step(step_fn, state, consts, batches, m)}
+    row["hbm_bytes"] = int(chip.hbm_gib * _GIB)
+    row["fits"] = row["peak_bytes"] <= row["hbm_bytes"]
+    row["roofline_ms"] = 1e3 * row["flops"] / (chip.bf16_tflops * 1e12)
+    seen[key] = row
+    rows.append(row)
+  return rows
+
+
+def format_table(rows: List[Dict[str, Any]], topology: str) -> str:
+  head = ("| stage | step | args MiB | temp MiB | out MiB | peak GiB / HBM | GFLOP/step | roofline ms "
+          "(estimate) | compile s |")
+  lines = [f"Deviceless compile for {topology} ({rows[0]['devices'] if rows else 0} chips, mesh "
+           f"{rows[0]['mesh'] if rows else {}}), per device:", "", head, "|" + " --- |" * 9]
+  for r in rows:
+    peak = f"{r['peak_bytes'] / _GIB:.3f} / {r['hbm_bytes'] / _GIB:.0f}" + ("" if r["fits"] else " (does not fit)")
+    comp = f"{r['compile_s']:.1f}" if "same_as" not in r else f"= {r['same_as']}"
+    lines.append(f"| {r['stage']} | {r['step']} | {r['args_bytes'] / _MIB:.2f} | {r['temp_bytes'] / _MIB:.2f} | "
+                 f"{r['out_bytes'] / _MIB:.2f} | {peak} | {r['flops'] / 1e9:.3f} | {r['roofline_ms']:.4f} | {comp} |")
+  return "\n".join(lines)
+
+
+def _main(argv):
+  del argv
+  try:
+    cfg = flags.FLAGS.config
+    validation.check_config(cfg)
+    mesh_lib.make(cfg.mesh.fsdp, devices=topology_devices(flags.FLAGS.topology))   # the topology and fsdp first
+    exp = pipeline.build_experiment(cfg)
+    stages = [s for s in flags.FLAGS.stages.split(",") if s]
+    unknown = [s for s in stages if s not in exp.config.stages]
+    if unknown:
+      raise UserError("--stages", ",".join(unknown),
+                      f"expected stages of the config: {', '.join(exp.config.stage_order)}")
+    rows = compile_run(exp, flags.FLAGS.topology, stages)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(format_table(rows, flags.FLAGS.topology))
+  print(json.dumps({"topology": flags.FLAGS.topology, "jax": jax.__version__, "rows": rows}))
+
+
+if __name__ == "__main__":
+  from absl import app                                   # noqa: E402
+  from unlearn_jax import main as main_lib               # noqa: E402  its --config flag and one-line errors
+  flags.DEFINE_string("topology", "v5e:2x2", "A TPU topology, <chip>:<shape> (e.g. v5e:2x4, v4:2x2x1, v6e:2x4).")
+  flags.DEFINE_string("stages", "", "Comma-separated stages to compile (default: every trained stage).")
+  app.run(_main, flags_parser=main_lib.parse_flags)
