@@ -15,6 +15,10 @@ A checkpoint that does not restore (a file truncated or lost on disk): resuming 
 back to the latest one that does, with a warning, and moves the unreadable ones to
 `<stage>/corrupt_checkpoints/` (`restore_latest`); with none left, or when a finished
 stage's final weights are read (`load_raw`), a `UserError` names the checkpoint.
+
+Several processes (one stage directory on a shared file system): every process calls
+`save` and `restore_latest` alike (orbax's managers synchronise them; process 0 writes the
+one checkpoint) and every process writes the same JSON files (tests/test_multiprocess.py).
 """
 from __future__ import annotations
 
@@ -26,6 +30,7 @@ from typing import Any, Optional, Tuple
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
 
 from unlearn_jax.errors import UserError
 
@@ -96,6 +101,12 @@ def unreadable(stage_dir: str, step: int, e: BaseException) -> UserError:
                    "earlier checkpoint or its start")
 
 
+def _barrier(name: str) -> None:
+  """Waits for every process (nothing to wait for in a single-process run)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
+
+
 def restore_latest(stage_dir: str, like: Any, max_to_keep: int = 2) -> Tuple[Any, Optional[int]]:
   """(state, step) of the latest checkpoint of `stage_dir` that restores into `like`'s
   structure; (None, None) if there is no checkpoint.  Unreadable later checkpoints are
@@ -108,12 +119,21 @@ def restore_latest(stage_dir: str, like: Any, max_to_keep: int = 2) -> Tuple[Any
     except Exception as e:  # noqa: BLE001 -- orbax / TensorStore raise ValueError, RuntimeError, Exception
       failed.append((step, e))
       continue
+    # Several processes (one stage directory, shared): each has read the same files, so each
+    # gets here with the same `failed`; process 0 alone moves them (a second os.replace would
+    # raise), between barriers: no process lists the steps while they move, and none opens its
+    # CheckpointManager (train_loop's next call) before they are gone.
+    if failed:
+      _barrier(f"restore_latest:{stage_dir}:{step}:listed")
     for bad, e in failed:
       dest = os.path.join(stage_dir, CORRUPT_DIR, str(bad))
-      os.makedirs(os.path.dirname(dest), exist_ok=True)
-      os.replace(os.path.join(stage_dir, CKPT_DIR, str(bad)), dest)
+      if jax.process_index() == 0:
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        os.replace(os.path.join(stage_dir, CKPT_DIR, str(bad)), dest)
       logging.warning("checkpoint %s does not restore (%s): moved to %s; resuming from step %d",
                       os.path.join(stage_dir, CKPT_DIR, str(bad)), _reason(e), dest, step)
+    if failed:
+      _barrier(f"restore_latest:{stage_dir}:{step}:moved")
     return state, step
   if failed:
     raise unreadable(stage_dir, *failed[0])
@@ -134,7 +154,9 @@ def load_raw(stage_dir: str) -> Any:
 
 def write_json(path: str, obj: Any) -> None:
   """Atomic JSON write (tmp file + rename), so a kill never leaves half a file."""
-  tmp = path + ".tmp"
+  # One tmp file per process: every process of a multi-process run writes the same stage
+  # files (the same content); with one shared tmp name, a second rename found it gone.
+  tmp = f"{path}.tmp{jax.process_index()}"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
   os.replace(tmp, path)

@@ -164,10 +164,19 @@ def parse_flags(argv):
 _CONFIG = _define_config()
 
 
+def initialize_distributed() -> None:
+  """`--multihost`: joins the job's processes.  On Cloud TPU, Slurm, Open MPI and Kubernetes
+  jax finds every argument itself; elsewhere (GPU nodes started by hand) set
+  JAX_COORDINATOR_ADDRESS (host:port of process 0), JAX_NUM_PROCESSES and JAX_PROCESS_ID --
+  jax 0.10 reads only the first, the other two are read here."""
+  known = {"num_processes": "JAX_NUM_PROCESSES", "process_id": "JAX_PROCESS_ID"}
+  jax.distributed.initialize(**{k: int(os.environ[v]) for k, v in known.items() if os.environ.get(v)})
+
+
 def main(argv):
   console.setup(verbose=_VERBOSE.value)
   if _MULTIHOST.value:
-    jax.distributed.initialize()
+    initialize_distributed()
   logging.info("devices: %s (process %d of %d)", jax.devices(), jax.process_index(), jax.process_count())
   workdir = _WORKDIR.value or default_workdir(flags.FLAGS["config"].config_filename)
   try:
