@@ -6,10 +6,12 @@ import os
 import subprocess
 import sys
 
+import jax
+import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from unlearn_jax import aot, config_lib, mesh, pipeline
+from unlearn_jax import aot, config_lib, mesh, pipeline, settings
 from unlearn_jax.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -50,16 +52,25 @@ def _toy():
   return c
 
 
-CASES = {"classes_ddpm": (_digits, ("pretrained", "salun")), "sgu_score": (_toy, ("standard", "sgu_obtuse"))}
+def _sd_tiny():
+  """The Stable Diffusion family: the tiny random SD model of the cpu variants (written into a
+  temporary directory by `aot.build`), CORE on the cross-attention weights."""
+  c = _exec("core_unlearncanvas.py", "cpu")
+  c.sd.fit_vae_steps = 0
+  return c
+
+
+CASES = {"classes_ddpm": (_digits, ("pretrained", "salun")), "sgu_score": (_toy, ("standard", "sgu_obtuse")),
+         "sd_tiny": (_sd_tiny, ("core",))}
 
 
 @needs_libtpu
 @pytest.mark.parametrize("case", sorted(CASES))
-def test_tiny_steps_compile_for_tpu_with_fsdp(case):
+def test_tiny_steps_compile_for_tpu_with_fsdp(case, tmp_path):
   make, stages = CASES[case]
   config = make()
   config.mesh.fsdp = 2
-  exp = pipeline.build_experiment(config)
+  exp = aot.build(config, str(tmp_path))
   rows = aot.compile_run(exp, TOPOLOGY, stages)
   assert [r["stage"] for r in rows] == list(stages)
   hbm = aot.CHIPS["v5e"].hbm_gib * (1 << 30)
@@ -81,6 +92,21 @@ def test_a_parameter_split_the_mesh_does_not_divide_fails_to_compile(monkeypatch
   exp = pipeline.build_experiment(config)
   with pytest.raises(ValueError, match=r"params.*is split 4 ways .* which does not divide it"):
     aot.compile_run(exp, TOPOLOGY, ("standard",))
+
+
+def test_sd_without_a_model_directory_is_the_sd15_shape_preset():
+  """No weights, no data: the SD v1.5 UNet's 859.5 M parameters (diffusers' count for v1.x) plus
+  the (prompts + 1, 77, 768) table of the config's 50 x 20 UnlearnCanvas prompts."""
+  config = _exec("core_unlearncanvas.py", None)
+  assert aot.uses_preset(config)
+  exp = aot.sd15_experiment(settings.of(config))
+  step_fn, state, consts, batches = aot.stage_step_shapes(exp, exp.config.stages["salun"], 8)
+  n = sum(int(np.prod(x.shape)) for x in jax.tree_util.tree_leaves(state.params["unet"]))
+  assert n == 859_520_964
+  assert state.params["prompts"]["embeddings"].shape == (50 * 20 + 1, 77, 768)
+  assert jax.tree_util.tree_structure(consts["mask"]) == jax.tree_util.tree_structure(state.params)
+  assert batches["forget"]["x"].shape == (8, 64, 64, 4)
+  assert len(exp.forget_labels) == 6 * 20               # Forget06: six styles x 20 objects
 
 
 def test_topology_errors_name_the_flag():

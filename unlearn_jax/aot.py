@@ -8,9 +8,13 @@ the topology's chips, and each distinct train / unlearn / attack step of the con
 and compiled for them through the same `training.jit_step` the run uses (`mesh.make` over
 the topology's devices, the config's `mesh.fsdp`).  Nothing is trained or loaded: the
 parameters, optimizer state, frozen copies and masks are `jax.eval_shape`s of the stage's
-own init and transform, the batches `ShapeDtypeStruct`s of the stage's batch size.  (The
-experiment itself is built as a run builds it, so its data and, for Stable Diffusion, its
-model directory must be readable; a shape preset for SD v1.5 without weights is not done yet.)
+own init and transform, the batches `ShapeDtypeStruct`s of the stage's batch size.  A
+class-conditional or score-model config is built as a run builds it (its data must be
+readable).  A Stable Diffusion config whose `sd.model_dir` is not a directory (e.g. empty)
+takes the SD v1.5 UNet from `SD15_UNET` instead (64x64x4 latents, 77x768 CLIP text states;
+the config's own dtype, remat, trainable parts, methods and prompt count go into it) and
+reads neither weights nor data; `sd.model_dir="tiny"` builds the tiny random model of the
+cpu variants in a temporary directory.
 
 For each step it prints the stage, the step kind, XLA's per-device bytes (arguments,
 temporaries, outputs, and the peak against the chip's HBM), GFLOP per step per chip, a
@@ -26,8 +30,10 @@ import hashlib
 import json
 import os
 import sys
+import tempfile
 import time
-from typing import Any, Dict, List, Optional, Sequence
+import types
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 os.environ.setdefault("TPU_SKIP_MDS_QUERY", "1")     # libtpu: no metadata server to ask
 
@@ -37,7 +43,12 @@ from jax.experimental import topologies              # noqa: E402
 import jax.numpy as jnp                              # noqa: E402
 import numpy as np                                   # noqa: E402
 
+from unlearn_jax import canvas                       # noqa: E402
+from unlearn_jax import data as data_lib             # noqa: E402
 from unlearn_jax import mesh as mesh_lib             # noqa: E402
+from unlearn_jax import sde as sde_lib               # noqa: E402
+from unlearn_jax import settings                     # noqa: E402
+from unlearn_jax import tasks                        # noqa: E402
 from unlearn_jax import models                       # noqa: E402
 from unlearn_jax import pipeline                     # noqa: E402
 from unlearn_jax import train_state as ts            # noqa: E402
@@ -45,6 +56,8 @@ from unlearn_jax import training                     # noqa: E402
 from unlearn_jax import validation                   # noqa: E402
 from unlearn_jax.errors import UserError             # noqa: E402
 from unlearn_jax.experiment import Experiment        # noqa: E402
+from unlearn_jax.models import stable_diffusion as sd  # noqa: E402
+from unlearn_jax.tasks import sd_common              # noqa: E402
 from unlearn_jax.stages import train as train_stage  # noqa: E402
 
 
@@ -85,14 +98,87 @@ def topology_devices(topology: str) -> List[Any]:
                     'install libtpu with pip install -e ".[tpu]" and give a shape the chip has, e.g. v5e:2x4') from None
 
 
+# ----------------------------------------------------------------------------
+# Stable Diffusion v1.5 by shape only.
+# ----------------------------------------------------------------------------
+#: The UNet of Stable Diffusion v1.4 / v1.5 (one architecture; diffusers' unet/config.json of
+#: CompVis/stable-diffusion-v1-4): the fields that differ from FlaxUNet2DConditionModel's
+#: defaults, which are SD v1's (block_out_channels (320, 640, 1280, 1280), two layers per
+#: block, 8 attention heads, 3 cross-attention down / up blocks).
+SD15_UNET = {"sample_size": 64, "cross_attention_dim": 768}
+#: CLIP ViT-L/14's text states: 77 tokens of 768; 8x VAE down-sampling of 512x512 images.
+SD15_TEXT_LEN, SD15_TEXT_DIM, SD15_LATENT_SHAPE = 77, 768, (64, 64, 4)
+
+
+def uses_preset(config) -> bool:
+  """A Stable Diffusion config whose model directory is not there: compiled from `SD15_UNET`."""
+  return config.get("sd") is not None and config.sd.model_dir != "tiny" and not os.path.isdir(config.sd.model_dir)
+
+
+def _preset_prompts(cfg) -> Tuple[int, Tuple[int, ...]]:
+  """(number of prompts, the forget prompts' ids) as the config's data would give them:
+  UnlearnCanvas's (style, object) prompts, or the prompt task's forget + retain prompts."""
+  d = cfg.data
+  if d.name == "unlearncanvas":
+    styles = tuple(d.styles) or canvas.STYLES
+    objects = tuple(d.objects) or canvas.OBJECTS
+    forget = [s for s in canvas.resolve_styles(d.forget_styles) if s in styles]
+    ids = tuple(styles.index(s) * len(objects) + o for s in forget for o in range(len(objects)))
+    return len(styles) * len(objects), ids
+  n_forget = max(1, len(d.forget_prompts))
+  return n_forget + max(1, len(d.retain_prompts)), tuple(range(n_forget))
+
+
+def sd15_experiment(cfg) -> Experiment:
+  """An `Experiment` of the SD v1.5 UNet by shape only (no weights, no data): what
+  `stage_step_shapes` needs to build every method's step for a config (`cfg` a Settings)."""
+  n, forget = _preset_prompts(cfg)
+  module = sd.SDUNet(unet_config=sd.unet_config_from(SD15_UNET), num_prompts=n,
+                     text_len=SD15_TEXT_LEN, text_dim=SD15_TEXT_DIM,
+                     num_train_timesteps=sd.SD_V1_SCHEDULE["num_train_timesteps"],
+                     dtype=sd_common.DTYPES[cfg.sd.dtype], remat=bool(cfg.sd.remat))
+  labels = np.arange(n, dtype=np.int32)
+  train = data_lib.Dataset(name=cfg.data.name, images=np.zeros((n,) + SD15_LATENT_SHAPE, np.float32),
+                           labels=labels, num_classes=n, class_names=tuple(map(str, labels)),
+                           source="shapes of SD v1.5 (unlearn_jax.aot)", is_image=False)
+  alt = labels.copy()
+  retained = [c for c in labels if c not in forget]
+  alt[list(forget)] = retained[0] if retained else 0
+  sch = sd.SD_V1_SCHEDULE
+  process = sde_lib.DDPMSchedule(N=sch["num_train_timesteps"], beta_start=sch["beta_start"],
+                                 beta_end=sch["beta_end"], beta_schedule=sch["beta_schedule"])
+  params = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1,) + SD15_LATENT_SHAPE),
+                          jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+  context = types.SimpleNamespace(base_params=params, compiled={})
+  return Experiment(config=cfg, train=train, test=train, streams={"all": train}, test_forget=train,
+                    test_retain=train, forget_labels=forget, alt=alt, conditional=True, process=process,
+                    module=module, model_cfg=None, example_shape=SD15_LATENT_SHAPE, context=context,
+                    task=tasks.get(cfg))
+
+
+def build(config, workdir: str) -> Experiment:
+  """The experiment `compile_run` compiles: as a run builds it (`sd.model_dir="tiny"` written
+  into `workdir`), or `sd15_experiment` for a Stable Diffusion config without a model."""
+  validation.check_config(config)
+  if uses_preset(config):
+    return sd15_experiment(settings.of(config))
+  config = tasks.get(config).prepare(config, workdir)
+  return pipeline.build_experiment(config, workdir)
+
+
 def _sds(x):
   return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
 
 
-def stage_step_shapes(exp: Experiment, st):
+def stage_step_shapes(exp: Experiment, st, batch_size: int = 0):
   """(step_fn, state, consts, batches) of a train / unlearn / attack stage, all abstract:
-  ShapeDtypeStructs from `jax.eval_shape` of the stage's own init and transform."""
-  params = models.param_shapes(exp.module, exp.example_shape, conditional=exp.conditional)
+  ShapeDtypeStructs from `jax.eval_shape` of the stage's own init and transform; batches of
+  `batch_size` (0: the stage's own)."""
+  if isinstance(exp.module, sd.SDUNet):
+    params = jax.eval_shape(exp.module.init, jax.random.key(0), jnp.zeros((1,) + tuple(exp.example_shape)),
+                            jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+  else:
+    params = models.param_shapes(exp.module, exp.example_shape, conditional=exp.conditional)
   mask = None
   if st.kind == "unlearn" and st.mask:
     kind = exp.config.stages[st.mask].method
@@ -100,7 +186,7 @@ def stage_step_shapes(exp: Experiment, st):
     mask = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), params)
   parts = train_stage.step_parts(exp, st, params, mask)
   state = jax.eval_shape(lambda p: ts.create(p, parts.tx), params)
-  b = st.batch_size or exp.config.training.batch_size
+  b = batch_size or st.batch_size or exp.config.training.batch_size
   batch = {"x": jax.ShapeDtypeStruct((b,) + tuple(exp.example_shape), jnp.float32),
            "labels": jax.ShapeDtypeStruct((b,), jnp.int32)}
   batches = {o.stream: batch for o in parts.objectives.values()}
@@ -132,11 +218,15 @@ def step_kind(st) -> str:
   return st.kind if st.kind != "unlearn" else f"unlearn:{st.method}" + (f"/{st.variant}" if st.variant else "")
 
 
-def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] = None) -> List[Dict[str, Any]]:
+def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] = None,
+                per_chip_batch: int = 0) -> List[Dict[str, Any]]:
   """One row per distinct step of the run's train / unlearn / attack stages (those named in
-  `stages`, default all), compiled for `topology` on a mesh with the config's mesh.fsdp."""
+  `stages`, default all), compiled for `topology` on a mesh with the config's mesh.fsdp;
+  `per_chip_batch` > 0 sets every step's global batch to that many examples per chip (0:
+  the stages' own batch sizes, which must split evenly over the chips)."""
   chip = chip_of(topology)
   m = mesh_lib.make(exp.config.mesh.fsdp, devices=topology_devices(topology))
+  batch = per_chip_batch * m.devices.size
   rows, seen = [], {}
   for name in exp.config.stage_order:
     st = exp.config.stages[name]
@@ -146,12 +236,15 @@ def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] 
       continue             # condition / embedding attacks run `attacks.condition.attack_step`: not yet here
     if stages and name not in stages:
       continue
-    step_fn, state, consts, batches = stage_step_shapes(exp, st)
-    key = (step_kind(st), st.mask, st.trainable, st.batch_size, st.lr, st.decay, st.steps)
+    b = batch or st.batch_size or exp.config.training.batch_size
+    with mesh_lib.use(m):      # a batch the topology's chips split evenly
+      training.check_batch_size(b, "--per_chip_batch" if batch else f"config.stages.{name}.batch_size")
+    step_fn, state, consts, batches = stage_step_shapes(exp, st, b)
+    key = (step_kind(st), st.mask, st.trainable, b, st.lr, st.decay, st.steps)
     if key in seen:
       rows.append(dict(seen[key], stage=name, same_as=seen[key]["stage"]))
       continue
-    row = {"stage": name, "step": step_kind(st), "devices": m.devices.size,
+    row = {"stage": name, "step": step_kind(st), "devices": m.devices.size, "batch": b,
            "mesh": dict(m.shape), **compile_step(step_fn, state, consts, batches, m)}
     row["hbm_bytes"] = int(chip.hbm_gib * _GIB)
     row["fits"] = row["peak_bytes"] <= row["hbm_bytes"]
@@ -162,14 +255,14 @@ def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] 
 
 
 def format_table(rows: List[Dict[str, Any]], topology: str) -> str:
-  head = ("| stage | step | args MiB | temp MiB | out MiB | peak GiB / HBM | GFLOP/step | roofline ms "
+  head = ("| stage | step | batch | args MiB | temp MiB | out MiB | peak GiB / HBM | GFLOP/step | roofline ms "
           "(estimate) | compile s |")
   lines = [f"Deviceless compile for {topology} ({rows[0]['devices'] if rows else 0} chips, mesh "
-           f"{rows[0]['mesh'] if rows else {}}), per device:", "", head, "|" + " --- |" * 9]
+           f"{rows[0]['mesh'] if rows else {}}), per device:", "", head, "|" + " --- |" * 10]
   for r in rows:
     peak = f"{r['peak_bytes'] / _GIB:.3f} / {r['hbm_bytes'] / _GIB:.0f}" + ("" if r["fits"] else " (does not fit)")
     comp = f"{r['compile_s']:.1f}" if "same_as" not in r else f"= {r['same_as']}"
-    lines.append(f"| {r['stage']} | {r['step']} | {r['args_bytes'] / _MIB:.2f} | {r['temp_bytes'] / _MIB:.2f} | "
+    lines.append(f"| {r['stage']} | {r['step']} | {r['batch']} | {r['args_bytes'] / _MIB:.2f} | {r['temp_bytes'] / _MIB:.2f} | "
                  f"{r['out_bytes'] / _MIB:.2f} | {peak} | {r['flops'] / 1e9:.3f} | {r['roofline_ms']:.4f} | {comp} |")
   return "\n".join(lines)
 
@@ -178,15 +271,14 @@ def _main(argv):
   del argv
   try:
     cfg = flags.FLAGS.config
-    validation.check_config(cfg)
     mesh_lib.make(cfg.mesh.fsdp, devices=topology_devices(flags.FLAGS.topology))   # the topology and fsdp first
-    exp = pipeline.build_experiment(cfg)
+    exp = build(cfg, tempfile.mkdtemp(prefix="unlearn_jax_aot_"))
     stages = [s for s in flags.FLAGS.stages.split(",") if s]
     unknown = [s for s in stages if s not in exp.config.stages]
     if unknown:
       raise UserError("--stages", ",".join(unknown),
                       f"expected stages of the config: {', '.join(exp.config.stage_order)}")
-    rows = compile_run(exp, flags.FLAGS.topology, stages)
+    rows = compile_run(exp, flags.FLAGS.topology, stages, flags.FLAGS.per_chip_batch)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
@@ -199,4 +291,5 @@ if __name__ == "__main__":
   from unlearn_jax import main as main_lib               # noqa: E402  its --config flag and one-line errors
   flags.DEFINE_string("topology", "v5e:2x2", "A TPU topology, <chip>:<shape> (e.g. v5e:2x4, v4:2x2x1, v6e:2x4).")
   flags.DEFINE_string("stages", "", "Comma-separated stages to compile (default: every trained stage).")
+  flags.DEFINE_integer("per_chip_batch", 0, "Examples per chip in every step (0: the stages' own batch sizes).")
   app.run(_main, flags_parser=main_lib.parse_flags)

@@ -666,6 +666,12 @@ def unet_config_of(unet) -> flax.core.FrozenDict:
   return _hashable(_unet_kwargs(unet.config))
 
 
+def unet_config_from(fields: Dict[str, Any]) -> flax.core.FrozenDict:
+  """`SDUNet.unet_config` from a dict of FlaxUNet2DConditionModel fields (the others keep the
+  class's defaults), e.g. a shape preset with no weights (`unlearn_jax.aot.SD15_UNET`)."""
+  return _hashable(_unet_kwargs(fields))
+
+
 class _PromptTable(nn.Module):
   """The cached (num_prompts + 1, L, D) prompt embeddings (set by `model_params`)."""
   shape: Tuple[int, int, int]
