@@ -219,11 +219,12 @@ def step_kind(st) -> str:
 
 
 def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] = None,
-                per_chip_batch: int = 0) -> List[Dict[str, Any]]:
+                per_chip_batch: int = 0, on_row: Optional[Any] = None) -> List[Dict[str, Any]]:
   """One row per distinct step of the run's train / unlearn / attack stages (those named in
   `stages`, default all), compiled for `topology` on a mesh with the config's mesh.fsdp;
   `per_chip_batch` > 0 sets every step's global batch to that many examples per chip (0:
-  the stages' own batch sizes, which must split evenly over the chips)."""
+  the stages' own batch sizes, which must split evenly over the chips).  `on_row(row)` is
+  called as each step is compiled (a full-size SD step takes ~15 minutes on 2 cores)."""
   chip = chip_of(topology)
   m = mesh_lib.make(exp.config.mesh.fsdp, devices=topology_devices(topology))
   batch = per_chip_batch * m.devices.size
@@ -251,6 +252,8 @@ def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] 
     row["roofline_ms"] = 1e3 * row["flops"] / (chip.bf16_tflops * 1e12)
     seen[key] = row
     rows.append(row)
+    if on_row is not None:
+      on_row(row)
   return rows
 
 
@@ -278,7 +281,8 @@ def _main(argv):
     if unknown:
       raise UserError("--stages", ",".join(unknown),
                       f"expected stages of the config: {', '.join(exp.config.stage_order)}")
-    rows = compile_run(exp, flags.FLAGS.topology, stages, flags.FLAGS.per_chip_batch)
+    rows = compile_run(exp, flags.FLAGS.topology, stages, flags.FLAGS.per_chip_batch,
+                       on_row=lambda r: print("row " + json.dumps(r), file=sys.stderr, flush=True))
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
