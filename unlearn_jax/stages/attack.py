@@ -124,6 +124,37 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
   write_curve_csv(stage_dir, curve)
 
 
+def condition_stage(exp: Experiment, st):
+  """The stage entry a condition attack runs with: its shots, lr and batch size resolved."""
+  return dataclasses.replace(st, shots=st.shots or condition.DEFAULT_SHOTS,
+                             lr=condition.DEFAULT_LR if st.lr is None else st.lr,
+                             batch_size=st.batch_size or exp.config.training.batch_size)
+
+
+def condition_parts(exp: Experiment, st):
+  """(step_fn, spec, init) of a condition / embedding / textual-inversion attack stage (`st`
+  from `condition_stage`): `init(net) -> (state, consts)` on the frozen weights `net` (pure in
+  net, so `jax.eval_shape(init, shapes)` gives them without weights: `unlearn_jax.aot`)."""
+  cfg = exp.config
+  tx = training.make_optimizer(st.lr, grad_clip=0.0, b1=cfg.optim.b1, eps=cfg.optim.eps, name=cfg.optim.name,
+                               decay=train_stage.stage_decay(cfg, st), total_steps=st.steps)
+  token = condition.INITS[st.attack] == "token"
+  space = exp.task.textual_inversion(exp) if token else None     # textual inversion: the task's token space
+
+  def init(net):
+    s = space or condition.ConditionSpace(
+        rows0=condition.initial_rows(models.class_table(net), exp.forget_labels, condition.INITS[st.attack]),
+        to_condition=None, consts={})
+    return condition.init_state(s.rows0, tx), {"net": net, "rows0": s.rows0, **s.consts}
+
+  spec = condition.AttackSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
+                              forget_labels=tuple(exp.forget_labels), weighting=cfg.training.weighting,
+                              reduce=cfg.training.reduce, centered=cfg.data.centered,
+                              random_flip=cfg.data.random_flip, eps=st.eps,
+                              to_condition=None if space is None else space.to_condition)
+  return functools.partial(condition.attack_step, spec=spec, tx=tx), spec, init
+
+
 def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) -> None:
   """The embedding / condition / textual-inversion attack (`attacks.condition`; textual
   inversion's token space from the task, `textual_inversion`) on the frozen weights of `st.init`:
@@ -139,29 +170,16 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
   resumes from it."""
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
-  st = dataclasses.replace(st, shots=st.shots or condition.DEFAULT_SHOTS,
-                           lr=condition.DEFAULT_LR if st.lr is None else st.lr,
-                           batch_size=st.batch_size or cfg.training.batch_size)
+  st = condition_stage(exp, st)
   train_stage.start_stage_dir(stage_dir, {**train_stage.meta(exp, name, st), "attack": st.attack, "init": st.init})
   write_attack_info(exp, name, st, stage_dir)
   seed = stage_seed(cfg, name)
   forget = exp.streams["forget"]
   shots = data_lib.subset(forget, fewshot_indices(len(forget), st.shots, seed))
   net = source_params(exp, workdir, st.init)
-  if condition.INITS[st.attack] == "token":           # textual inversion: the task's token space
-    space = exp.task.textual_inversion(exp)
-  else:
-    space = condition.ConditionSpace(
-        rows0=condition.initial_rows(models.class_table(net), exp.forget_labels, condition.INITS[st.attack]),
-        to_condition=None, consts={})
-  rows0 = space.rows0
-  consts = {"net": net, "rows0": rows0, **space.consts}
-  tx = training.make_optimizer(st.lr, grad_clip=0.0, b1=cfg.optim.b1, eps=cfg.optim.eps, name=cfg.optim.name,
-                               decay=train_stage.stage_decay(cfg, st), total_steps=st.steps)
-  spec = condition.AttackSpec(apply_fn=exp.apply, process=exp.process, output_type=cfg.model.output,
-                              forget_labels=tuple(exp.forget_labels), weighting=cfg.training.weighting,
-                              reduce=cfg.training.reduce, centered=cfg.data.centered,
-                              random_flip=cfg.data.random_flip, eps=st.eps, to_condition=space.to_condition)
+  step_fn, spec, init = condition_parts(exp, st)
+  state0, consts = init(net)
+  rows0 = consts["rows0"]
   forget_idx = np.arange(len(exp.forget_labels))
   cond_of = jax.jit(lambda rows, c: condition.conditions(rows, forget_idx, c, spec))
   clf = exp.task.classifier_params(exp, workdir)
@@ -187,8 +205,7 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
                              log_every=cfg.training.log_every, ckpt_every=cfg.training.ckpt_every,
                              sample_every=st.eval_every, max_to_keep=cfg.training.max_to_keep)
   t0 = time.time()
-  final = training.train_loop(stage_dir, condition.init_state(rows0, tx),
-                              functools.partial(condition.attack_step, spec=spec, tx=tx), loop, get_batches,
+  final = training.train_loop(stage_dir, state0, step_fn, loop, get_batches,
                               sample_hook=lambda step, state: record(step, state.params["rows"]),
                               step_hook=hooks.step, stage_name=name, consts=consts)
   record(st.steps, final.params["rows"])
