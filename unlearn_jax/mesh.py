@@ -229,8 +229,3 @@ def check_batch(batch_size: int, field: str, m: Optional[Mesh] = None) -> None:
   k = size(m)
   if batch_size % k:
     raise UserError(field, batch_size, f"must be a multiple of the number of devices ({k})")
-
-
-def fsdp_of(m: Optional[Mesh] = None) -> int:
-  return (m or current()).shape[FSDP]
-
