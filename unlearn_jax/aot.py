@@ -222,7 +222,7 @@ def compile_step(step_fn, state, consts, batches, m) -> Dict[str, Any]:
   rng = jax.eval_shape(lambda: jax.random.key(0))
   t0 = time.perf_counter()
   lowered = jitted.lower(state, batches, rng, consts)
-  text = lowered.as_text()
+  hlo_sha = hashlib.sha256(lowered.as_text().encode()).hexdigest()[:16]   # freed before compiling
   compiled = lowered.compile()
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
@@ -232,7 +232,7 @@ def compile_step(step_fn, state, consts, batches, m) -> Dict[str, Any]:
          "out_bytes": int(mem.output_size_in_bytes), "alias_bytes": int(mem.alias_size_in_bytes),
          "code_bytes": int(mem.generated_code_size_in_bytes),
          "flops": float((cost or {}).get("flops", 0.0)), "compile_s": seconds,
-         "hlo_sha": hashlib.sha256(text.encode()).hexdigest()[:16]}
+         "hlo_sha": hlo_sha}
   row["peak_bytes"] = row["args_bytes"] + row["temp_bytes"] + row["out_bytes"] - row["alias_bytes"]
   return row
 

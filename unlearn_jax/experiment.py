@@ -180,23 +180,49 @@ def benign_classes(exp: Experiment, classes: Tuple[int, ...] = ()) -> Tuple[int,
   return rest or exp.retained_classes
 
 
+def attack_seed(config, st) -> int:
+  """The seed of an attack stage `st`: from config.seed and what the attack is (its kind,
+  data, shots, eps and classes), not from the model it attacks or the stage's name, so every
+  attacked model meets the same batches, noise and evaluation keys (common random numbers:
+  a difference between two methods' curves is not a difference of draws)."""
+  classes = "-".join(str(int(c)) for c in st.classes)
+  return stage_seed(config, f"attack/{st.attack}/{st.data}/{int(st.shots)}/{float(st.eps):g}/{classes}")
+
+
+def forget_draw_seed(config) -> int:
+  """The seed of the one permutation of D_f that few-shot relearning and the condition
+  attacks take their forget examples from (`fewshot_indices`): config.seed's alone."""
+  return stage_seed(config, "attack/forget-examples")
+
+
 def fewshot_indices(num_forget: int, shots: int, seed: int) -> np.ndarray:
-  """The `shots` distinct indices into D_f (sorted) of few-shot relearning: the first `shots`
-  of a permutation seeded by `seed` (the stage seed)."""
+  """The `shots` distinct indices into D_f (sorted) of few-shot relearning and the condition
+  attacks: the first `shots` of a permutation seeded by `seed` (`forget_draw_seed`), so the
+  sets are nested (k = 5 holds the k = 1 example) and the same for every attacked model."""
   return np.sort(np.random.default_rng(seed).permutation(num_forget)[:shots])
 
 
-def attack_stream(exp: Experiment, st, seed: int, workdir: str) -> data_lib.Dataset:
+def pretrained_of(config, model: str) -> Optional[str]:
+  """The pretrained model an attacked model started from: its stage's `init` (a stage, a
+  stage directory or a named model); a train stage, or a model that is no stage (a
+  directory, a named model), is its own; None for a stage trained from scratch."""
+  mst = config.stages.get(model)
+  if mst is None or mst.kind == "train":
+    return model
+  return None if mst.init == "scratch" else mst.init
+
+
+def attack_stream(exp: Experiment, st, workdir: str) -> data_lib.Dataset:
   """What an attack stage fine-tunes on: data="benign" the training examples of D_r whose
   class is in `benign_classes(exp, st.classes)` (D_r holds no forget example); "fewshot" the
-  `st.shots` forget examples `fewshot_indices(|D_f|, st.shots, seed)` with their labels;
-  any other stream as `exp.stream` gives it."""
+  `st.shots` forget examples `fewshot_indices(|D_f|, st.shots, forget_draw_seed(config))`
+  with their labels; any other stream as `exp.stream` gives it."""
   if st.data == "benign":
     retain = exp.streams["retain"]
     return data_lib.subset(retain, np.isin(retain.labels, benign_classes(exp, st.classes)))
   if st.data == "fewshot":
     forget = exp.streams["forget"]
-    return data_lib.subset(forget, fewshot_indices(len(forget), st.shots, seed))
+    return data_lib.subset(forget, fewshot_indices(len(forget), st.shots, forget_draw_seed(exp.config)))
   return exp.stream(st.data, workdir)
 
 

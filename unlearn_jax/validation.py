@@ -25,7 +25,7 @@ from unlearn_jax import tasks
 from unlearn_jax import training
 from unlearn_jax.attacks import condition
 from unlearn_jax.errors import UserError, check_choice, check_range
-from unlearn_jax.experiment import ATTACK_STREAMS, STREAMS, Experiment, attack_stream, stage_seed
+from unlearn_jax.experiment import ATTACK_STREAMS, STREAMS, Experiment, attack_stream
 from unlearn_jax.stages import train as train_stage
 from unlearn_jax.stages import CONDITIONAL_KINDS, MODEL_KINDS
 from unlearn_jax.unlearning import methods as methods_lib
@@ -201,7 +201,7 @@ def check_attack_data(exp: Experiment, name: str) -> None:
       raise UserError(f"{field}.classes", st.classes, f"expected classes of the data set (0..{exp.train.num_classes - 1}) "
                       f"that are not forgotten (forgotten: {list(exp.forget_labels)}); benign fine-tuning never "
                       "sees a forget example")
-    if len(attack_stream(exp, st, stage_seed(exp.config, name), "")) == 0:
+    if len(attack_stream(exp, st, "")) == 0:
       raise UserError(f"{field}.classes", st.classes, "the retain set holds no example of these classes")
   if (st.data == "fewshot" or st.attack in condition.ATTACKS) and st.shots > len(exp.streams["forget"]):
     raise UserError(f"{field}.shots", st.shots, f"expected at most {len(exp.streams['forget'])} (|D_f|, the forget "

@@ -4,6 +4,7 @@ the ordinary DDPM loss with the label's row replaced, the embedding attack chang
 new row (its checkpoint holds the rows only; every network leaf stays bit-identical), the condition attack stays in its budget after
 every step, a killed attack resumes to the uninterrupted result, and bad settings are
 refused before anything is written."""
+import dataclasses
 import functools
 import json
 import os
@@ -35,9 +36,11 @@ def attack_config(steps=4):
   c.model.ch_mult = (1,)                # one level: half the UNet to compile
   c.training.ckpt_every = 2
   stages = {n: c.stages[n] for n in ("classifier", "pretrained")}
+  # the condition attack's model: an unlearned stage whose weights differ from the pretrained ones
+  stages["unlearned"] = config_lib.stage("unlearn", method="ga", init="pretrained", steps=1)
   stages["emb"] = config_lib.stage("attack", attack="embedding", init="pretrained", data="forget", steps=steps,
                                    eval_every=2, shots=3, lr=0.05)
-  stages["cond"] = config_lib.stage("attack", attack="condition", init="pretrained", data="forget", steps=steps,
+  stages["cond"] = config_lib.stage("attack", attack="condition", init="unlearned", data="forget", steps=steps,
                                     eval_every=2, eps=EPS, lr=0.05)
   stages["report"] = config_lib.stage("report")
   c.stages = stages
@@ -85,6 +88,9 @@ def prefix(tmp_path_factory):
   _write_stage(exp, os.path.join(d, "classifier"), clf, {"stage": "classifier"})
   _write_stage(exp, os.path.join(d, "pretrained"), unet,
                train_stage.meta(exp, "pretrained", exp.config.stages["pretrained"]))
+  _write_stage(exp, os.path.join(d, "unlearned"), _random_params(exp.module, 2, x, jnp.zeros((1,)),
+                                                                 jnp.zeros((1,), jnp.int32)),
+               train_stage.meta(exp, "unlearned", exp.config.stages["unlearned"]))
   return d, exp, exp_lib.load_params(exp, os.path.join(d, "pretrained"))
 
 
@@ -160,12 +166,12 @@ def _rows(stage_dir):
   return np.asarray(checkpoints.load_raw(stage_dir)["params"]["rows"])
 
 
-def _check_net(stage_dir, exp, workdir, params):
+def _check_net(stage_dir, exp, workdir, params, init="pretrained"):
   """The attack's checkpoint holds its rows only, and the attacked stage's weights, which the
   attack read, are still the ones it started from, bit for bit."""
   raw = checkpoints.load_raw(stage_dir)["params"]
   assert set(raw) == {"rows"}
-  net = exp_lib.source_params(exp, workdir, "pretrained")
+  net = exp_lib.source_params(exp, workdir, init)
   for x, y in zip(_leaves(net), _leaves(params), strict=True):     # every network leaf
     np.testing.assert_array_equal(x, y)
 
@@ -217,19 +223,46 @@ def test_the_condition_attack_keeps_its_budget_after_every_step(prefix, tmp_path
   shutil.copytree(src, run)
   _run(exp, run, "cond")
   stage = os.path.join(run, "cond")
-  _check_net(stage, exp, run, params)
-  rows0 = np.asarray(models.class_table(params))[list(exp.forget_labels)]
+  unlearned = exp_lib.load_params(exp, os.path.join(src, "unlearned"))
+  _check_net(stage, exp, run, unlearned, init="unlearned")
+  # centred on the attacked (unlearned) model's rows, not the pretrained model's
+  rows0 = np.asarray(models.class_table(unlearned))[list(exp.forget_labels)]
   assert np.max(np.abs(_rows(stage) - rows0)) <= EPS + 1e-6
+  pre_rows = np.asarray(models.class_table(params))[list(exp.forget_labels)]
+  assert np.max(np.abs(_rows(stage) - pre_rows)) > 10 * EPS
   logged = training.read_history(stage)                # log_every=1: each step's distance
   assert [r["step"] for r in logged] == [1, 2, 3, 4]
   assert all(r["dist_inf"] <= EPS + 1e-6 for r in logged)
   assert logged[0]["dist_inf"] == pytest.approx(EPS, rel=1e-5)   # lr 0.05 > eps: the projection binds
   assert json.load(open(os.path.join(stage, "attack.json")))["budget"]["shots"] == condition.DEFAULT_SHOTS
-  # step 0 samples the forgotten class's own row: the attacked model's own AR on the same keys
+  # step 0 samples the forgotten class's own row: the attacked model's own AR on the same keys,
+  # and reference.json the pretrained model's, on those keys too
   curve = json.load(open(os.path.join(stage, "curve.json")))
-  r = exp.task.forget_rates(exp, params, exp.task.classifier_params(exp, run), exp.config.eval.attack_num_samples,
-                            jax.random.fold_in(jax.random.key(exp_lib.stage_seed(exp.config, "cond")), 0))
+  clf, n = exp.task.classifier_params(exp, run), exp.config.eval.attack_num_samples
+  key = jax.random.fold_in(jax.random.key(exp_lib.attack_seed(
+      exp.config, attack_stage.condition_stage(exp, exp.config.stages["cond"]))), 0)
+  r = exp.task.forget_rates(exp, unlearned, clf, n, key)
   assert curve["0"]["ar"] == r["ar"] and curve["0"]["ar_cl"] == r["ar_cl"]
+  ref = json.load(open(os.path.join(stage, attack_stage.REFERENCE_FILE)))
+  p = exp.task.forget_rates(exp, params, clf, n, key)
+  assert ref["pretrained"] == "pretrained" and ref["values"] == {"ar": p["ar"], "ar_cl": p["ar_cl"]}
+
+
+def test_condition_attacks_start_at_their_rows_for_each_forgotten_class(prefix):
+  # the embedding attack at the null row, the condition attack at each forgotten class's own row,
+  # in the order of the forget labels (two classes, not sorted: a row / label mix-up shows)
+  _, exp, params = prefix
+  exp = dataclasses.replace(exp, forget_labels=(5, 2))
+  table = np.asarray(models.class_table(params))
+  for name, want in (("emb", table[[-1, -1]]), ("cond", table[[5, 2]])):
+    st = attack_stage.condition_stage(exp, exp.config.stages[name])
+    _, spec, init = attack_stage.condition_parts(exp, st)
+    state, consts = init(params)
+    np.testing.assert_array_equal(np.asarray(consts["rows0"]), want)
+    np.testing.assert_array_equal(np.asarray(state.params["rows"]), want)
+    assert spec.forget_labels == (5, 2)
+  labels = jnp.asarray([2, 5, 5, 2])
+  np.testing.assert_array_equal(np.asarray(condition.row_index(labels, (5, 2))), [1, 0, 0, 1])
 
 
 @pytest.mark.parametrize("mutate,field", [

@@ -18,7 +18,8 @@ def test_max_final_and_area_of_a_rate_curve():
   assert rb.max_success(STEPS, AR) == (0.75, 100)
   assert rb.final_success(AR) == 0.5
   assert rb.area_under_curve(STEPS, AR) == pytest.approx(AUC)
-  assert rb.area_under_curve(STEPS, AR, budget=400) == pytest.approx(93.75 / 400)
+  assert rb.area_under_curve(STEPS, AR, budget=200) == pytest.approx(93.75 / 200)
+  assert math.isnan(rb.area_under_curve(STEPS, AR, budget=400))     # stopped at 200 of 400: no area
   assert rb.area_under_curve([0], [0.3]) == 0.3
   assert rb.area_under_curve(STEPS, [0.2] * 4) == pytest.approx(0.2)      # a flat curve: its value
 

@@ -16,6 +16,7 @@ import pytest
 
 from unlearn_jax import config_lib
 from unlearn_jax import settings
+from unlearn_jax.errors import UserError
 from unlearn_jax.experiment import stage_seed
 from unlearn_jax.reporting import robustness
 from unlearn_jax.stages import report as report_stage
@@ -47,6 +48,9 @@ DIMUM = {"ar": [0.0, 0.0, 0.125, 0.25], "ar_cl": [1.0, 1.0, math.nan, 0.75]}
 SALUN_ATTACK = {"attack": "finetune", "data": "retain", "init": "salun", "seed": 7,     # the config's budget
                 "budget": {"steps": 200, "lr": CFG.optim.lr, "batch_size": CFG.training.batch_size, "shots": 0,
                            "eps": 0.0, "classes": []}}
+#: attack_salun's pretrained reference, measured in the stage (attack_dimum: none, an older workdir)
+SALUN_REFERENCE = {"pretrained": "pretrained", "seed": 7, "num_samples": 200, "step": 0,
+                   "values": {"ar": 0.6, "ar_cl": 0.0, "fd": 10.0, "nll_forget": 4.5}}
 SPLITS = {"train": 1000, "test": 300, "retain": 900, "forget": 100}
 
 
@@ -62,6 +66,7 @@ def _workdir(tmp_path) -> str:
     _write(os.path.join(w, name, "curve.json"),
            {str(s): {k: v[i] for k, v in curve.items()} for i, s in enumerate(STEPS)})
   _write(os.path.join(w, "attack_salun", "attack.json"), SALUN_ATTACK)     # attack_dimum: none (older)
+  _write(os.path.join(w, "attack_salun", "reference.json"), SALUN_REFERENCE)
   return w
 
 
@@ -113,12 +118,17 @@ def test_card_records_identifiers_budgets_curves_and_summaries(tmp_path):
                                                                           "attack.json")
   assert a["budget"] == SALUN_ATTACK["budget"] and a["complete"] is True
   assert a["curve"] == {"steps": STEPS, **SALUN}
+  # the reference measured in the stage (reference.json: AR 0.6), not results.json's evaluation (0.8)
+  assert a["reference"] == {"pretrained": "pretrained", "values": SALUN_REFERENCE["values"], "num_samples": 200,
+                            "seed": 7, "source": "attack_salun/reference.json"}
+  assert a["fewshot_indices"] == []
   s = a["summary"]["ar"]                                  # test_robustness's hand computations
-  assert (s["max"], s["max_step"], s["final"], s["steps_to_half"], s["reference"]) == (0.75, 100, 0.5, 100, 0.8)
-  assert s["auc"] == pytest.approx(93.75 / 200) and s["auc_relative"] == pytest.approx(93.75 / 200 / 0.8)
+  assert (s["max"], s["max_step"], s["final"], s["steps_to_half"], s["reference"]) == (0.75, 100, 0.5, 100, 0.6)
+  assert s["auc"] == pytest.approx(93.75 / 200) and s["auc_relative"] == pytest.approx(93.75 / 200 / 0.6)
+  assert s["auc_budget"] == 200
   assert s["utility"] == {"start": 12.0, "end": 14.0, "max": 15.0, "max_step": 100}
-  n = a["summary"]["nll_forget"]                          # drop 0, 1, 3, 2; pretrained drop 8 - 4 = 4
-  assert (n["direction"], n["max"], n["final"], n["steps_to_half"], n["reference"]) == ("lower", 3.0, 2.0, 100, 4.0)
+  n = a["summary"]["nll_forget"]                       # drop 0, 1, 3, 2; pretrained drop 8 - 4.5 = 3.5
+  assert (n["direction"], n["max"], n["final"], n["steps_to_half"], n["reference"]) == ("lower", 3.0, 2.0, 100, 3.5)
 
   d = card["attacks"]["attack_dimum"]                     # no attack.json: DiMRA with the config's budget
   ast = CFG.stages["attack_dimum"]
@@ -128,10 +138,59 @@ def test_card_records_identifiers_budgets_curves_and_summaries(tmp_path):
                          "batch_size": ast.batch_size or CFG.training.batch_size, "shots": 0, "eps": 0.0,
                          "classes": []}
   assert d["curve"]["ar_cl"] == [1.0, 1.0, None, 0.75]     # NaN -> null
+  assert d["reference"] == {"pretrained": "pretrained", "values": {"ar": 0.8, "nll_forget": 4.0}, "num_samples": None,
+                            "seed": None, "source": "models.pretrained.ar_mu, models.pretrained.nll.forget"}
+  assert d["summary"]["ar"]["reference"] == 0.8
   assert d["summary"]["ar"]["steps_to_half"] is None and d["summary"]["ar"]["max"] == 0.25
   assert "nll_forget" not in d["summary"] and "utility" not in d["summary"]["ar"]
+  # 0.3 is crossed between (50, 0.25) and (100, 0.75)
   assert _card(w, interpolate=True)["attacks"]["attack_salun"]["summary"]["ar"]["steps_to_half"] == \
-      pytest.approx(65.0)
+      pytest.approx(55.0)
+
+
+def test_a_pretrained_directory_gets_its_reference_from_the_attack_stage(tmp_path):
+  # pretrained=<dir>: no pretrained stage, so results.json has no entry for it
+  c = config_lib.digits_ddpm(cpu=True)
+  c.stages, c.stage_order = config_lib.dimum_stages(pretrain_steps=10, unlearn_steps=4, attack_steps=200,
+                                                    eval_every=50, methods=("salun",), pretrained="/runs/pre")
+  cfg = settings.of(c)
+  w = str(tmp_path)
+  _write(os.path.join(w, "attack_salun", "curve.json"), {str(s): {"ar": v} for s, v in zip(STEPS, SALUN["ar"])})
+  _write(os.path.join(w, "attack_salun", "attack.json"), SALUN_ATTACK)
+  results = {k: v for k, v in RESULTS.items() if k != "models"}
+  assert robustness.build_card(cfg, w, results, PARAMS.__getitem__)["attacks"]["attack_salun"]["summary"]["ar"][
+      "steps_to_half"] is None                           # before: no reference anywhere
+  _write(os.path.join(w, "attack_salun", "reference.json"), dict(SALUN_REFERENCE, pretrained="/runs/pre"))
+  a = robustness.build_card(cfg, w, results, PARAMS.__getitem__)["attacks"]["attack_salun"]
+  assert a["pretrained"] == "/runs/pre" and a["reference"]["values"]["ar"] == 0.6
+  assert a["summary"]["ar"]["steps_to_half"] == 100 and a["summary"]["ar"]["auc_relative"] is not None
+
+
+def test_an_unfinished_curve_has_no_area_and_says_so(tmp_path):
+  w = _workdir(tmp_path)
+  _write(os.path.join(w, "attack_salun", "curve.json"),          # stopped at 100 of 200 steps
+         {str(s): {k: v[i] for k, v in SALUN.items()} for i, s in enumerate(STEPS[:3])})
+  _write(os.path.join(w, "attack_salun", "attack.json"), dict(SALUN_ATTACK, fewshot_indices=[4, 9]))
+  card = _card(w)
+  robustness.check_card(card)
+  a = card["attacks"]["attack_salun"]
+  assert a["complete"] is False and a["fewshot_indices"] == [4, 9]
+  s = a["summary"]["ar"]
+  assert s["auc"] is None and s["auc_relative"] is None and s["max"] == 0.75     # not 0.25 * 50 / 100 ...
+  assert card["attacks"]["attack_dimum"]["summary"]["ar"]["auc"] == pytest.approx((0.0625 * 50 + 0.1875 * 100) / 200)
+  row = [l for l in robustness.report_lines(card, w) if l.startswith("| Salun") or l.startswith("| SalUn")]
+  assert "unfinished" in row[1] and "D_f indices [4, 9]" in "\n".join(robustness.report_lines(card, w))
+
+
+def test_a_card_of_another_version_is_refused_in_one_line(tmp_path):
+  card = _card(_workdir(tmp_path))
+  path = os.path.join(str(tmp_path), robustness.CARD_FILE)
+  robustness.write_card(path, card)
+  assert robustness.read_card(path) == json.load(open(path))
+  _write(path, dict(card, version=1))                  # written by the previous schema
+  with pytest.raises(UserError) as e:
+    robustness.read_card(path)
+  assert "version=1" in str(e.value) and "\n" not in str(e.value) and str(robustness.VERSION) in str(e.value)
 
 
 def test_attacks_with_another_budget_get_their_own_column(tmp_path):

@@ -21,6 +21,7 @@ from unlearn_jax import sde as sde_lib
 from unlearn_jax import validation
 from unlearn_jax import experiment as exp_lib
 from unlearn_jax.errors import UserError
+from unlearn_jax.reporting import robustness
 from unlearn_jax.stages import attack as attack_stage
 from unlearn_jax.stages import train as train_stage
 from unlearn_jax.stages.hooks import Hooks
@@ -112,7 +113,7 @@ def test_benign_finetuning_never_sees_a_forget_example(cond_exp, tmp_path, monke
   assert _info(str(tmp_path), name)["budget"]["classes"] == [0, 1, 2, 5, 6, 7, 8, 9]
   # given classes: the stream holds D_r's examples of those, and attack.json says so
   st = dataclasses.replace(exp.config.stages[name], classes=(0, 7))
-  ds = exp_lib.attack_stream(exp, st, 0, str(tmp_path))
+  ds = exp_lib.attack_stream(exp, st, str(tmp_path))
   retain = exp.streams["retain"]
   assert len(ds) == int(np.isin(retain.labels, (0, 7)).sum()) and set(ds.labels.tolist()) == {0, 7}
   assert attack_stage.attack_info(exp, name, st)["budget"]["classes"] == [0, 7]
@@ -126,7 +127,7 @@ def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_pa
   refs, real_ref = [], tasks.classes._retain_reference
   monkeypatch.setattr(tasks.classes, "_retain_reference", lambda *a: refs.append(real_ref(*a)) or refs[-1])
   seen = run_attack(exp, name, str(tmp_path), monkeypatch, steps=3, lr=3e-3, batch_size=2)   # 6 draws: 2 epochs
-  seed = exp_lib.stage_seed(exp.config, name)
+  seed = exp_lib.forget_draw_seed(exp.config)
   idx = exp_lib.fewshot_indices(len(exp.streams["forget"]), k, seed)
   assert len(set(idx.tolist())) == k
   chosen = _rows(data_lib.to_float(exp.streams["forget"].images[idx]))
@@ -134,14 +135,14 @@ def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_pa
   assert got == chosen and len(got) == k                       # exactly these k, nothing else
   np.testing.assert_array_equal(np.concatenate([b["labels"] for b in seen]), 3)   # with their label
   assert _info(str(tmp_path), name)["fewshot_indices"] == idx.tolist()
-  # the choice is a function of the stage seed
+  # the choice is a function of the draw seed
   np.testing.assert_array_equal(exp_lib.fewshot_indices(len(exp.streams["forget"]), k, seed), idx)
   assert exp_lib.fewshot_indices(len(exp.streams["forget"]), k, seed + 1).tolist() != idx.tolist()
   # attack.json (shared15.md) and the curve's fields
   info = _info(str(tmp_path), name)
   assert set(info) == {"attack", "data", "budget", "seed", "init", "fewshot_indices"}
   assert (info["attack"], info["data"], info["init"]) == ("finetune", "fewshot", "dimum")
-  assert info["seed"] == seed
+  assert info["seed"] == exp_lib.attack_seed(exp.config, dataclasses.replace(exp.config.stages[name], steps=3))
   assert info["budget"] == {"steps": 3, "lr": 3e-3, "batch_size": 2, "shots": 3, "eps": 0.0, "classes": []}
   curve = _curve(str(tmp_path), name)
   assert sorted(curve, key=int) == ["0", "2", "3"]
@@ -150,14 +151,79 @@ def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_pa
     assert 0 <= p["ar"] <= 1 and 0 <= p["ar_cl"] <= 1 and p["fd"] >= 0
   # fd: retain-conditioned samples against D_r's n images (their statistics computed once)
   clf, n = tasks.classes.classifier_params(exp, ""), exp.config.eval.attack_num_samples
-  assert len(refs) == 1 and len(gens) == 2 * len(curve)
+  # first the pretrained reference (here the same stub weights), then the curve's points
+  assert len(refs) == 1 and len(gens) == 2 * (len(curve) + 1)
+  reference = json.load(open(os.path.join(tmp_path, name, attack_stage.REFERENCE_FILE)))
+  assert reference["values"] == curve["0"]        # same weights, same n and keys: the same numbers
   ref = evaluation.embed(exp.classifier.apply, clf, data_lib.to_float(refs[0]))
-  for step, (labels, x) in zip(sorted(curve, key=int), gens[1::2]):
+  for step, (labels, x) in zip(sorted(curve, key=int), gens[3::2], strict=True):
     assert np.isin(labels, exp.retained_classes).all() and len(x) == n
     fd = evaluation.frechet_distance_from_features(evaluation.embed(exp.classifier.apply, clf, x), ref)
     assert curve[step]["fd"] == pytest.approx(fd, rel=1e-6)
   header = open(os.path.join(tmp_path, name, "curve.csv")).readline().strip()
   assert header == "step,ar_dimra,ar_cl,fd"
+
+
+def test_attack_images_and_keys_do_not_depend_on_the_attacked_method(cond_exp):
+  c = tiny_config()
+  c.stages, c.stage_order = config_lib.dimum_stages(
+      pretrain_steps=2, unlearn_steps=2, attack_steps=2, eval_every=2, methods=("dimum", "ga"),
+      attack_data=("fewshot1", "fewshot3", "condition", "retain"), condition_shots=3, condition_eps=0.1)
+  exp = dataclasses.replace(cond_exp, config=settings.of(c))
+  info = {n: attack_stage.attack_info(exp, n, exp.config.stages[n]) for n in c.stage_order if n.startswith("attack")}
+  for entry in ("_fewshot1", "_fewshot3", "_condition", ""):
+    a, b = info[f"attack_dimum{entry}"], info[f"attack_ga{entry}"]
+    assert a["seed"] == b["seed"] and a.get("fewshot_indices") == b.get("fewshot_indices")
+  k1, k3 = info["attack_dimum_fewshot1"]["fewshot_indices"], info["attack_dimum_fewshot3"]["fewshot_indices"]
+  assert len(k1) == 1 and len(k3) == 3 and set(k1) <= set(k3)             # nested
+  assert info["attack_ga_condition"]["fewshot_indices"] == k3              # the same 3 forget images
+  assert len({info[f"attack_dimum{e}"]["seed"] for e in ("_fewshot1", "_fewshot3", "_condition", "")}) == 4
+  # another config seed draws other images
+  c.seed += 1
+  other = attack_stage.attack_info(dataclasses.replace(exp, config=settings.of(c)), "attack_ga_fewshot3",
+                                   exp.config.stages["attack_ga_fewshot3"])
+  assert other["fewshot_indices"] != k3 and other["seed"] != info["attack_ga_fewshot3"]["seed"]
+
+
+def test_the_reference_is_measured_in_the_attack_stage_for_a_pretrained_directory(cond_exp, tmp_path, monkeypatch):
+  c = tiny_config()
+  pre = str(tmp_path / "elsewhere" / "pretrained")
+  c.stages, c.stage_order = config_lib.dimum_stages(pretrain_steps=2, unlearn_steps=2, attack_steps=2, eval_every=2,
+                                                    methods=("dimum", "ga"), pretrained=pre)
+  exp = dataclasses.replace(cond_exp, config=settings.of(c), compiled={})
+  unlearned = linear_params(exp.train.num_classes)
+  pretrained = jax.tree_util.tree_map(lambda p: 1.5 * p + 0.1, unlearned)
+  loads = []
+  weights = lambda e, w, init: loads.append(init) or (pretrained if init == pre else unlearned)
+  clf = models.init_params(exp.classifier, jax.random.key(0), exp.example_shape)
+  monkeypatch.setattr(attack_stage, "source_params", weights)
+  monkeypatch.setattr(train_stage, "source_params", weights)
+  monkeypatch.setattr(tasks.classes, "classifier_params", lambda *a: clf)
+  rates, real_rates = [], tasks.classes.forget_rates
+  monkeypatch.setattr(tasks.classes, "forget_rates", lambda *a: rates.append(a) or real_rates(*a))
+  w = str(tmp_path / "w")
+  attack_stage.run(exp, "attack_dimum", exp.config.stages["attack_dimum"], w)
+  ref = json.load(open(os.path.join(w, "attack_dimum", attack_stage.REFERENCE_FILE)))
+  st = exp.config.stages["attack_dimum"]
+  seed, n = exp_lib.attack_seed(exp.config, st), exp.config.eval.attack_num_samples
+  assert (ref["pretrained"], ref["seed"], ref["num_samples"]) == (pre, seed, n) and loads[0] == pre
+  # the pretrained weights, at the keys and n of the curve's step 0
+  want = real_rates(exp, pretrained, clf, n, jax.random.fold_in(jax.random.key(seed), 0))
+  assert (ref["values"]["ar"], ref["values"]["ar_cl"]) == (want["ar"], want["ar_cl"])
+  start = real_rates(exp, unlearned, clf, n, jax.random.fold_in(jax.random.key(seed), 0))
+  curve = _curve(w, "attack_dimum")
+  assert (curve["0"]["ar"], curve["0"]["ar_cl"]) == (start["ar"], start["ar_cl"])
+  keys = [jax.random.key_data(r[4]).tolist() for r in rates[:2]]
+  assert keys[0] == keys[1] and rates[0][3] == rates[1][3] == n   # same key and n
+  # another method's attack with the same pretrained model, seed and n reuses the measurement
+  del rates[:]
+  attack_stage.run(exp, "attack_ga", exp.config.stages["attack_ga"], w)
+  other = json.load(open(os.path.join(w, "attack_ga", attack_stage.REFERENCE_FILE)))
+  assert other["values"] == ref["values"] and other["shared_with"] == "attack_dimum"
+  assert len(rates) == len(_curve(w, "attack_ga"))            # the curve's points only
+  # and the card compares with it, though results.json knows no pretrained model
+  card = robustness.build_card(exp.config, w, {"models": {}}, lambda m: unlearned)
+  assert card["attacks"]["attack_dimum"]["summary"]["ar"]["reference"] == ref["values"]["ar"]
 
 
 def test_unconditional_sde_attack_records_ar_and_forget_nll(cond_exp, tmp_path, monkeypatch):
@@ -175,7 +241,11 @@ def test_unconditional_sde_attack_records_ar_and_forget_nll(cond_exp, tmp_path, 
   run_attack(exp, "attack_standard", str(tmp_path), monkeypatch, scale=0.1)   # a finite NLL from the stub
   curve = _curve(str(tmp_path), "attack_standard")
   assert sorted(curve, key=int) == ["0", "1"]
-  for step, r, (ds, nll) in zip(("0", "1"), rates, nlls, strict=True):
+  # first the reference: "standard" is its own pretrained model, measured at step 0's keys
+  reference = json.load(open(os.path.join(tmp_path, "attack_standard", attack_stage.REFERENCE_FILE)))
+  assert reference["pretrained"] == "standard" and reference["values"]["nll_forget"] == curve["0"]["nll_forget"]
+  assert nlls[0][1] == curve["0"]["nll_forget"] and rates[0]["ar"] == curve["0"]["ar"]
+  for step, r, (ds, nll) in zip(("0", "1"), rates[1:], nlls[1:], strict=True):
     p = curve[step]
     # ar: the share of (unconditioned) samples classified as a forgotten class, the unlearning ratio
     pred = evaluation.predict(exp.classifier.apply, tasks.classes.classifier_params(exp, ""), r["samples"])

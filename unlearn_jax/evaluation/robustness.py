@@ -112,11 +112,15 @@ def steps_to_half(steps: Sequence, s: Sequence[float], reference: Optional[float
 def area_under_curve(steps: Sequence, s: Sequence[float], budget: Optional[float] = None) -> float:
   """The area under the recovery curve normalised by the budget: the trapezoid integral of
   the success over steps divided by `budget` (default: the span of its finite points, last - first
-  step), i.e. the mean success over the attack; a one-point curve's value is that point."""
+  step), i.e. the mean success over the attack; a one-point curve's value is that point.  A
+  curve whose last finite point comes before `budget` (an unfinished attack) has no area over
+  the budget: NaN, never the mean over the part it covered."""
   st, v = _arrays(steps, s)
   ok = np.isfinite(v)
   st, v = st[ok], v[ok]
   if not len(v):
+    return math.nan
+  if budget is not None and st[-1] < budget:
     return math.nan
   span = float(st[-1] - st[0]) if budget is None else float(budget)
   if len(v) == 1 or span <= 0:
@@ -137,7 +141,8 @@ def summarize(steps: Sequence, values: Sequence[float], reference: Optional[floa
               budget: Optional[float] = None, interpolate: bool = False) -> dict:
   """Every statistic of one curve: max (and its step), final, steps to half of `reference`
   (the pretrained success in `success`'s form), area under the curve (mean success over the
-  budget, and that divided by `reference`), and with `utility` its `utility_summary`."""
+  budget, "auc_budget"; NaN if the curve stops before it; and that divided by `reference`),
+  and with `utility` its `utility_summary`."""
   s = success(values, direction)
   top, top_step = max_success(steps, s)
   auc = area_under_curve(steps, s, budget)
@@ -146,7 +151,8 @@ def summarize(steps: Sequence, values: Sequence[float], reference: Optional[floa
          "steps_to_half": steps_to_half(steps, s, reference, interpolate=interpolate),
          "steps_to_half_interpolated": bool(interpolate),
          "reference": None if reference is None else float(reference),
-         "auc": auc, "auc_relative": auc / reference if ok_ref else None}
+         "auc": auc, "auc_relative": auc / reference if ok_ref and math.isfinite(auc) else None,
+         "auc_budget": None if budget is None else float(budget)}
   if utility is not None:
     out["utility"] = utility_summary(steps, utility)
   return out

@@ -8,24 +8,30 @@ The report stage (`stages.report`) writes it when the config has attack stages. 
 what a reader needs to compare one run with another paper's:
   data       data.name, its source, data seed, forget classes, the split sizes;
   pretrained per pretrained model (the `init` of the attacked model's stage; an attacked train
-             stage is its own): its parameter hash and its success (`reference`);
+             stage is its own): its parameter hash and its success as results.json evaluated it;
   methods    per attacked model: its method, variant, the method's config section and
              config.unlearn, the unlearn stage's steps / lr (the stage's, else config.optim.lr;
              a method that sets its own, e.g. EraseDiff's couple_lr, says so in its section) /
              batch_size / mask / init, its parameter hash, its results.json numbers ("evaluated");
-  attacks    per attack stage: kind, data, budget and seed from <stage>/attack.json (absent in
-             workdirs written before attack.json: a DiMRA finetune with the stage's budget from
-             the config, "source" says which), its curve (every curve.json key over steps) and
-             the summaries of `evaluation.robustness` per success measure (ar; nll_forget as the
-             drop in NLL), with the utility (fd) along the curve where recorded;
+  attacks    per attack stage: kind, data, budget, seed and the D_f indices of few-shot and
+             condition attacks from <stage>/attack.json (absent in workdirs written before
+             attack.json: a DiMRA finetune with the stage's budget from the config, "source"
+             says which), its curve (every curve.json key over steps), its "reference" (below)
+             and the summaries of `evaluation.robustness` per success measure (ar; nll_forget as
+             the drop in NLL), with the utility (fd) along the curve where recorded and the area
+             over the whole step budget (null for an unfinished curve: "complete" false);
   evaluator  the classifier stage and its parameter hash, eval.attack_num_samples, NudeNet's
              threshold where used (config.eval.nudity).
 Parameter hashes (`params_sha256`): sha256 over every leaf's dtype, shape and bytes in
-`jax.tree_util` order.  The pretrained success ("reference", `REFERENCE_SOURCES`): AR_MU
+`jax.tree_util` order.  An attack's reference (what "steps to half" and the relative area
+compare with) is the pretrained model measured inside the attack stage at step 0, with the
+curve's n, sampler and keys (<stage>/reference.json, `stages.attack.write_reference`), so it
+exists whether the pretrained model is a stage, a directory or a named model.  Workdirs
+written before it fall back to results.json (`REFERENCE_SOURCES`): AR_MU
 (class-conditional, UnlearnCanvas's top-3), the unlearning ratio (unconditional: the share of
 samples of a forgotten class, which is what an attack's "ar" measures there), NudeNet's flagged
 share (prompts); for nll_forget its NLL of D_f (results.json's models.<pretrained>.nll.forget).
-A model results.json does not have gives no reference (steps to half: None).  NaN is written as
+Neither gives no reference (steps to half: None).  NaN is written as
 null (strict JSON).
 """
 from __future__ import annotations
@@ -43,15 +49,18 @@ import numpy as np
 from unlearn_jax import checkpoints
 from unlearn_jax.errors import UserError
 from unlearn_jax.evaluation import robustness as rb
-from unlearn_jax.experiment import first_stage, stage_seed
+from unlearn_jax.experiment import first_stage, pretrained_of, stage_seed
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting.markdown import STREAM_NAMES, pretty
 from unlearn_jax.unlearning import methods as methods_lib
 
-VERSION = 1
+#: 2: per attack its own pretrained reference (<stage>/reference.json), its D_f indices, the
+#: area over the budget (null for an unfinished curve).
+VERSION = 2
 CARD_FILE = "robustness.json"
 ATTACK_FILE = "attack.json"
 CURVE_FILE = "curve.json"
+REFERENCE_FILE = "reference.json"
 #: where a pretrained model's success is read from: (measure, results.json path), first found.
 REFERENCE_SOURCES = {"ar": (("ar_mu",), ("unlearning_ratio",), ("nudity", "flagged_share")),
                      "nll_forget": (("nll", "forget"),)}
@@ -61,7 +70,7 @@ OPT_STR = (str, type(None))
 #: the card's required keys and their types; "*" applies its schema to every entry of a dict.
 SUMMARY_SCHEMA = {"direction": str, "max": OPT_NUM, "max_step": OPT_NUM, "final": OPT_NUM,
                   "steps_to_half": OPT_NUM, "steps_to_half_interpolated": bool, "reference": OPT_NUM,
-                  "auc": OPT_NUM, "auc_relative": OPT_NUM}
+                  "auc": OPT_NUM, "auc_relative": OPT_NUM, "auc_budget": OPT_NUM}
 SCHEMA = {
     "version": int, "experiment": str, "order": {"methods": list, "attacks": list},
     "data": {"name": str, "source": str, "seed": int, "config_seed": int, "forget_classes": list,
@@ -76,6 +85,9 @@ SCHEMA = {
                       "budget": {"steps": int, "lr": OPT_NUM, "batch_size": int, "shots": int, "eps": NUM,
                                  "classes": list},
                       "pretrained": OPT_STR, "complete": bool, "curve": {"steps": list},
+                      "fewshot_indices": list,
+                      "reference": {"pretrained": OPT_STR, "values": (dict, type(None)), "num_samples": OPT_NUM,
+                                    "seed": OPT_NUM, "source": OPT_STR},
                       "summary": {"*": SUMMARY_SCHEMA}}},
 }
 
@@ -111,15 +123,6 @@ def attack_info(cfg, name: str, st, stage_dir: str) -> dict:
           "init": st.init, "source": f"config (no {ATTACK_FILE}: DiMRA finetune assumed)"}
 
 
-def pretrained_of(cfg, model: str) -> Optional[str]:
-  """The pretrained model an attacked model started from: its stage's `init` (a train stage,
-  or a model that is no stage, is its own); None for a stage trained from scratch."""
-  mst = cfg.stages.get(model)
-  if mst is None or mst.kind == "train":
-    return model
-  return None if mst.init == "scratch" else mst.init
-
-
 def reference_value(results: dict, pretrained: Optional[str], measure: str):
   """(the pretrained model's value of `measure`, "models.<name>.<key>") or (None, None)."""
   entry = results.get("models", {}).get(pretrained) if pretrained else None
@@ -142,9 +145,11 @@ def curve_columns(curve: dict) -> dict:
   return out
 
 
-def curve_summaries(columns: dict, references: Dict[str, Optional[float]], interpolate: bool = False) -> dict:
+def curve_summaries(columns: dict, references: Dict[str, Optional[float]], interpolate: bool = False,
+                    budget: Optional[int] = None) -> dict:
   """`evaluation.robustness.summarize` of each success measure in the curve, the pretrained
-  value of each as its reference (`rb.reference_success`), the curve's fd as utility."""
+  value of each as its reference (`rb.reference_success`), the curve's fd as utility, the
+  area over `budget` steps (a curve that stops before it: no area, "auc" null)."""
   out = {}
   steps = columns["steps"]
   for measure, direction in rb.DIRECTIONS.items():
@@ -154,7 +159,7 @@ def curve_summaries(columns: dict, references: Dict[str, Optional[float]], inter
     start = float(np.asarray(values)[np.isfinite(values)][0])
     ref = rb.reference_success(references.get(measure), direction, start)
     out[measure] = rb.summarize(steps, values, reference=ref, direction=direction, utility=columns.get("fd"),
-                                interpolate=interpolate)
+                                interpolate=interpolate, budget=budget)
   return out
 
 
@@ -163,6 +168,26 @@ def _hash_of(params_of: Callable[[str], Any], model: str) -> Optional[str]:
     return params_sha256(params_of(model))
   except (UserError, FileNotFoundError, KeyError):
     return None
+
+
+def stage_reference(cfg, name: str, stage_dir: str, pre: Optional[str], results: dict) -> dict:
+  """The pretrained values an attack's summaries compare with: <stage>/reference.json (measured
+  in the attack stage at step 0 with the curve's n and keys, `stages.attack.write_reference`),
+  else (workdirs written before it) results.json's evaluation of the pretrained model
+  (`reference_value`; another n and other keys), else none."""
+  path = os.path.join(stage_dir, REFERENCE_FILE)
+  if os.path.exists(path):
+    ref = checkpoints.read_json(path)
+    return {"pretrained": ref.get("pretrained"), "values": ref.get("values"), "num_samples": ref.get("num_samples"),
+            "seed": ref.get("seed"), "source": f"{name}/{REFERENCE_FILE}"}
+  values, sources = {}, []
+  for measure in rb.DIRECTIONS:
+    v, src = reference_value(results, pre, measure)
+    if v is not None:
+      values[measure] = v
+      sources.append(src)
+  return {"pretrained": pre, "values": values or None, "num_samples": None, "seed": None,
+          "source": ", ".join(sources) or None}
 
 
 def method_entry(cfg, model: str, results: dict, params_of: Callable[[str], Any]) -> dict:
@@ -226,12 +251,16 @@ def build_card(cfg, workdir: str, results: dict, params_of: Callable[[str], Any]
       refs[measure], sources[measure] = reference_value(results, pre, measure)
     if pre is not None and pre not in pretrained:
       pretrained[pre] = {"params_sha256": _hash_of(params_of, pre), "success": refs, "reference_source": sources}
+    reference = stage_reference(cfg, name, os.path.join(workdir, name), pre, results)
     columns = curve_columns(checkpoints.read_json(curve_path))
     budget = dict(info["budget"])
+    complete = bool(columns["steps"]) and columns["steps"][-1] >= budget["steps"]
+    summary = curve_summaries(columns, {m: (reference["values"] or {}).get(m) for m in rb.DIRECTIONS},
+                              interpolate, budget=budget["steps"])
     attacks[name] = {"model": model, "attack": info["attack"], "data": info["data"], "budget": budget,
                      "seed": int(info["seed"]), "source": info["source"], "label": attack_label(info),
-                     "pretrained": pre, "complete": bool(columns["steps"]) and columns["steps"][-1] >= budget["steps"],
-                     "curve": columns, "summary": curve_summaries(columns, refs, interpolate)}
+                     "pretrained": pre, "complete": complete, "curve": columns, "summary": summary,
+                     "fewshot_indices": [int(i) for i in info.get("fewshot_indices", [])], "reference": reference}
   e = cfg.eval
   evaluator = {"classifier_stage": first_stage(cfg, "classifier"),
                "classifier_sha256": None if classifier_params is None else params_sha256(classifier_params),
@@ -247,6 +276,21 @@ def build_card(cfg, workdir: str, results: dict, params_of: Callable[[str], Any]
   return _strict({"version": VERSION, "experiment": cfg.experiment, "order": order, "data": data,
                   "pretrained": pretrained,
                   "evaluator": evaluator, "methods": methods, "attacks": attacks})
+
+
+def read_card(path: str) -> dict:
+  """A card written by this version (`VERSION`); another version, or one that does not conform
+  to SCHEMA, is refused with one line naming the file (UserError)."""
+  card = checkpoints.read_json(path)
+  version = card.get("version") if isinstance(card, dict) else None
+  if version != VERSION:
+    raise UserError(f"{path}: version", version, f"this library reads robustness cards of version {VERSION}; "
+                    "rerun the report stage on that workdir to rewrite the card")
+  try:
+    check_card(card)
+  except ValueError as e:
+    raise UserError(path, "robustness card", str(e)) from None
+  return card
 
 
 def write_card(path: str, card: dict) -> None:
@@ -317,15 +361,16 @@ def report_lines(card: dict, workdir: str) -> list:
   models = card["order"]["methods"]
   lines = ["", "## Robustness: every method against every attack (`robustness.json`)", "",
            "Cells: max / final AR during the attack / steps to recover half of the pretrained model's AR "
-           "(the first eval step with AR >= AR_pretrained / 2; never: not within the budget; n/a: no "
+           "(the first eval step with AR >= AR_pretrained / 2, AR_pretrained measured in the attack stage at step 0 "
+           "with the curve's samples and keys; never: not within the budget; n/a: no "
            "pretrained AR). AR: share of forget-conditioned samples showing the forgotten concept, from "
            f"{card['evaluator']['attack_num_samples']} samples per point.", ""]
   for pre, p in card["pretrained"].items():
     v = p["success"].get("ar")
-    lines.append(f"- pretrained `{pre}`: AR {_fmt(v)} (`{p['reference_source'].get('ar')}`)")
+    lines.append(f"- pretrained `{pre}` as evaluated: AR {_fmt(v)} (`{p['reference_source'].get('ar')}`)")
   lines += [""] + _table(card, cols, models, lambda s: _cell(s.get("ar")))
-  lines += ["", "Area under the recovery curve (mean AR over the budget; in parentheses: divided by the "
-            "pretrained AR) and, where recorded, the utility along the curve (FD at start -> end, max):", ""]
+  lines += ["", "Area under the recovery curve (mean AR over the whole step budget; unfinished: the attack "
+            "stopped before its budget; in parentheses: divided by the pretrained AR) and, where recorded, the utility along the curve (FD at start -> end, max):", ""]
   lines += _table(card, cols, models, _auc_cell)
   if any("nll_forget" in a["summary"] for a in card["attacks"].values()):
     lines += ["", "Likelihood probe: drop in NLL of the forget test images from step 0 (bits/dim): "
@@ -337,8 +382,13 @@ def report_lines(card: dict, workdir: str) -> list:
     b = a["budget"]
     extra = "".join(f", {k} {b[k]}" for k in ("shots", "eps", "classes") if b.get(k))
     seeds = ", ".join(f"{n} {card['attacks'][n]['seed']}" for n in by_model.values())
+    ref = a["reference"]
+    pre_ar = (ref["values"] or {}).get("ar")
+    ref_text = "no pretrained reference" if pre_ar is None else \
+        f"pretrained AR {pre_ar:.3f} ({ref['source']}" + (f", n={ref['num_samples']})" if ref["num_samples"] else ")")
+    shots = f"; D_f indices {a['fewshot_indices']}" if a["fewshot_indices"] else ""
     lines.append(f"- {header}: {a['attack']} on `{a['data']}`, {b['steps']} steps, lr {_g(b['lr'])}, "
-                 f"batch {b['batch_size']}{extra}; seeds: {seeds}")
+                 f"batch {b['batch_size']}{extra}; {ref_text}{shots}; seeds: {seeds}")
   lines.append("")
   for header, by_model in cols.items():
     png = f"robustness_{_slug(header)}.png"
@@ -369,7 +419,8 @@ def _auc_cell(summary: dict) -> str:
   s = summary.get("ar")
   if s is None:
     return "–"
-  text = _fmt(s["auc"]) + ("" if s["auc_relative"] is None else f" ({s['auc_relative']:.2f})")
+  text = "unfinished" if s["auc"] is None else \
+      _fmt(s["auc"]) + ("" if s["auc_relative"] is None else f" ({s['auc_relative']:.2f})")
   u = s.get("utility")
   if u:
     text += f"; FD {_fmt(u['start'])} -> {_fmt(u['end'])}, max {_fmt(u['max'])}"

@@ -4,12 +4,15 @@ DiMRA (DiMUM paper Eq. 7) fine-tunes the unlearned model (`init`) with the ordin
 an auxiliary stream (data="retain": assumption (i); "test_retain": (ii); a synthesize
 stage); benign fine-tuning (data="benign") does the same on D_r's examples of unrelated
 classes (`experiment.benign_classes`: concept resurgence); few-shot relearning
-(data="fewshot") on `shots` forget examples (`experiment.fewshot_indices`).  Every
+(data="fewshot") on `shots` forget examples (`experiment.fewshot_indices`: nested in k, the
+same for every attacked model).  An attack's seed (batches, noise, evaluation keys) comes from
+what the attack is, not from the model it attacks (`experiment.attack_seed`).  Every
 `eval_every` steps (and at 0, the unlearned model, and at the end) a curve point goes to
 <stage>/curve.json: {"<step>": {"ar", "ar_cl", "fd"[, "nll_forget"]}} (`exp.task.forget_rates`
 and `attack_measures`; for an unconditional model "ar" is the share of samples classified as
 a forgotten class, "ar_cl" NaN) and curve.csv; <stage>/attack.json records the attack and its
-budget (`write_attack_info`).  st.attack "embedding" / "condition" / "textual_inversion"
+budget (`write_attack_info`); <stage>/reference.json the pretrained model's values at step 0,
+measured with the same samples, sampler and keys as every curve point (`write_reference`).  st.attack "embedding" / "condition" / "textual_inversion"
 optimise a condition of the frozen conditional model instead (`attacks.condition`, `run_condition`).  A killed attack resumes: the training from its checkpoint,
 the curve from the points already written (not recomputed).
 """
@@ -32,30 +35,34 @@ from unlearn_jax import training
 from unlearn_jax.attacks import condition
 from unlearn_jax.reporting import figures
 from unlearn_jax import train_state as ts
-from unlearn_jax.experiment import (Experiment, attack_stream, benign_classes, fewshot_indices, source_params,
-                                    stage_ema_rate, stage_seed, state_weights)
+from unlearn_jax.experiment import (Experiment, attack_seed, attack_stream, benign_classes, fewshot_indices,
+                                    forget_draw_seed, pretrained_of, source_params, stage_ema_rate, state_weights)
 from unlearn_jax.stages import train as train_stage
 from unlearn_jax.stages.hooks import Hooks
 
 CURVE_FILE = "curve.json"
 INFO_FILE = "attack.json"
+REFERENCE_FILE = "reference.json"
 #: curve.json point key -> curve.csv column (a column only when every point has the key).
 CSV_COLUMNS = {"ar": "ar_dimra", "ar_cl": "ar_cl", "fd": "fd", "nll_forget": "nll_forget"}
 
 
 def attack_info(exp: Experiment, name: str, st) -> dict:
   """attack.json's content (shared15.md): the attack, its data, its budget (steps, the
-  effective lr and batch size, shots, eps, the classes benign fine-tuning uses), the stage
-  seed and the model attacked; a few-shot attack also lists its D_f indices."""
+  effective lr and batch size, shots, eps, the classes benign fine-tuning uses), its seed
+  (`attack_seed`) and the model attacked; a few-shot or condition attack also lists its D_f
+  indices (`fewshot_indices`)."""
+  del name
   cfg = exp.config
-  seed = stage_seed(cfg, name)
+  seed = attack_seed(cfg, st)
   classes = benign_classes(exp, st.classes) if st.data == "benign" else tuple(st.classes)
   info = {"attack": st.attack, "data": st.data, "init": st.init, "seed": seed,
           "budget": {"steps": st.steps, "lr": st.lr if st.lr is not None else cfg.optim.lr,
                      "batch_size": st.batch_size or cfg.training.batch_size, "shots": st.shots,
                      "eps": st.eps, "classes": [int(c) for c in classes]}}
   if st.data == "fewshot" or st.attack in condition.ATTACKS:
-    info["fewshot_indices"] = fewshot_indices(len(exp.streams["forget"]), st.shots, seed).tolist()
+    info["fewshot_indices"] = fewshot_indices(len(exp.streams["forget"]), st.shots,
+                                              forget_draw_seed(cfg)).tolist()
   return info
 
 
@@ -68,6 +75,33 @@ def write_attack_info(exp: Experiment, name: str, st, stage_dir: str) -> dict:
   os.makedirs(stage_dir, exist_ok=True)
   checkpoints.write_json(path, info)
   return info
+
+
+def write_reference(exp: Experiment, name: str, st, workdir: str, seed: int, num_samples: int,
+                    measure) -> dict:
+  """<stage>/reference.json: the pretrained model's curve measures (`pretrained_of` the attacked
+  model: a stage, a directory or a named model) from `measure(params)`, which must use the
+  same n, sampler, guidance and keys as the curve's step-0 point.  An earlier attack stage
+  with the same pretrained model, seed and n measured the same thing: its values are reused
+  ("shared_with").  A model trained from scratch has no pretrained model: "values" null."""
+  cfg = exp.config
+  path = os.path.join(workdir, name, REFERENCE_FILE)
+  if os.path.exists(path):
+    return checkpoints.read_json(path)
+  pre = pretrained_of(cfg, st.init)
+  ref = {"pretrained": pre, "seed": int(seed), "num_samples": int(num_samples), "step": 0, "values": None}
+  for other in cfg.stage_order if pre is not None else ():
+    other_path = os.path.join(workdir, other, REFERENCE_FILE)
+    if other != name and cfg.stages[other].kind == "attack" and os.path.exists(other_path):
+      got = checkpoints.read_json(other_path)
+      if all(got.get(k) == ref[k] for k in ("pretrained", "seed", "num_samples")) and got.get("values"):
+        ref.update(values=got["values"], shared_with=other)
+        break
+  if pre is not None and ref["values"] is None:
+    ref["values"] = {k: float(v) for k, v in measure(source_params(exp, workdir, pre)).items()}
+  checkpoints.write_json(path, ref)
+  logging.info("[%s] pretrained %s at the curve's keys: %s", name, pre, ref["values"])
+  return ref
 
 
 def write_curve_csv(stage_dir: str, curve: dict) -> None:
@@ -97,11 +131,17 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
   clf = exp.task.classifier_params(exp, workdir)
   curve_path = os.path.join(stage_dir, CURVE_FILE)
   curve = checkpoints.read_json(curve_path) if os.path.exists(curve_path) else {}
-  seed = stage_seed(cfg, name)
+  seed = attack_seed(cfg, st)
   key = jax.random.key(seed)
   rate = stage_ema_rate(cfg, st)
   n = cfg.eval.attack_num_samples
   cache = {}                       # the task's reference statistics, computed once per stage
+
+  def measure(params, step):
+    rng = jax.random.fold_in(key, step)
+    r = exp.task.forget_rates(exp, params, clf, n, rng)
+    extra = exp.task.attack_measures(exp, params, clf, n, jax.random.fold_in(rng, 1), rates=r, cache=cache)
+    return {"ar": r["ar"], "ar_cl": r["ar_cl"], **{k: float(v) for k, v in extra.items()}}
 
   def record(step, state_or_params):
     # step 0: the unlearned stage's evaluated weights, which the attack starts from;
@@ -110,17 +150,14 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
       return
     params = state_weights(state_or_params, rate) if isinstance(state_or_params, ts.TrainState) \
         else state_or_params
-    rng = jax.random.fold_in(key, step)
-    r = exp.task.forget_rates(exp, params, clf, n, rng)
-    extra = exp.task.attack_measures(exp, params, clf, n, jax.random.fold_in(rng, 1), rates=r, cache=cache)
-    curve[str(step)] = {"ar": r["ar"], "ar_cl": r["ar_cl"], **{k: float(v) for k, v in extra.items()}}
+    curve[str(step)] = point = measure(params, step)
     checkpoints.write_json(curve_path, curve)
-    logging.info("[%s] step %d AR %.3f AR_CL %.3f %s", name, step, r["ar"], r["ar_cl"],
-                 " ".join(f"{k} {v:.3f}" for k, v in extra.items()))
+    logging.info("[%s] step %d %s", name, step, " ".join(f"{k} {v:.3f}" for k, v in point.items()))
 
+  write_reference(exp, name, st, workdir, seed, n, lambda params: measure(params, 0))
   record(0, source_params(exp, workdir, st.init))
   train_stage.run(exp, name, st, workdir, hooks, eval_hook=record, eval_every=st.eval_every,
-                  given_streams={st.data: attack_stream(exp, st, seed, workdir)})
+                  given_streams={st.data: attack_stream(exp, st, workdir)}, seed=seed)
   write_curve_csv(stage_dir, curve)
 
 
@@ -173,9 +210,9 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
   st = condition_stage(exp, st)
   train_stage.start_stage_dir(stage_dir, {**train_stage.meta(exp, name, st), "attack": st.attack, "init": st.init})
   write_attack_info(exp, name, st, stage_dir)
-  seed = stage_seed(cfg, name)
+  seed = attack_seed(cfg, st)
   forget = exp.streams["forget"]
-  shots = data_lib.subset(forget, fewshot_indices(len(forget), st.shots, seed))
+  shots = data_lib.subset(forget, fewshot_indices(len(forget), st.shots, forget_draw_seed(cfg)))
   net = source_params(exp, workdir, st.init)
   step_fn, spec, init = condition_parts(exp, st)
   state0, consts = init(net)
@@ -186,15 +223,22 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
   curve_path = os.path.join(stage_dir, CURVE_FILE)
   curve = checkpoints.read_json(curve_path) if os.path.exists(curve_path) else {}
   key = jax.random.key(seed)
+  n = cfg.eval.attack_num_samples
 
   def record(step, rows):
     if str(step) in curve:
       return
-    r = exp.task.forget_rates(exp, net, clf, cfg.eval.attack_num_samples, jax.random.fold_in(key, step),
+    r = exp.task.forget_rates(exp, net, clf, n, jax.random.fold_in(key, step),
                               cond_rows=np.asarray(cond_of(rows, consts)))
     curve[str(step)] = {"ar": r["ar"], "ar_cl": r["ar_cl"]}
     checkpoints.write_json(curve_path, curve)
     logging.info("[%s] step %d AR %.3f AR_CL %.3f", name, step, r["ar"], r["ar_cl"])
+
+  def reference(params):       # the pretrained model under its own conditions, the step-0 keys
+    r = exp.task.forget_rates(exp, params, clf, n, jax.random.fold_in(key, 0))
+    return {"ar": r["ar"], "ar_cl": r["ar_cl"]}
+
+  write_reference(exp, name, st, workdir, seed, n, reference)
 
   def get_batches(step):
     return {"forget": data_lib.batch_at_step(shots, step, st.batch_size, seed, process_index=jax.process_index(),

@@ -229,10 +229,11 @@ def needs_source(exp: Experiment, st) -> bool:
 
 def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
         eval_hook: Optional[Callable[[int, Any], None]] = None, eval_every: int = 0,
-        given_streams: Optional[Dict[str, data_lib.Dataset]] = None) -> None:
+        given_streams: Optional[Dict[str, data_lib.Dataset]] = None, seed: Optional[int] = None) -> None:
   """train / unlearn / attack: runs (or resumes) the stage's optimisation (a closed-form
   method's one edit: `run_closed_form`).  `given_streams` (stream name -> data set) replace
-  `exp.stream` for those names (an attack's benign / few-shot data, `experiment.attack_stream`)."""
+  `exp.stream` for those names (an attack's benign / few-shot data, `experiment.attack_stream`);
+  `seed` (default `stage_seed`) sets the batches and the steps' keys (`experiment.attack_seed`)."""
   if is_closed_form(st):
     return run_closed_form(exp, name, st, workdir, hooks)
   cfg = exp.config
@@ -244,7 +245,7 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks(),
   objs, consts = parts.objectives, parts.consts
   start_stage_dir(stage_dir, meta(exp, name, st))
   state = init_state(exp, name, st, parts.tx, workdir, parts.reset_mask)
-  seed = stage_seed(cfg, name)
+  seed = stage_seed(cfg, name) if seed is None else seed
   given_streams = given_streams or {}
   streams = {o.stream: given_streams[o.stream] if o.stream in given_streams else exp.stream(o.stream, workdir)
              for o in objs.values()}
