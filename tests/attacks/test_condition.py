@@ -246,6 +246,7 @@ def test_the_condition_attack_keeps_its_budget_after_every_step(prefix, tmp_path
   ref = json.load(open(os.path.join(stage, attack_stage.REFERENCE_FILE)))
   p = exp.task.forget_rates(exp, params, clf, n, key)
   assert ref["pretrained"] == "pretrained" and ref["values"] == {"ar": p["ar"], "ar_cl": p["ar_cl"]}
+  assert (ref["seed"], ref["num_samples"]) == (json.load(open(os.path.join(stage, "attack.json")))["seed"], n)
 
 
 def test_condition_attacks_start_at_their_rows_for_each_forgotten_class(prefix):
