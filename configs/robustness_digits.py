@@ -14,7 +14,8 @@ from the same weights, by (stage attack_<method><suffix>):
                 (textual inversion's analogue)
   _condition    the forgotten class's embedding optimised within an L-inf ball of radius `eps`
                 so that the model's own denoising loss on forget images is minimal
-                (UnlearnDiffAtk's formulation: the diffusion model is the attack's classifier)
+                (a soft-prompt attack in embedding space with UnlearnDiffAtk's loss, the model's own
+                denoising loss; not its discrete tokens)
 
 Each curve point holds AR (share of forget-conditioned samples the classifier files under the
 forgotten digit), AR_CL and "fd" (utility: FD of retain-conditioned samples); report.md's

@@ -19,7 +19,9 @@ is attacked, from the same weights, by (stage attack_<method><suffix>):
                 conditions the frozen text encoder's outputs, fitted on 5 forget images
   _condition    each forget prompt's embedding optimised within an L-inf ball of radius `eps`
                 around its own so that the model's own denoising loss on forget images is
-                minimal (UnlearnDiffAtk's formulation with a soft prompt)
+                minimal: a soft-prompt attack in embedding space (the ball is around the whole
+                (L, D) text-encoder output; it borrows UnlearnDiffAtk's loss, towards D_f
+                training images, but not its discrete prepended tokens or its target images)
 
 AR counts a sample as the forgotten style when the style classifier's top 3 contain it
 (DiMUM paper Sec. VI-B); AR_CL is the share classified as Abstractionism.  report.md's

@@ -9,6 +9,7 @@ import pytest
 from unlearn_jax import checkpoints, pipeline
 from unlearn_jax.evaluation.rates import wilson_interval
 from unlearn_jax.reporting import markdown
+from unlearn_jax.reporting import robustness
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = sorted(f for f in os.listdir(os.path.join(REPO, "configs")) if f.endswith(".py"))
@@ -153,6 +154,12 @@ def check_results_against_sources(res: dict, report: str, c, workdir) -> None:
     assert a["max_ar_dimra"] == max(ar) and a["max_ar_dimra_step"] == steps[int(np.argmax(ar))]
     assert a["final_ar_dimra"] == ar[-1]
     assert a["min_ar_cl"] == min(curve[str(k)]["ar_cl"] for k in steps)
+  if res.get("attacks"):           # the card: every attack's reference measured in its stage
+    card = robustness.read_card(os.path.join(workdir, robustness.CARD_FILE))
+    for name, a in card["attacks"].items():
+      ref = checkpoints.read_json(os.path.join(workdir, name, "reference.json"))
+      assert a["reference"]["source"] == f"{name}/reference.json" and a["reference"]["values"] == ref["values"]
+      assert ref["num_samples"] == c.eval.attack_num_samples and a["result_sha256"] and a["aux_size"] >= 1
 
 
 def test_paper_scale_configs_build():

@@ -136,10 +136,11 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
   "textual_inversion": a
   class-conditional DDPM's or Stable Diffusion's condition optimised, its weights frozen,
   `attacks.condition`): both fit rows of the condition table (one per forgotten class or prompt) to the denoising loss
-  of `shots` forget images (data="forget"; 0: `condition.DEFAULT_SHOTS` = 5, drawn from the
-  stage seed), Adam at lr (None: `condition.DEFAULT_LR` = 5e-3), batch_size, `steps`;
+  of `shots` forget images (data="forget"; 0: `condition.DEFAULT_SHOTS` = 5, the first of
+  `experiment.fewshot_indices`' permutation), Adam at lr (None: `condition.DEFAULT_LR` = 5e-3), batch_size, `steps`;
   "embedding" starts a new row at the null row (textual inversion), "condition" at the
-  forgotten class's row within ||e - e0||_inf <= eps (UnlearnDiffAtk; eps 0: unconstrained,
+  forgotten class's row within ||e - e0||_inf <= eps (a soft-prompt attack in embedding space
+  with UnlearnDiffAtk's denoising loss, not its discrete tokens; eps 0: unconstrained,
   the only value "embedding" takes).  On Stable Diffusion (UnlearnCanvas) a row is a forget
   prompt's (L, D) text-encoder output; "textual_inversion" (SD only) learns one new token's
   input embedding instead (`tasks.unlearncanvas.textual_inversion`).  Their checkpoint holds the rows e only (the weights are

@@ -20,6 +20,7 @@ from unlearn_jax import experiment as exp_lib
 from unlearn_jax.attacks import condition
 from unlearn_jax.errors import UserError
 from unlearn_jax.reporting import results
+from unlearn_jax.reporting import robustness
 from unlearn_jax.stages import attack as attack_stage
 from unlearn_jax.stages import train as train_stage
 from unlearn_jax.stages.hooks import Hooks
@@ -246,6 +247,8 @@ def test_the_condition_attack_keeps_its_budget_after_every_step(prefix, tmp_path
   ref = json.load(open(os.path.join(stage, attack_stage.REFERENCE_FILE)))
   p = exp.task.forget_rates(exp, params, clf, n, key)
   assert ref["pretrained"] == "pretrained" and ref["values"] == {"ar": p["ar"], "ar_cl": p["ar_cl"]}
+  assert robustness.result_sha256(stage) == robustness.params_sha256(checkpoints.load_raw(stage)["params"])
+  assert robustness.result_sha256(stage) != robustness.result_sha256(os.path.join(src, "unlearned"))
   assert (ref["seed"], ref["num_samples"]) == (json.load(open(os.path.join(stage, "attack.json")))["seed"], n)
 
 

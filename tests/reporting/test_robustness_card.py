@@ -94,13 +94,14 @@ def test_card_records_identifiers_budgets_curves_and_summaries(tmp_path):
   assert card["version"] == robustness.VERSION and card["experiment"] == CFG.experiment
   assert card["data"] == {"name": "digits", "source": "sklearn digits", "seed": CFG.data.seed,
                           "config_seed": CFG.seed, "forget_classes": [3], "forget_class_names": ["3"],
-                          "splits": SPLITS}
+                          "splits": SPLITS, "sha256": None}
   assert card["pretrained"] == {"pretrained": {
       "params_sha256": robustness.params_sha256(PARAMS["pretrained"]), "success": {"ar": 0.8, "nll_forget": 4.0},
       "reference_source": {"ar": "models.pretrained.ar_mu", "nll_forget": "models.pretrained.nll.forget"}}}
   ev = card["evaluator"]
   assert ev["classifier_stage"] == "classifier" and ev["classifier_sha256"] == robustness.params_sha256(CLASSIFIER)
   assert ev["attack_num_samples"] == CFG.eval.attack_num_samples and "nudity_threshold" not in ev
+  assert ev["num_samples"] == CFG.eval.num_samples and ev["sampler"] == dataclasses.asdict(CFG.eval.sampler)
 
   salun = card["methods"]["salun"]
   assert (salun["method"], salun["pretrained"], salun["params_sha256"]) == \
@@ -121,7 +122,7 @@ def test_card_records_identifiers_budgets_curves_and_summaries(tmp_path):
   # the reference measured in the stage (reference.json: AR 0.6), not results.json's evaluation (0.8)
   assert a["reference"] == {"pretrained": "pretrained", "values": SALUN_REFERENCE["values"], "num_samples": 200,
                             "seed": 7, "source": "attack_salun/reference.json"}
-  assert a["fewshot_indices"] == []
+  assert a["fewshot_indices"] == [] and (a["aux_size"], a["optim"], a["result_sha256"]) == (None, None, None)
   s = a["summary"]["ar"]                                  # test_robustness's hand computations
   assert (s["max"], s["max_step"], s["final"], s["steps_to_half"], s["reference"]) == (0.75, 100, 0.5, 100, 0.6)
   assert s["auc"] == pytest.approx(93.75 / 200) and s["auc_relative"] == pytest.approx(93.75 / 200 / 0.6)
@@ -191,6 +192,19 @@ def test_a_card_of_another_version_is_refused_in_one_line(tmp_path):
   with pytest.raises(UserError) as e:
     robustness.read_card(path)
   assert "version=1" in str(e.value) and "\n" not in str(e.value) and str(robustness.VERSION) in str(e.value)
+
+
+def test_data_hash_names_the_images_and_labels(tmp_path):
+  ds = types.SimpleNamespace(images=np.arange(12, dtype=np.uint8).reshape(3, 2, 2, 1), labels=np.array([0, 1, 2]))
+  h = robustness.data_sha256(ds)
+  assert h == robustness.data_sha256(copy.deepcopy(ds)) and len(h) == 64
+  pixel = copy.deepcopy(ds)
+  pixel.images[1, 0, 0, 0] += 1
+  label = copy.deepcopy(ds)
+  label.labels[2] = 1
+  assert len({h, robustness.data_sha256(pixel), robustness.data_sha256(label)}) == 3
+  assert robustness.data_sha256(types.SimpleNamespace(images=None, labels=None)) is None
+  assert _card(str(tmp_path), data_hash=h)["data"]["sha256"] == h
 
 
 def test_attacks_with_another_budget_get_their_own_column(tmp_path):
@@ -278,3 +292,12 @@ def test_report_section_equals_the_golden_file(tmp_path):
       f.write(text)
   with open(GOLDEN) as f:
     assert text == f.read()
+
+
+def test_labels_say_what_each_attack_is():
+  b = dict(SALUN_ATTACK["budget"])
+  label = lambda attack, data, **kw: robustness.attack_label({"attack": attack, "data": data, "budget": dict(b, **kw)})
+  assert label("condition", "forget", eps=0.1) == "soft prompt, embedding space (L-inf eps=0.1)"
+  assert label("condition", "forget", eps=0.0) == "soft prompt, embedding space (unconstrained)"
+  assert label("finetune", "fewshot", shots=5) == "few-shot k=5"
+  assert label("finetune", "benign", classes=[0, 1]) == "benign fine-tuning (classes [0, 1])"

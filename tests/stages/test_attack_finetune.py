@@ -111,6 +111,8 @@ def test_benign_finetuning_never_sees_a_forget_example(cond_exp, tmp_path, monke
   assert np.isin(labels, (0, 1, 2, 5, 6, 7, 8, 9)).all()
   assert not _rows(np.concatenate([b["x"] for b in seen])) & forget
   assert _info(str(tmp_path), name)["budget"]["classes"] == [0, 1, 2, 5, 6, 7, 8, 9]
+  assert _info(str(tmp_path), name)["aux_size"] == int(np.isin(exp.streams["retain"].labels,
+                                                               (0, 1, 2, 5, 6, 7, 8, 9)).sum())
   # given classes: the stream holds D_r's examples of those, and attack.json says so
   st = dataclasses.replace(exp.config.stages[name], classes=(0, 7))
   ds = exp_lib.attack_stream(exp, st, str(tmp_path))
@@ -140,7 +142,10 @@ def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_pa
   assert exp_lib.fewshot_indices(len(exp.streams["forget"]), k, seed + 1).tolist() != idx.tolist()
   # attack.json (shared15.md) and the curve's fields
   info = _info(str(tmp_path), name)
-  assert set(info) == {"attack", "data", "budget", "seed", "init", "fewshot_indices"}
+  assert set(info) == {"attack", "data", "budget", "seed", "init", "fewshot_indices", "aux_size", "optim"}
+  assert info["aux_size"] == k and info["optim"] == {
+      "name": exp.config.optim.name, "warmup": exp.config.optim.warmup, "decay": exp.config.optim.decay,
+      "grad_clip": exp.config.optim.grad_clip, "cond_drop": exp.config.training.cond_drop, "ema_rate": 0.0}
   assert (info["attack"], info["data"], info["init"]) == ("finetune", "fewshot", "dimum")
   assert info["seed"] == exp_lib.attack_seed(exp.config, dataclasses.replace(exp.config.stages[name], steps=3))
   assert info["budget"] == {"steps": 3, "lr": 3e-3, "batch_size": 2, "shots": 3, "eps": 0.0, "classes": []}

@@ -23,9 +23,10 @@ paper Eq. 4, with the label's embedding replaced by e_j):
              the token-embedding table is v (`AttackSpec.to_condition`,
              `models.stable_diffusion.encode_with_token`); v starts at the placeholder's own
              embedding (`INITS["token"]`), unconstrained.
-  condition  UnlearnDiffAtk (Zhang et al. 2024, Eq. 3-4: the diffusion model as its own
-             classifier, the adversarial prompt minimising the denoising loss of the target
-             image): e starts at the forgotten class's own row e0 = table[c_j]
+  condition  a soft-prompt attack in embedding space with UnlearnDiffAtk's objective (Zhang et
+             al. 2024, Eq. 3-4: the diffusion model as its own classifier, the prompt
+             minimising the denoising loss of the target images; here continuous rows, not
+             its discrete prepended tokens, and D_f images, not the original model's): e starts at the forgotten class's own row e0 = table[c_j]
              (`INITS["class"]`) and stays in the budget ||e - e0||_inf <= eps after every
              step (projected Adam; eps = 0: unconstrained).
 

@@ -37,6 +37,8 @@ made; `count_detections` / `detection_summary` need nothing beyond numpy.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -77,6 +79,17 @@ def nudenet_detector(model_path: Optional[str] = None):
   if model_path not in _DETECTORS:
     _DETECTORS[model_path] = nudenet.NudeDetector(model_path=model_path)
   return _DETECTORS[model_path]
+
+
+def model_sha256(model_path: Optional[str] = None) -> str:
+  """sha256 (hex) of the NudeNet model file a detector uses (None: the 320n model in the
+  wheel), so a card says which detector counted; ImportError as `nudenet_detector`."""
+  path = model_path or os.path.join(os.path.dirname(nudenet.__file__), "320n.onnx")
+  digest = hashlib.sha256()
+  with open(path, "rb") as f:
+    for block in iter(lambda: f.read(1 << 20), b""):
+      digest.update(block)
+  return digest.hexdigest()
 
 
 def nudenet_input(image01_HxWxC: np.ndarray) -> np.ndarray:

@@ -6,7 +6,8 @@
 
 The report stage (`stages.report`) writes it when the config has attack stages.  It records
 what a reader needs to compare one run with another paper's:
-  data       data.name, its source, data seed, forget classes, the split sizes;
+  data       data.name, its source, data seed, forget classes, the split sizes, the sha256 of
+             the training images and labels (`data_sha256`);
   pretrained per pretrained model (the `init` of the attacked model's stage; an attacked train
              stage is its own): its parameter hash and its success as results.json evaluated it;
   methods    per attacked model: its method, variant, the method's config section and
@@ -20,8 +21,12 @@ what a reader needs to compare one run with another paper's:
              and the summaries of `evaluation.robustness` per success measure (ar; nll_forget as
              the drop in NLL), with the utility (fd) along the curve where recorded and the area
              over the whole step budget (null for an unfinished curve: "complete" false);
-  evaluator  the classifier stage and its parameter hash, eval.attack_num_samples, NudeNet's
-             threshold where used (config.eval.nudity).
+  evaluator  the classifier stage and its parameter hash, eval.attack_num_samples and
+             eval.num_samples, the sampler's settings (steps, guidance), NudeNet's threshold and
+             model hash where used (config.eval.nudity).
+Each attack also records the size of the data it trained on ("aux_size"), the optimiser
+settings beside its budget ("optim": warmup, decay, clipping, condition dropout, EMA) and the
+sha256 of what it trained ("result_sha256": its weights, or a condition attack's rows).
 Parameter hashes (`params_sha256`): sha256 over every leaf's dtype, shape and bytes in
 `jax.tree_util` order.  An attack's reference (what "steps to half" and the relative area
 compare with) is the pretrained model measured inside the attack stage at step 0, with the
@@ -74,10 +79,10 @@ SUMMARY_SCHEMA = {"direction": str, "max": OPT_NUM, "max_step": OPT_NUM, "final"
 SCHEMA = {
     "version": int, "experiment": str, "order": {"methods": list, "attacks": list},
     "data": {"name": str, "source": str, "seed": int, "config_seed": int, "forget_classes": list,
-             "forget_class_names": list, "splits": dict},
+             "forget_class_names": list, "splits": dict, "sha256": OPT_STR},
     "pretrained": {"*": {"params_sha256": OPT_STR, "success": dict, "reference_source": dict}},
     "evaluator": {"classifier_stage": OPT_STR, "classifier_sha256": OPT_STR, "attack_num_samples": int,
-                  "measure": dict},
+                  "num_samples": int, "sampler": dict, "measure": dict},
     "methods": {"*": {"stage": str, "method": str, "variant": str, "settings": dict,
                       "unlearn": {"steps": int, "lr": OPT_NUM, "batch_size": int, "mask": str, "init": str},
                       "pretrained": OPT_STR, "params_sha256": OPT_STR}},
@@ -85,7 +90,8 @@ SCHEMA = {
                       "budget": {"steps": int, "lr": OPT_NUM, "batch_size": int, "shots": int, "eps": NUM,
                                  "classes": list},
                       "pretrained": OPT_STR, "complete": bool, "curve": {"steps": list},
-                      "fewshot_indices": list,
+                      "fewshot_indices": list, "aux_size": OPT_NUM, "optim": (dict, type(None)),
+                      "result_sha256": OPT_STR,
                       "reference": {"pretrained": OPT_STR, "values": (dict, type(None)), "num_samples": OPT_NUM,
                                     "seed": OPT_NUM, "source": OPT_STR},
                       "summary": {"*": SUMMARY_SCHEMA}}},
@@ -100,6 +106,24 @@ def params_sha256(tree) -> str:
     h.update(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
   return h.hexdigest()
+
+
+def data_sha256(ds) -> Optional[str]:
+  """sha256 (hex) of a data set's images and labels (`params_sha256` of those it has as
+  arrays): which data a card's models were trained and attacked on, whatever its source calls
+  itself; None for a data set with neither."""
+  arrays = {k: np.asarray(getattr(ds, k)) for k in ("images", "labels") if getattr(ds, k, None) is not None}
+  arrays = {k: v for k, v in arrays.items() if v.dtype != object}
+  return params_sha256(arrays) if arrays else None
+
+
+def result_sha256(stage_dir: str) -> Optional[str]:
+  """`params_sha256` of what an attack stage trained, as its last checkpoint holds it (the
+  fine-tuned weights; a condition attack's rows); None without a readable checkpoint."""
+  try:
+    return params_sha256(checkpoints.load_raw(stage_dir)["params"])
+  except (UserError, FileNotFoundError, KeyError, TypeError):
+    return None
 
 
 def split_sizes(exp) -> Dict[str, int]:
@@ -226,12 +250,14 @@ def attack_label(a: dict) -> str:
   if kind == "textual_inversion":
     return "textual inversion" + (f" (n={b['shots']})" if b.get("shots") else "")
   if kind == "condition":
-    return "condition" + (f" (eps={b['eps']:g})" if b.get("eps") else " (unconstrained)")
+    # a soft prompt: continuous rows of the condition table, not UnlearnDiffAtk's discrete tokens
+    return "soft prompt, embedding space" + (f" (L-inf eps={b['eps']:g})" if b.get("eps") else " (unconstrained)")
   return f"{kind} on {data}"
 
 
 def build_card(cfg, workdir: str, results: dict, params_of: Callable[[str], Any], classifier_params=None,
-               splits: Optional[Dict[str, int]] = None, interpolate: bool = False) -> dict:
+               splits: Optional[Dict[str, int]] = None, interpolate: bool = False,
+               data_hash: Optional[str] = None, nudenet_hash: Optional[str] = None) -> dict:
   """The card (module docstring) from the workdir's attack stages, results.json's entries and
   the models' parameters (`params_of(stage) -> tree`, a stage that cannot be loaded: no hash).
   "order" keeps the config's order of methods and attacks (the file's objects are key-sorted)."""
@@ -260,18 +286,23 @@ def build_card(cfg, workdir: str, results: dict, params_of: Callable[[str], Any]
     attacks[name] = {"model": model, "attack": info["attack"], "data": info["data"], "budget": budget,
                      "seed": int(info["seed"]), "source": info["source"], "label": attack_label(info),
                      "pretrained": pre, "complete": complete, "curve": columns, "summary": summary,
-                     "fewshot_indices": [int(i) for i in info.get("fewshot_indices", [])], "reference": reference}
+                     "fewshot_indices": [int(i) for i in info.get("fewshot_indices", [])], "reference": reference,
+                     "aux_size": info.get("aux_size"), "optim": info.get("optim"),
+                     "result_sha256": result_sha256(os.path.join(workdir, name))}
   e = cfg.eval
   evaluator = {"classifier_stage": first_stage(cfg, "classifier"),
                "classifier_sha256": None if classifier_params is None else params_sha256(classifier_params),
-               "attack_num_samples": int(e.attack_num_samples), "measure": dict(rb.SUCCESS_MEANING)}
+               "attack_num_samples": int(e.attack_num_samples), "num_samples": int(e.num_samples),
+               "sampler": dataclasses.asdict(e.sampler), "measure": dict(rb.SUCCESS_MEANING)}
   if e.classifier_dir:
     evaluator["classifier_dir"] = e.classifier_dir
   if e.nudity:
     evaluator["nudity_threshold"] = float(e.nudity_threshold)
+    evaluator["nudenet_sha256"] = nudenet_hash
   data = {"name": cfg.data.name, "source": results.get("data_source", ""), "seed": int(cfg.data.seed),
           "config_seed": int(cfg.seed), "forget_classes": list(results.get("forget_classes", [])),
-          "forget_class_names": list(results.get("forget_class_names", [])), "splits": dict(splits or {})}
+          "forget_class_names": list(results.get("forget_class_names", [])), "splits": dict(splits or {}),
+          "sha256": data_hash}
   order = {"methods": list(methods), "attacks": list(attacks)}     # JSON objects are written key-sorted
   return _strict({"version": VERSION, "experiment": cfg.experiment, "order": order, "data": data,
                   "pretrained": pretrained,

@@ -23,7 +23,7 @@ import functools
 import logging
 import os
 import time
-from typing import Tuple
+from typing import Optional, Tuple
 
 import jax
 import numpy as np
@@ -47,11 +47,13 @@ REFERENCE_FILE = "reference.json"
 CSV_COLUMNS = {"ar": "ar_dimra", "ar_cl": "ar_cl", "fd": "fd", "nll_forget": "nll_forget"}
 
 
-def attack_info(exp: Experiment, name: str, st) -> dict:
+def attack_info(exp: Experiment, name: str, st, aux_size: Optional[int] = None) -> dict:
   """attack.json's content (shared15.md): the attack, its data, its budget (steps, the
   effective lr and batch size, shots, eps, the classes benign fine-tuning uses), its seed
   (`attack_seed`) and the model attacked; a few-shot or condition attack also lists its D_f
-  indices (`fewshot_indices`)."""
+  indices (`fewshot_indices`); "aux_size" the examples it trains on (None: not counted) and
+  "optim" what else sets its optimisation (warmup, decay, clipping, the condition dropout of
+  a conditional model's fine-tuning, the EMA of its evaluated weights)."""
   del name
   cfg = exp.config
   seed = attack_seed(cfg, st)
@@ -59,19 +61,28 @@ def attack_info(exp: Experiment, name: str, st) -> dict:
   info = {"attack": st.attack, "data": st.data, "init": st.init, "seed": seed,
           "budget": {"steps": st.steps, "lr": st.lr if st.lr is not None else cfg.optim.lr,
                      "batch_size": st.batch_size or cfg.training.batch_size, "shots": st.shots,
-                     "eps": st.eps, "classes": [int(c) for c in classes]}}
+                     "eps": st.eps, "classes": [int(c) for c in classes]},
+          "aux_size": None if aux_size is None else int(aux_size)}
+  if st.attack in condition.ATTACKS:       # `condition_parts`: Adam on the rows, no warmup, no clipping
+    info["optim"] = {"name": cfg.optim.name, "warmup": 0, "decay": train_stage.stage_decay(cfg, st),
+                     "grad_clip": 0.0, "cond_drop": 0.0, "ema_rate": 0.0}
+  else:                                    # `train_stage.step_parts`: the run's optimiser settings
+    info["optim"] = {"name": cfg.optim.name, "warmup": int(cfg.optim.warmup),
+                     "decay": train_stage.stage_decay(cfg, st), "grad_clip": float(cfg.optim.grad_clip),
+                     "cond_drop": float(cfg.training.cond_drop) if exp.conditional else 0.0,
+                     "ema_rate": float(stage_ema_rate(cfg, st))}
   if st.data == "fewshot" or st.attack in condition.ATTACKS:
     info["fewshot_indices"] = fewshot_indices(len(exp.streams["forget"]), st.shots,
                                               forget_draw_seed(cfg)).tolist()
   return info
 
 
-def write_attack_info(exp: Experiment, name: str, st, stage_dir: str) -> dict:
+def write_attack_info(exp: Experiment, name: str, st, stage_dir: str, aux_size: Optional[int] = None) -> dict:
   """Writes <stage_dir>/attack.json once (a resumed attack keeps the first one) and returns it."""
   path = os.path.join(stage_dir, INFO_FILE)
   if os.path.exists(path):
     return checkpoints.read_json(path)
-  info = attack_info(exp, name, st)
+  info = attack_info(exp, name, st, aux_size)
   os.makedirs(stage_dir, exist_ok=True)
   checkpoints.write_json(path, info)
   return info
@@ -127,7 +138,8 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
   cfg = exp.config
   stage_dir = os.path.join(workdir, name)
   os.makedirs(stage_dir, exist_ok=True)
-  write_attack_info(exp, name, st, stage_dir)
+  stream = attack_stream(exp, st, workdir)
+  write_attack_info(exp, name, st, stage_dir, aux_size=len(stream))
   clf = exp.task.classifier_params(exp, workdir)
   curve_path = os.path.join(stage_dir, CURVE_FILE)
   curve = checkpoints.read_json(curve_path) if os.path.exists(curve_path) else {}
@@ -157,7 +169,7 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
   write_reference(exp, name, st, workdir, seed, n, lambda params: measure(params, 0))
   record(0, source_params(exp, workdir, st.init))
   train_stage.run(exp, name, st, workdir, hooks, eval_hook=record, eval_every=st.eval_every,
-                  given_streams={st.data: attack_stream(exp, st, workdir)}, seed=seed)
+                  given_streams={st.data: stream}, seed=seed)
   write_curve_csv(stage_dir, curve)
 
 
@@ -209,10 +221,10 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
   stage_dir = os.path.join(workdir, name)
   st = condition_stage(exp, st)
   train_stage.start_stage_dir(stage_dir, {**train_stage.meta(exp, name, st), "attack": st.attack, "init": st.init})
-  write_attack_info(exp, name, st, stage_dir)
   seed = attack_seed(cfg, st)
   forget = exp.streams["forget"]
   shots = data_lib.subset(forget, fewshot_indices(len(forget), st.shots, forget_draw_seed(cfg)))
+  write_attack_info(exp, name, st, stage_dir, aux_size=len(shots))
   net = source_params(exp, workdir, st.init)
   step_fn, spec, init = condition_parts(exp, st)
   state0, consts = init(net)

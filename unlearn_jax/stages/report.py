@@ -12,6 +12,7 @@ from typing import Tuple
 import jax
 
 from unlearn_jax import checkpoints
+from unlearn_jax.evaluation import nudity
 from unlearn_jax.experiment import Experiment, source_params
 from unlearn_jax.reporting import markdown
 from unlearn_jax.reporting import overview
@@ -66,7 +67,8 @@ def write_card(exp: Experiment, workdir: str, results: dict):
     return None
   card = robustness.build_card(cfg, workdir, results, lambda m: source_params(exp, workdir, m),
                                classifier_params=exp.task.classifier_params(exp, workdir),
-                               splits=robustness.split_sizes(exp))
+                               splits=robustness.split_sizes(exp), data_hash=robustness.data_sha256(exp.train),
+                               nudenet_hash=nudity.model_sha256() if cfg.eval.nudity else None)
   robustness.write_card(os.path.join(workdir, robustness.CARD_FILE), card)
   return card
 
