@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from unlearn_jax import data
+from unlearn_jax import config_lib, data, pipeline
 from unlearn_jax.errors import UserError
 
 
@@ -330,3 +330,14 @@ def test_shapes_source_has_the_data_sets_shapes_and_classes_and_no_content():
                              "forget_attribute": "Eyeglasses"}, "train")
   assert celeb.class_names == ("no_Eyeglasses", "Eyeglasses") and celeb.attribute_name == "Eyeglasses"
   np.testing.assert_array_equal(celeb.attributes, celeb.labels == 1)
+
+
+def test_a_run_refuses_the_shapes_source_before_writing(tmp_path):
+  c = config_lib.digits_ddpm(cpu=True)
+  c.stages, c.stage_order = config_lib.dimum_stages(pretrain_steps=1, unlearn_steps=1, attack_steps=1, eval_every=1,
+                                                    methods=("dimum",))
+  c.data.source = "shapes"
+  workdir = tmp_path / "w"
+  with pytest.raises(UserError) as e:
+    pipeline.run(c, str(workdir))
+  assert e.value.field == "config.data.source" and "aot" in str(e.value) and not workdir.exists()

@@ -86,6 +86,14 @@ def _worker(out_dir: str, runs: list) -> None:
   multihost_utils.sync_global_devices("write_json")
   for i in range(100):
     checkpoints.write_json(os.path.join(out_dir, "shared.json"), {"i": i})
+  # and publish the same directories at once (a tiny model, a fake data tree in inputs/)
+  for i in range(20):
+    dst = os.path.join(out_dir, f"dir{i}")
+    tmp = checkpoints.tmp_path(dst)
+    os.makedirs(tmp)
+    with open(os.path.join(tmp, "f"), "w") as f:
+      f.write(str(i))
+    checkpoints.publish_dir(tmp, dst)
 
 
 # ================================================================ the test (parent process)
@@ -214,6 +222,9 @@ def test_two_processes_match_one_and_resume_from_one_shared_checkpoint(tmp_path)
     names = [n for _, ds, fs in os.walk(os.path.join(d, "checkpoints")) for n in ds + fs]
     assert "ocdbt.process_0" in names and not [n for n in names if "process_1" in n], names
   assert checkpoints.read_json(out / "shared.json") == {"i": 99}
+  for i in range(20):          # each published whole once; no process's temporary left behind
+    assert os.listdir(out / f"dir{i}") == ["f"] and (out / f"dir{i}" / "f").read_text() == str(i)
+  assert not [n for n in os.listdir(out) if ".tmp" in n]
 
 
 if __name__ == "__main__":

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from typing import Any, Optional, Tuple
 
 import jax
@@ -152,11 +153,28 @@ def load_raw(stage_dir: str) -> Any:
     raise unreadable(stage_dir, steps[0], e) from e
 
 
+def tmp_path(path: str, ext: str = "") -> str:
+  """The temporary name an atomic write of `path` goes through (write it, then `os.replace`):
+  one per process, since every process of a multi-process run writes the same files with the
+  same content and, with one shared name, a second rename found it gone.  `ext`: a suffix the
+  writer appends itself (numpy's ".npy" / ".npz")."""
+  return f"{path}.tmp{jax.process_index()}{ext}"
+
+
+def publish_dir(tmp: str, path: str) -> None:
+  """Renames the finished directory `tmp` to `path`; where another process published `path`
+  first (a non-empty directory cannot be replaced), drops `tmp` and keeps that one."""
+  try:
+    os.replace(tmp, path)
+  except OSError:
+    if not os.path.isdir(path):
+      raise
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_json(path: str, obj: Any) -> None:
   """Atomic JSON write (tmp file + rename), so a kill never leaves half a file."""
-  # One tmp file per process: every process of a multi-process run writes the same stage
-  # files (the same content); with one shared tmp name, a second rename found it gone.
-  tmp = f"{path}.tmp{jax.process_index()}"
+  tmp = tmp_path(path)
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
   os.replace(tmp, path)

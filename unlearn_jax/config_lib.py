@@ -339,7 +339,7 @@ def dimum_stages(*, pretrain_steps: int, unlearn_steps: int, attack_steps: int, 
   models = (() if pretrained else ("pretrained",)) + tuple(names)
   stages.evaluate = stage("evaluate", models=models)
   order.append("evaluate")
-  _attack_stages(stages, order, names, attack_data, init, steps=attack_steps, eval_every=eval_every,
+  attack_stages(stages, order, names, attack_data, init, steps=attack_steps, eval_every=eval_every,
                  synthetic=synthetic, lr_kw=lr_kw, condition_shots=condition_shots, condition_eps=condition_eps)
   stages.report = stage("report")
   order.append("report")
@@ -374,7 +374,7 @@ CONDITION_ATTACKS = ("embedding", "condition", "textual_inversion")
 ATTACK_SUFFIX = {"retain": "", "test_retain": "_test", "synthetic": "_synth"}
 
 
-def _attack_stages(stages, order: list, names, attack_data, init: str, *, steps: int, eval_every: int,
+def attack_stages(stages, order: list, names, attack_data, init: str, *, steps: int, eval_every: int,
                    synthetic: int, lr_kw=None, condition_shots: int = 0, condition_eps: float = 0.0,
                    suffix=None) -> None:
   """Per `attack_data` entry (see `dimum_stages`) and unlearned model in `names` an attack stage
@@ -559,7 +559,7 @@ def sd_stages(methods, *, steps: dict, default_steps: int, lr: dict = None, batc
   stages.evaluate = stage("evaluate", models=(init,) + tuple(names))
   order.append("evaluate")
   if attack_steps:
-    _attack_stages(stages, order, names, attack_data, init, steps=attack_steps, eval_every=eval_every,
+    attack_stages(stages, order, names, attack_data, init, steps=attack_steps, eval_every=eval_every,
                    synthetic=synthetic, condition_shots=condition_shots, condition_eps=condition_eps,
                    suffix={"synthetic": "", "retain": "_retain"})
   stages.report = stage("report")

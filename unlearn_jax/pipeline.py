@@ -110,6 +110,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Expe
   if isinstance(config, settings.Settings):
     config = settings.to_config_dict(config)
   validation.check_config(config)                  # the config's own fields, before inputs/ is written
+  validation.check_runnable(config)                # not the compile-only "shapes" data
   mesh_lib.set_current(mesh_lib.make(config.mesh.fsdp))   # UserError unless fsdp divides the devices
   config = tasks.get(config).prepare(config, workdir)   # e.g. "tiny" / "synthetic" -> <workdir>/inputs/
   exp = build_experiment(config, workdir)          # raises UserError before anything is written

@@ -17,6 +17,7 @@ import os
 import ml_collections
 
 from unlearn_jax import checkpoints
+from unlearn_jax import data as data_lib
 from unlearn_jax import likelihood
 from unlearn_jax import losses
 from unlearn_jax import score as score_lib
@@ -45,6 +46,14 @@ def _check_source(config, field: str, value: str, seen, kinds=MODEL_KINDS) -> No
      not os.path.exists(os.path.join(value, checkpoints.META)):
     raise UserError(field, value, "expected 'scratch', an earlier stage name, or a stage directory written by "
                     "unlearn_jax (with checkpoints/ and meta.json); no checkpoint found there")
+
+
+def check_runnable(config) -> None:
+  """What a run (not a compile, `unlearn_jax.aot`) refuses: data.source="shapes", the zero
+  images `aot` builds a config on, which would train and evaluate on nothing."""
+  if config.data.get("source") == "shapes":
+    raise UserError("config.data.source", "shapes", "zero images for `python -m unlearn_jax.aot` only; a run "
+                    "needs real data: " + ", ".join(s for s in data_lib.SOURCES if s != "shapes"))
 
 
 def check_config(config) -> None:
@@ -81,9 +90,10 @@ def check_config(config) -> None:
     if st.kind == "attack":
       check_range(f"{field}.eval_every", st.eval_every, 0, 10 ** 9)
       _check_attack_fields(config, field, st)
-      if not any(config.stages[n].kind == "classifier" for n in seen):
-        raise UserError(f"{field}.kind", st.kind, "the attack's AR needs a classifier stage earlier in "
-                        "config.stage_order")
+      # (points, image_size 0: their classifier is the nearest mixture component, no stage)
+      if config.data.get("image_size", 0) and not any(config.stages[n].kind == "classifier" for n in seen):
+        raise UserError(f"{field}.kind", st.kind, "the attack's AR on images needs a classifier stage earlier "
+                        "in config.stage_order")
     if st.kind == "unlearn":
       check_choice(f"{field}.method", st.method, methods_lib.METHODS)
       spec = methods_lib.spec(st.method)

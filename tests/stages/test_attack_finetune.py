@@ -325,3 +325,16 @@ def test_an_unconditional_run_with_attacks_keeps_its_sgu_report():
                                              "ar_dimra": [0.0, 0.25], "ar_cl": [float("nan")] * 2}}}
   md = markdown.render(results, ".", tasks.classes.report_tables)
   assert "SGU paper, Table 2 shape" in md and "DiMUM" not in md
+
+
+def test_an_attack_on_images_needs_a_classifier_stage_and_one_on_points_does_not(tmp_path):
+  c = conditional_config()
+  c.stage_order = tuple(n for n in c.stage_order if n != "classifier")
+  assert _error(c, tmp_path) == "config.stages.attack_dimum.kind"
+  toy = config_lib.base()
+  toy.data.update(dict(name="toy_gmm", source="synthetic", image_size=0, num_channels=0, forget_classes=(1,)))
+  toy.model.update(dict(name="mlp", hidden=8, num_layers=1))
+  toy.stages = dict(standard=config_lib.stage("train", steps=1),
+                    attack_standard=config_lib.stage("attack", init="standard", data="fewshot", shots=1, steps=1))
+  toy.stage_order = ("standard", "attack_standard")
+  validation.check_config(toy)

@@ -40,6 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import checkpoints
 from unlearn_jax import mesh as mesh_lib
 from unlearn_jax.errors import UserError
 from unlearn_jax.evaluation import frechet
@@ -266,7 +267,7 @@ def fid_entries(variables, samples, reference, eval_cfg, *, source: str, stats_d
       real_pool3 = np.load(path)
     else:
       real_pool3 = np.asarray(features("pool3"), np.float32)
-      tmp = path + ".tmp.npy"
+      tmp = checkpoints.tmp_path(path, ".npy")
       np.save(tmp, real_pool3)
       os.replace(tmp, path)
     out["precision"], out["recall"] = precision_recall(real_pool3, gen.pool3, k)

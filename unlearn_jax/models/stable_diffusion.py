@@ -70,6 +70,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from unlearn_jax import checkpoints
 from unlearn_jax import lazy
 from unlearn_jax import mesh as mesh_lib
 from unlearn_jax.errors import UserError, check_choice
@@ -481,10 +482,10 @@ def keep_vae_init(model_dir: str) -> str:
   if not os.path.isdir(init):
     if vae_fit_record(model_dir) is not None:
       raise ValueError(f"{model_dir}/vae is already fitted; its random init is gone")
-    tmp = init + ".tmp"
+    tmp = checkpoints.tmp_path(init)
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(os.path.join(model_dir, "vae"), tmp)
-    os.replace(tmp, init)
+    checkpoints.publish_dir(tmp, init)
   return init
 
 

@@ -11,6 +11,8 @@ import matplotlib
 import numpy as np
 from PIL import Image
 
+from unlearn_jax import checkpoints
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402  (after choosing the non-interactive backend)
 
@@ -77,7 +79,7 @@ def write_curve_csv(path: str, steps: Sequence, columns: Mapping[str, Sequence[f
       raise ValueError(f"column {name!r} has {len(columns[name])} values for {len(steps)} steps")
   values = [np.asarray(columns[name]).tolist() for name in names]
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  tmp = path + ".tmp"
+  tmp = checkpoints.tmp_path(path)
   try:
     with open(tmp, "w", newline="") as f:
       writer = csv.writer(f)

@@ -35,7 +35,7 @@ def write(exp: Experiment, workdir: str, name: str = "report") -> dict:
   figure_lines = overview.figures_section(results, workdir, trained, list(exp.train.class_names), titles)
   tables = lambda r, w: exp.task.report_tables(r, w) + attack_lines + figure_lines  # noqa: E731
   text = markdown.render(results, workdir, tables)
-  tmp = os.path.join(workdir, "report.md.tmp")
+  tmp = checkpoints.tmp_path(os.path.join(workdir, "report.md"))
   with open(tmp, "w") as f:
     f.write(text)
   os.replace(tmp, os.path.join(workdir, "report.md"))

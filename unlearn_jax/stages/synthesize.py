@@ -41,12 +41,12 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
         img = np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
       else:                                   # toy points, Stable Diffusion latents
         img = np.asarray(x, np.float32)
-      np.save(path + ".tmp.npy", img)
-      os.replace(path + ".tmp.npy", path)
+      np.save(checkpoints.tmp_path(path, ".npy"), img)
+      os.replace(checkpoints.tmp_path(path, ".npy"), path)
     parts.append(np.load(path))
     if hooks.step is not None:
       hooks.step(i + 1)
-  tmp = os.path.join(stage_dir, SYNTH_FILE + ".tmp.npz")
+  tmp = checkpoints.tmp_path(os.path.join(stage_dir, SYNTH_FILE), ".npz")
   np.savez(tmp, images=np.concatenate(parts), labels=labels.astype(np.int32))
   os.replace(tmp, os.path.join(stage_dir, SYNTH_FILE))
   checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),

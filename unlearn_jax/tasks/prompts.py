@@ -61,6 +61,7 @@ import jax
 import numpy as np
 from PIL import Image
 
+from unlearn_jax import checkpoints
 from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import lazy
@@ -250,7 +251,7 @@ def generate_training_latents(ctx: PromptContext, write: bool = True) -> np.ndar
     made += len(idx)
     if path and write:
       os.makedirs(ctx.cache_dir, exist_ok=True)
-      tmp = path + ".tmp.npy"
+      tmp = checkpoints.tmp_path(path, ".npy")
       np.save(tmp, z.astype(np.float32))
       os.replace(tmp, path)
     parts.append(z)
@@ -393,7 +394,7 @@ def write_tiny_clip(path: str, seed: int = 0, image_size: int = 32) -> str:
 def _write_once(path: str, write: Callable[[str], Any]) -> str:
   """`write(tmp)` then a rename, unless `path` exists."""
   if not os.path.exists(path):
-    tmp = path + ".tmp" + (os.path.splitext(path)[1] if os.path.splitext(path)[1] else "")
+    tmp = checkpoints.tmp_path(path, os.path.splitext(path)[1])
     write(tmp)
     os.replace(tmp, path)
   return path

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import checkpoints
 from unlearn_jax import mesh as mesh_lib
 from unlearn_jax import sampling
 from unlearn_jax import score as score_lib
@@ -97,13 +98,14 @@ def write_tiny_model(path: str, config, keep_vae_init: bool = False) -> str:
   copy of its random VAE (`sd.keep_vae_init`: a model whose VAE a fit will replace)."""
   if tiny_exists(path):
     return path
-  tmp = path + ".tmp"
+  tmp = checkpoints.tmp_path(path)
   shutil.rmtree(tmp, ignore_errors=True)
   sd.write_tiny(tmp, seed=config.seed, image_size=config.data.image_size, **dict(config.sd.tiny))
   if keep_vae_init:
     sd.keep_vae_init(tmp)
-  shutil.rmtree(path, ignore_errors=True)         # a partial write of older code
-  os.replace(tmp, path)
+  if not tiny_exists(path):                       # a partial write of older code
+    shutil.rmtree(path, ignore_errors=True)
+  checkpoints.publish_dir(tmp, path)              # or another process's, published first
   return path
 
 

@@ -86,7 +86,7 @@ class SDContext:
     """Writes the encoded latents / prompt table (after validation; never overwrites)."""
     if self.cache_path and self.cache_arrays is not None and not os.path.exists(self.cache_path):
       os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
-      tmp = self.cache_path + ".tmp.npz"
+      tmp = checkpoints.tmp_path(self.cache_path, ".npz")
       np.savez(tmp, **self.cache_arrays)
       os.replace(tmp, self.cache_path)
     self.cache_arrays = None
@@ -177,10 +177,11 @@ def prepare(config, workdir: str):
     path = os.path.join(inputs, "canvas")
     styles, objects = _styles_objects(config)
     if not os.path.isdir(path):
-      canvas.write_fake_tree(path + ".tmp", styles or canvas.STYLES[:4], objects or canvas.OBJECTS[:3],
+      tmp = checkpoints.tmp_path(path)
+      canvas.write_fake_tree(tmp, styles or canvas.STYLES[:4], objects or canvas.OBJECTS[:3],
                              n_images=max(config.data.image_indices), size=config.data.image_size,
                              seed=config.seed)
-      os.replace(path + ".tmp", path)
+      checkpoints.publish_dir(tmp, path)
     c.data.data_dir = path
   if sdc.model_dir == TINY and fit["steps"] and sd.vae_fit_record(model_path) is None:
     styles, objects = _styles_objects(config)

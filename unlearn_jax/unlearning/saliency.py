@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from unlearn_jax import checkpoints
 from unlearn_jax.errors import check_range
 
 
@@ -81,7 +82,7 @@ def save_mask(path: str, mask, dtype=np.uint8) -> None:
   """Writes the mask (uint8 leaves, or `dtype` for a real-valued tree such as a Fisher;
   msgpack) atomically."""
   mask = jax.tree_util.tree_map(lambda m: np.asarray(m, dtype), mask)
-  tmp = path + ".tmp"
+  tmp = checkpoints.tmp_path(path)
   with open(tmp, "wb") as f:
     f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(mask)))
   os.replace(tmp, path)
