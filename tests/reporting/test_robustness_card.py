@@ -17,6 +17,7 @@ import pytest
 from unlearn_jax import config_lib
 from unlearn_jax import settings
 from unlearn_jax.errors import UserError
+from unlearn_jax.evaluation.rates import wilson_interval
 from unlearn_jax.experiment import stage_seed
 from unlearn_jax.reporting import robustness
 from unlearn_jax.stages import report as report_stage
@@ -301,3 +302,14 @@ def test_labels_say_what_each_attack_is():
   assert label("condition", "forget", eps=0.0) == "soft prompt, embedding space (unconstrained)"
   assert label("finetune", "fewshot", shots=5) == "few-shot k=5"
   assert label("finetune", "benign", classes=[0, 1]) == "benign fine-tuning (classes [0, 1])"
+
+
+def test_every_curve_point_gets_its_wilson_interval(tmp_path):
+  lo, hi = robustness.wilson_bands([0.0, 0.5, math.nan, 1.0], 100)
+  for v, a, b in zip((0.0, 0.5, 1.0), (lo[0], lo[1], lo[3]), (hi[0], hi[1], hi[3])):
+    assert (a, b) == wilson_interval(v, 100)
+  assert math.isnan(lo[2]) and math.isnan(hi[2]) and 0.0 < hi[0] < 0.05 and lo[1] < 0.5 < hi[1]
+  card = _card(_workdir(tmp_path))
+  row = [l for l in robustness.report_lines(card, str(tmp_path)) if l.startswith("| SalUn")][0]
+  a, b = wilson_interval(0.75, card["evaluator"]["attack_num_samples"])
+  assert f"0.750 [{a:.2f}, {b:.2f}]" in row

@@ -112,7 +112,8 @@ def read_curve_csv(path: str) -> Tuple[np.ndarray, Dict[str, np.ndarray]]:
 
 def plot_curves(path_png: str, curves: Mapping[str, Tuple[Sequence, Sequence[float]]], *,
                 title: str, xlabel: str, ylabel: str,
-                ylim: Optional[Tuple[float, float]] = None) -> None:
+                ylim: Optional[Tuple[float, float]] = None,
+                bands: Optional[Mapping[str, Tuple[Sequence[float], Sequence[float]]]] = None) -> None:
   """Plots one line per curve, with a legend, into a PNG written atomically.
 
   Args:
@@ -121,6 +122,8 @@ def plot_curves(path_png: str, curves: Mapping[str, Tuple[Sequence, Sequence[flo
       attack steps.
     title, xlabel, ylabel: the figure's texts.
     ylim: optional y range (e.g. (0, 1) for rates).
+    bands: optional label -> (lower, upper) per step, shaded around that curve (e.g. each
+      point's 95% Wilson interval).
   """
   for label, (xs, ys) in curves.items():
     if len(xs) != len(ys):
@@ -129,8 +132,11 @@ def plot_curves(path_png: str, curves: Mapping[str, Tuple[Sequence, Sequence[flo
   fig, ax = plt.subplots(figsize=(6.0, 4.0))
   try:
     for label, (xs, ys) in curves.items():
-      ax.plot(np.asarray(xs), np.asarray(ys, dtype=np.float64), marker="o", markersize=3,
-              label=label)
+      line, = ax.plot(np.asarray(xs), np.asarray(ys, dtype=np.float64), marker="o", markersize=3,
+                      label=label)
+      if bands and label in bands:
+        lo, hi = (np.asarray(b, dtype=np.float64) for b in bands[label])
+        ax.fill_between(np.asarray(xs), lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
     ax.set_title(title)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)

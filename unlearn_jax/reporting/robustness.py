@@ -54,6 +54,7 @@ import numpy as np
 from unlearn_jax import checkpoints
 from unlearn_jax.errors import UserError
 from unlearn_jax.evaluation import robustness as rb
+from unlearn_jax.evaluation.rates import wilson_interval
 from unlearn_jax.experiment import first_stage, pretrained_of, stage_seed
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting.markdown import STREAM_NAMES, pretty
@@ -373,12 +374,27 @@ def columns_of(card: dict) -> dict:
           for k, v in keyed.items()}
 
 
-def _cell(s: Optional[dict]) -> str:
+def _cell(s: Optional[dict], n: int = 0) -> str:
+  """max / final / steps to half; with `n` (a share from n samples) each rate with its 95%
+  Wilson interval."""
   if s is None:
     return "–"
   half = "n/a" if s["reference"] is None or s["reference"] <= 0 else \
       ("never" if s["steps_to_half"] is None else f"{s['steps_to_half']:g}")
-  return f"{_fmt(s['max'])} / {_fmt(s['final'])} / {half}"
+  return f"{_rate(s['max'], n)} / {_rate(s['final'], n)} / {half}"
+
+
+def _rate(v, n: int) -> str:
+  if v is None or not n:
+    return _fmt(v)
+  lo, hi = wilson_interval(v, n)
+  return f"{v:.3f} [{lo:.2f}, {hi:.2f}]"
+
+
+def wilson_bands(values, n: int):
+  """(lower, upper) 95% Wilson bounds of each rate in `values` from n samples (NaN: NaN)."""
+  bounds = [wilson_interval(v, n) if v is not None and math.isfinite(v) else (math.nan, math.nan) for v in values]
+  return [b[0] for b in bounds], [b[1] for b in bounds]
 
 
 def _fmt(v) -> str:
@@ -395,11 +411,13 @@ def report_lines(card: dict, workdir: str) -> list:
            "(the first eval step with AR >= AR_pretrained / 2, AR_pretrained measured in the attack stage at step 0 "
            "with the curve's samples and keys; never: not within the budget; n/a: no "
            "pretrained AR). AR: share of forget-conditioned samples showing the forgotten concept, from "
-           f"{card['evaluator']['attack_num_samples']} samples per point.", ""]
+           f"{card['evaluator']['attack_num_samples']} samples per point, with its 95% Wilson interval "
+           "(shaded in the figures).", ""]
   for pre, p in card["pretrained"].items():
     v = p["success"].get("ar")
     lines.append(f"- pretrained `{pre}` as evaluated: AR {_fmt(v)} (`{p['reference_source'].get('ar')}`)")
-  lines += [""] + _table(card, cols, models, lambda s: _cell(s.get("ar")))
+  n = card["evaluator"]["attack_num_samples"]
+  lines += [""] + _table(card, cols, models, lambda s: _cell(s.get("ar"), n))
   lines += ["", "Area under the recovery curve (mean AR over the whole step budget; unfinished: the attack "
             "stopped before its budget; in parentheses: divided by the pretrained AR) and, where recorded, the utility along the curve (FD at start -> end, max):", ""]
   lines += _table(card, cols, models, _auc_cell)
@@ -423,13 +441,14 @@ def report_lines(card: dict, workdir: str) -> list:
   lines.append("")
   for header, by_model in cols.items():
     png = f"robustness_{_slug(header)}.png"
-    curves = {pretty(m): (card["attacks"][n]["curve"]["steps"], _nan(card["attacks"][n]["curve"]["ar"]))
-              for m, n in by_model.items()}
+    curves = {pretty(m): (card["attacks"][a]["curve"]["steps"], _nan(card["attacks"][a]["curve"]["ar"]))
+              for m, a in by_model.items()}
     figures.plot_curves(os.path.join(workdir, png), curves, title=header, xlabel="attack step",
-                        ylabel="AR", ylim=(0.0, 1.0))
+                        ylabel="AR (95% Wilson interval shaded)", ylim=(0.0, 1.0),
+                        bands={label: wilson_bands(ys, n) for label, (_, ys) in curves.items()})
     lines.append(f"![{header}]({png})")
-    nll = {pretty(m): (card["attacks"][n]["curve"]["steps"], _nan(card["attacks"][n]["curve"]["nll_forget"]))
-           for m, n in by_model.items() if "nll_forget" in card["attacks"][n]["curve"]}
+    nll = {pretty(m): (card["attacks"][a]["curve"]["steps"], _nan(card["attacks"][a]["curve"]["nll_forget"]))
+           for m, a in by_model.items() if "nll_forget" in card["attacks"][a]["curve"]}
     if nll:
       figures.plot_curves(os.path.join(workdir, f"robustness_{_slug(header)}_nll.png"), nll, title=header,
                           xlabel="attack step", ylabel="NLL of D_f (bits/dim)")
