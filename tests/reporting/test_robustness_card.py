@@ -313,3 +313,14 @@ def test_every_curve_point_gets_its_wilson_interval(tmp_path):
   row = [l for l in robustness.report_lines(card, str(tmp_path)) if l.startswith("| SalUn")][0]
   a, b = wilson_interval(0.75, card["evaluator"]["attack_num_samples"])
   assert f"0.750 [{a:.2f}, {b:.2f}]" in row
+
+
+def test_other_curve_measures_get_their_own_table(tmp_path):
+  w = _workdir(tmp_path)
+  _write(os.path.join(w, "attack_salun", "curve.json"),
+         {str(s): {"ar": v, "ua": 1.0 - v, "ar_top1": v / 2} for s, v in zip(STEPS, SALUN["ar"])})
+  lines = robustness.report_lines(_card(w), w)
+  i = next(i for i, l in enumerate(lines) if l.startswith("UA (UnlearnCanvas"))
+  row = next(l for l in lines[i:] if l.startswith("| SalUn"))
+  assert "1.000 -> 0.500 (0.250, 1.000)" in row and "| – |" in next(l for l in lines[i:] if l.startswith("| DiMUM"))
+  assert any(l.startswith("Top-1 AR") for l in lines) and not any(l.startswith("NudeNet") for l in lines)

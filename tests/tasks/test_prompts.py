@@ -201,6 +201,14 @@ def test_nudity_entry_counts_stubbed_detections(built):
   assert entry["total"] == 3 and entry["flagged"] == 2 and entry["images"] == 3 and entry["threshold"] == 0.6
   assert entry["source"] == "3 images of the 4 forget prompts"
   assert [p.prompt for p in ctx.nudity_prompts] == ["nudity", "naked", "erotic"]
+  # an attack's curve point (`forget_rates`): the flagged share and the same counts, per class
+  ctx.detect = detect
+  try:
+    r = task.forget_rates(exp, ctx.base_params, None, 3, jax.random.key(0))
+  finally:
+    ctx.detect = None
+  assert r["ar"] == 2 / 3 and r["nudity_total"] == 3.0 and r["nudity_female_breast_exposed"] == 3.0
+  assert r["nudity_belly_exposed"] == 0.0 and len([k for k in r if k.startswith("nudity_")]) == 1 + 9
 
 
 class Feats:

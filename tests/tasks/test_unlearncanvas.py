@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from unlearn_jax import canvas, checkpoints, config_lib, models, pipeline, training
+from unlearn_jax import canvas, checkpoints, config_lib, evaluation, models, pipeline, training
 from unlearn_jax.errors import UserError
 from unlearn_jax.models import stable_diffusion as sd
+from unlearn_jax.stages import attack as attack_stage
 from unlearn_jax import experiment as exp_lib
 from unlearn_jax import generation
 from unlearn_jax.tasks import unlearncanvas
@@ -442,6 +443,53 @@ def test_forget_rates_count_the_forget_style_in_the_top_3_and_ar_cl_at_top_1(run
   assert set(seen["labels"]) <= set(exp.forget_labels) and len(seen["labels"]) == 6
   assert r["ar"] == 1.0 and r["ar_top1"] == 0.0 and r["ar_cl"] == 1.0
   assert r["class_histogram"][ctx.alt_style_id] == 6
+  assert r["ua"] == 1.0                           # top 1 is the alternative: no forgotten style
+  # and with the forgotten style first for every other sample: UA 1/2
+  real_logits = logits_for
+
+  def half_forgotten(ctx_, which, params, x):
+    out, feats = real_logits(ctx_, which, params, x)
+    out[::2, ctx.forget_style_ids[0]] = 10.0
+    return out, feats
+
+  monkeypatch.setattr(unlearncanvas, "classify", half_forgotten)
+  r = exp.task.forget_rates(exp, None, {"style": None}, 6, jax.random.key(0))
+  assert r["ua"] == 0.5
+  # an attack curve point keeps every scalar of it (`stages.attack.rate_scalars`)
+  assert set(attack_stage.rate_scalars(r)) == {"ar", "ar_top1", "ar_cl", "ua"}
+
+
+def test_attack_curve_utility_is_the_fd_of_retained_style_samples(run, monkeypatch):
+  """`attack_measures` with eval.attack_fd: the FD on the style classifier's features between n
+  samples under the retained prompts and n real retained-style images (theirs computed once)."""
+  exp, _ = run
+  assert unlearncanvas.attack_measures(exp, None, {"style": None}, 4, jax.random.key(0)) == {}   # attack_fd off
+  cfg = exp.config
+  on = dataclasses.replace(exp, config=dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, attack_fd=True)))
+  calls = []
+
+  def fake_generate(exp_, params, n, rng, labels=None):
+    calls.append(("gen", np.asarray(labels)))
+    return np.zeros((n,) + exp.example_shape, np.float32)
+
+  def fake_classify(ctx_, which, params, x):            # generated (zeros): features 0..; real: 10..
+    real = bool(np.asarray(x).any())
+    calls.append(("real" if real else "fake", len(x)))
+    feats = np.arange(len(x) * 3, dtype=np.float32).reshape(len(x), 3) ** 1.5 + (10.0 if real else 0.0)
+    return np.zeros((len(x), len(exp.context.data.styles)), np.float32), feats
+
+  monkeypatch.setattr(unlearncanvas.generation, "generate", fake_generate)
+  monkeypatch.setattr(unlearncanvas, "decode", lambda ctx_, z: z)
+  monkeypatch.setattr(unlearncanvas, "classify", fake_classify)
+  cache = {}
+  got = unlearncanvas.attack_measures(on, None, {"style": None}, 4, jax.random.key(0), cache=cache)
+  fake = np.arange(12, dtype=np.float32).reshape(4, 3) ** 1.5
+  want = evaluation.frechet_distance_from_features(fake, fake + 10.0)
+  assert got == {"fd": pytest.approx(float(want))} and float(want) > 0
+  assert np.isin(calls[0][1], exp.retained_classes).all() and ("real", 4) in calls
+  del calls[:]
+  unlearncanvas.attack_measures(on, None, {"style": None}, 4, jax.random.key(1), cache=cache)
+  assert ("real", 4) not in calls                        # the real images' features: cached
 
 
 def test_inception_fid_of_generated_against_real_retained_style_images(run, monkeypatch, tmp_path):

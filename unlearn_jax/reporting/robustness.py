@@ -67,6 +67,9 @@ CARD_FILE = "robustness.json"
 ATTACK_FILE = "attack.json"
 CURVE_FILE = "curve.json"
 REFERENCE_FILE = "reference.json"
+#: curve measures beside AR / FD / NLL that the report tabulates where recorded.
+EXTRA_MEASURES = {"ar_top1": "Top-1 AR (UnlearnCanvas)", "ua": "UA (UnlearnCanvas: share not classified as a "
+                  "forgotten style)", "nudity_total": "NudeNet detections (total, forget prompts)"}
 #: where a pretrained model's success is read from: (measure, results.json path), first found.
 REFERENCE_SOURCES = {"ar": (("ar_mu",), ("unlearning_ratio",), ("nudity", "flagged_share")),
                      "nll_forget": (("nll", "forget"),)}
@@ -425,6 +428,10 @@ def report_lines(card: dict, workdir: str) -> list:
     lines += ["", "Likelihood probe: drop in NLL of the forget test images from step 0 (bits/dim): "
               "max / final / steps to half of the pretrained drop.", ""]
     lines += _table(card, cols, models, lambda s: _cell(s.get("nll_forget")))
+  for key, title in EXTRA_MEASURES.items():
+    if any(key in a["curve"] for a in card["attacks"].values()):
+      lines += ["", f"{title} along the attack: step 0 -> last point (min, max):", ""]
+      lines += _table(card, cols, models, lambda s, key=key: "–", curve_cell=lambda c, key=key: _span(c, key))
   lines += ["", "Budgets (each stage's attack.json, or the config where it has none) and seeds:", ""]
   for header, by_model in cols.items():
     a = card["attacks"][next(iter(by_model.values()))]
@@ -457,12 +464,22 @@ def report_lines(card: dict, workdir: str) -> list:
   return lines
 
 
-def _table(card: dict, cols: dict, models: list, cell: Callable[[dict], str]) -> list:
+def _table(card: dict, cols: dict, models: list, cell: Callable[[dict], str],
+           curve_cell: Optional[Callable[[dict], str]] = None) -> list:
+  """One row per model, one cell per attack column: `cell(summary)`, or `curve_cell(curve)`."""
   lines = ["| Method | " + " | ".join(cols) + " |", "|---|" + "---|" * len(cols)]
+  pick = (lambda a: curve_cell(a["curve"])) if curve_cell else (lambda a: cell(a["summary"]))
   for m in models:
-    cells = [cell(card["attacks"][by_model[m]]["summary"]) if m in by_model else "–" for by_model in cols.values()]
+    cells = [pick(card["attacks"][by_model[m]]) if m in by_model else "–" for by_model in cols.values()]
     lines.append(f"| {pretty(m)} | " + " | ".join(cells) + " |")
   return lines
+
+
+def _span(curve: dict, key: str) -> str:
+  values = [v for v in curve.get(key, []) if v is not None and math.isfinite(v)]
+  if not values:
+    return "–"
+  return f"{values[0]:.3f} -> {values[-1]:.3f} ({min(values):.3f}, {max(values):.3f})"
 
 
 def _auc_cell(summary: dict) -> str:

@@ -44,7 +44,8 @@ CURVE_FILE = "curve.json"
 INFO_FILE = "attack.json"
 REFERENCE_FILE = "reference.json"
 #: curve.json point key -> curve.csv column (a column only when every point has the key).
-CSV_COLUMNS = {"ar": "ar_dimra", "ar_cl": "ar_cl", "fd": "fd", "nll_forget": "nll_forget"}
+CSV_COLUMNS = {"ar": "ar_dimra", "ar_cl": "ar_cl", "fd": "fd", "nll_forget": "nll_forget", "ar_top1": "ar_top1",
+               "ua": "ua", "nudity_total": "nudity_total"}
 
 
 def attack_info(exp: Experiment, name: str, st, aux_size: Optional[int] = None) -> dict:
@@ -86,6 +87,13 @@ def write_attack_info(exp: Experiment, name: str, st, stage_dir: str, aux_size: 
   os.makedirs(stage_dir, exist_ok=True)
   checkpoints.write_json(path, info)
   return info
+
+
+def rate_scalars(rates: dict) -> dict:
+  """A curve point's share of the task's `forget_rates`: "ar", "ar_cl" and every other scalar
+  it measures (UnlearnCanvas' top-1 AR and UA, the prompts task's nudity counts), as floats."""
+  return {k: float(v) for k, v in rates.items()
+          if k in ("ar", "ar_cl") or (isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool))}
 
 
 def write_reference(exp: Experiment, name: str, st, workdir: str, seed: int, num_samples: int,
@@ -153,7 +161,7 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
     rng = jax.random.fold_in(key, step)
     r = exp.task.forget_rates(exp, params, clf, n, rng)
     extra = exp.task.attack_measures(exp, params, clf, n, jax.random.fold_in(rng, 1), rates=r, cache=cache)
-    return {"ar": r["ar"], "ar_cl": r["ar_cl"], **{k: float(v) for k, v in extra.items()}}
+    return {**rate_scalars(r), **{k: float(v) for k, v in extra.items()}}
 
   def record(step, state_or_params):
     # step 0: the unlearned stage's evaluated weights, which the attack starts from;
@@ -242,13 +250,12 @@ def run_condition(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = H
       return
     r = exp.task.forget_rates(exp, net, clf, n, jax.random.fold_in(key, step),
                               cond_rows=np.asarray(cond_of(rows, consts)))
-    curve[str(step)] = {"ar": r["ar"], "ar_cl": r["ar_cl"]}
+    curve[str(step)] = rate_scalars(r)
     checkpoints.write_json(curve_path, curve)
     logging.info("[%s] step %d AR %.3f AR_CL %.3f", name, step, r["ar"], r["ar_cl"])
 
   def reference(params):       # the pretrained model under its own conditions, the step-0 keys
-    r = exp.task.forget_rates(exp, params, clf, n, jax.random.fold_in(key, 0))
-    return {"ar": r["ar"], "ar_cl": r["ar_cl"]}
+    return rate_scalars(exp.task.forget_rates(exp, params, clf, n, jax.random.fold_in(key, 0)))
 
   write_reference(exp, name, st, workdir, seed, n, reference)
 

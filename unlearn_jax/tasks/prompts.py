@@ -689,7 +689,10 @@ def forget_rates(exp: Experiment, params, clf, n: int, rng: jax.Array) -> dict:
     detections += list(ctx.detect(_images(exp, params["unet"], items, s, t)))
   summary = evaluation.detection_summary(detections, threshold=exp.config.eval.nudity_threshold)
   return {"ar": summary["flagged_share"], "ar_cl": float("nan"),
-          "class_histogram": [summary["counts"][c] for c in nudity_lib.EXPOSED_CLASSES]}
+          "class_histogram": [summary["counts"][c] for c in nudity_lib.EXPOSED_CLASSES],
+          # the curve's nudity counts: the total and each exposed class's (the I2P table's rows)
+          "nudity_total": float(sum(summary["counts"][c] for c in nudity_lib.EXPOSED_CLASSES)),
+          **{f"nudity_{c.lower()}": float(summary["counts"][c]) for c in nudity_lib.EXPOSED_CLASSES}}
 
 
 def evaluate(exp: Experiment, workdir: str, model: str, params, clf, rng: jax.Array, out_dir: str) -> dict:

@@ -150,8 +150,9 @@ def check_stages(exp) -> None:
 
 
 def attack_measures(exp, params, clf, n: int, rng, rates=None, cache=None) -> dict:
-  """An attack curve point's measures beside AR / AR_CL (`tasks.classes.attack_measures`):
-  none yet on Stable Diffusion (no likelihood; its utility along the curve is a later step)."""
+  """An attack curve point's measures beside AR / AR_CL (`tasks.classes.attack_measures`) on the
+  prompts task: none (no likelihood; its utility, CLIP score / FID on COCO captions, is not
+  measured along the curve yet).  UnlearnCanvas has its own (the FD of retained styles)."""
   del exp, params, clf, n, rng, rates, cache
   return {}
 

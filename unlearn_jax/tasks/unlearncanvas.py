@@ -56,14 +56,13 @@ from unlearn_jax.reporting import figures
 from unlearn_jax.reporting import markdown
 from unlearn_jax.tasks import sd_common
 from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, SUBSET_MASKS, TINY,
-                                         SDModelConfig, attack_measures, decode, named_params, trainable,
-                                         trainable_mask)
+                                         SDModelConfig, decode, named_params, trainable, trainable_mask)
 from unlearn_jax.unlearning import dimum as dimum_lib
 
 NAME = "unlearncanvas"
 SYNTHETIC = "synthetic"
 __all__ = ["BASE", "CACHE_DIR", "DTYPES", "NAMED_MODELS", "SUBSET_MASKS", "SDModelConfig", "TINY",
-           "attack_measures", "decode", "named_params", "trainable", "trainable_mask"]   # from sd_common, shared with tasks.prompts
+           "decode", "named_params", "trainable", "trainable_mask"]   # from sd_common, shared with tasks.prompts
 
 
 @dataclasses.dataclass
@@ -378,11 +377,38 @@ def forget_rates(exp, params, clf, n: int, rng: jax.Array, keep_samples: bool = 
   style_true = ctx.data.prompt_style[labels]
   out = {"ar": evaluation.topk_match_rate(logits, style_true, k=3),
          "ar_top1": evaluation.topk_match_rate(logits, style_true, k=1),
+         # UA (UnlearnCanvas): the share whose top-1 style is none of the forgotten ones
+         "ua": float(np.mean(~np.isin(np.argmax(logits, -1), ctx.forget_style_ids))),
          "ar_cl": evaluation.ar_cl(logits, np.full(len(labels), ctx.alt_style_id)),
          "class_histogram": np.bincount(np.argmax(logits, -1), minlength=len(ctx.data.styles)).tolist()}
   if keep_samples:
     out.update(samples=x, labels=labels, style_logits=logits)
   return out
+
+
+def _real_retained(exp, n: int) -> np.ndarray:
+  """n real images of the retained styles (a seeded draw): the FD's reference."""
+  ctx = exp.context
+  real = ctx.data.images[np.isin(ctx.data.style_ids, ctx.forget_style_ids, invert=True)]
+  return real[np.random.default_rng(exp.config.seed).permutation(len(real))[:n]]
+
+
+def attack_measures(exp, params, clf, n: int, rng: jax.Array, rates=None, cache=None) -> dict:
+  """An attack curve point's utility (with `config.eval.attack_fd`, as `tasks.classes`): "fd",
+  the Fréchet distance on the style classifier's penultimate features between n samples under
+  the retained prompts and n real images of the retained styles (`evaluate_model`'s FD on n
+  samples; the real images' features kept in `cache` from point to point); {} otherwise."""
+  del rates
+  cfg, ctx = exp.config, exp.context
+  if not cfg.eval.attack_fd or n < 2:
+    return {}
+  cache = {} if cache is None else cache
+  labels = _prompt_labels(np.asarray(exp.retained_classes, np.int32), n, cfg.seed + 1)
+  x = decode(ctx, generation.generate(exp, params, n, jax.random.fold_in(rng, 0), labels=labels))
+  _, feats = classify(ctx, "style", clf["style"], x)
+  if ("fd_reference", n) not in cache:
+    cache[("fd_reference", n)] = classify(ctx, "style", clf["style"], data_lib.to_float(_real_retained(exp, n)))[1]
+  return {"fd": float(evaluation.frechet_distance_from_features(feats, cache[("fd_reference", n)]))}
 
 
 def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str, workdir: Optional[str] = None) -> dict:
@@ -404,9 +430,7 @@ def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str, workdir: Opti
   style_true, object_true = ctx.data.prompt_style[labels], ctx.data.prompt_object[labels]
   result = evaluation.ua_ira_cra(np.argmax(s_logits, -1), np.argmax(o_logits, -1), style_true,
                                  object_true, ctx.forget_style_ids)
-  real = ctx.data.images[np.isin(ctx.data.style_ids, ctx.forget_style_ids, invert=True)]
-  real = real[np.random.default_rng(cfg.seed).permutation(len(real))[:n]]
-  _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(real))
+  _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(_real_retained(exp, n)))
   grid_n = min(cfg.eval.grid_size, len(fr["samples"]), len(x_r))
   figures.save_samples(out_png, np.concatenate([fr["samples"][:grid_n], x_r[:grid_n]]), True,
                           cols=max(grid_n, 1))
