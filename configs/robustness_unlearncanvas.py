@@ -24,8 +24,12 @@ is attacked, from the same weights, by (stage attack_<method><suffix>):
                 training images, but not its discrete prepended tokens or its target images)
 
 AR counts a sample as the forgotten style when the style classifier's top 3 contain it
-(DiMUM paper Sec. VI-B); AR_CL is the share classified as Abstractionism.  report.md's
-robustness section and robustness.json summarise the curves.
+(DiMUM paper Sec. VI-B); AR_CL is the share classified as Abstractionism; each point also has
+the top-1 AR, UA (the share not classified as Van Gogh) and, for the fine-tuning attacks, the
+utility: the FD of as many retained-style samples to real retained-style images on the style
+classifier's features (`eval.attack_fd`; a condition attack leaves the weights, and so the
+retained styles, unchanged).  report.md's robustness section and robustness.json summarise the
+curves.
 
   python -m unlearn_jax.main --config=configs/robustness_unlearncanvas.py:model_dir=/data/sd15_canvas,data_dir=/data/UnlearnCanvas --workdir=W
   python -m unlearn_jax.main --config=configs/robustness_unlearncanvas.py:cpu --workdir=W
@@ -56,6 +60,7 @@ def get_config(arg=None):
   c.data.image_indices = (1, 2, 3) if cpu else tuple(range(1, 21))
   c.unlearn.alternative = "map"
   c.eval.attack_num_samples = 12 if cpu else 100
+  c.eval.attack_fd = True
   methods = tuple(a["methods"].split("-")) if a.get("methods") else METHODS
   if not set(methods) <= set(METHODS):
     raise ValueError(f"methods={a['methods']!r}: expected names among {', '.join(METHODS)} joined by '-'")
