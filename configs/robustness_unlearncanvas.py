@@ -22,6 +22,11 @@ is attacked, from the same weights, by (stage attack_<method><suffix>):
                 minimal: a soft-prompt attack in embedding space (the ball is around the whole
                 (L, D) text-encoder output; it borrows UnlearnDiffAtk's loss, towards D_f
                 training images, but not its discrete prepended tokens or its target images)
+  _prompt_tokens  UnlearnDiffAtk's formulation: 5 token embeddings prepended to each forget
+                prompt, fitted with the attacked model's denoising loss to images the pretrained
+                model generates for the forget prompts; each point is measured on the discrete
+                prompt (every vector projected to its nearest vocabulary token), which
+                <stage>/prompts.json and the card record
 
 AR counts a sample as the forgotten style when the style classifier's top 3 contain it
 (DiMUM paper Sec. VI-B); AR_CL is the share classified as Abstractionism; each point also has
@@ -36,7 +41,7 @@ curves.
 
 Arguments: cpu (the tiny random model on the synthetic tree), model_dir, data_dir,
 methods=<ga-salun-dimum>, attacks=<synthetic-retain-benign-fewshot1-fewshot5-embedding-
-textual_inversion-condition>,
+textual_inversion-condition-prompt_tokens>,
 steps=<unlearning steps: 1000; cpu 400>, attack=<attack steps: 10000; cpu 200>,
 every=<AR every k steps: 400; cpu 50>, eps=<condition budget, 0.1>.  Scale: DiMUM paper's SD
 protocol (Adam 1e-5, batch 4, AR on 100 images; cpu 12); eps was not tuned on any outcome.
@@ -44,10 +49,11 @@ protocol (Adam 1e-5, batch 4, AR on 100 images; cpu 12); eps was not tuned on an
 from unlearn_jax import config_lib
 
 METHODS = ("ga", "salun", "dimum")
-ATTACKS = ("synthetic", "retain", "benign", "fewshot1", "fewshot5", "embedding", "textual_inversion", "condition")
+ATTACKS = ("synthetic", "retain", "benign", "fewshot1", "fewshot5", "embedding", "textual_inversion", "condition",
+           "prompt_tokens")
 CONDITION_SHOTS = 5
 #: the smoke run (tests/test_configs.py): the attacks dimum_unlearncanvas.py's smoke does not run.
-SMOKE_ARG = "cpu,methods=dimum,attacks=benign-fewshot1-embedding-textual_inversion-condition"
+SMOKE_ARG = "cpu,methods=dimum,attacks=benign-fewshot1-embedding-textual_inversion-condition-prompt_tokens"
 
 
 def get_config(arg=None):

@@ -258,8 +258,9 @@ def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] 
     st = exp.config.stages[name]
     if st.kind not in ("train", "unlearn", "attack") or train_stage.is_closed_form(st):
       continue
-    if st.kind == "attack" and st.attack == "textual_inversion" and getattr(exp.context, "preset", False):
-      continue             # textual inversion needs the text encoder, which the SD v1.5 preset does not have
+    if st.kind == "attack" and st.attack in ("textual_inversion", "prompt_tokens") and \
+        getattr(exp.context, "preset", False):
+      continue             # token attacks need the text encoder, which the SD v1.5 preset does not have
     if stages and name not in stages:
       continue
     b = batch or st.batch_size or exp.config.training.batch_size

@@ -150,7 +150,7 @@ def stage(kind: str, **kw) -> ml_collections.ConfigDict:
            models=(), mask="", eval_every=0, num=0, batch_size=0, trainable="", decay="", shots=0, classes=(),
            lr=ml_collections.FieldReference(None, field_type=float),
            ema_rate=ml_collections.FieldReference(None, field_type=float))
-  d.update(attack="finetune", shots=0, eps=0.0)
+  d.update(attack="finetune", shots=0, eps=0.0, tokens=0)
   d.update(kw)
   return ml_collections.ConfigDict(d)
 
@@ -369,7 +369,7 @@ def parse_attacks(value: str, default=ROBUSTNESS_ATTACKS) -> tuple:
 
 
 #: `attack_data` entries that are condition attacks (`attacks.condition.ATTACKS`).
-CONDITION_ATTACKS = ("embedding", "condition", "textual_inversion")
+CONDITION_ATTACKS = ("embedding", "condition", "textual_inversion", "prompt_tokens")
 #: `attack_data` entry -> the suffix of its stages' names attack_<method><suffix> (others: "_<entry>").
 ATTACK_SUFFIX = {"retain": "", "test_retain": "_test", "synthetic": "_synth"}
 

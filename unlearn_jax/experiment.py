@@ -186,7 +186,8 @@ def attack_seed(config, st) -> int:
   attacked model meets the same batches, noise and evaluation keys (common random numbers:
   a difference between two methods' curves is not a difference of draws)."""
   classes = "-".join(str(int(c)) for c in st.classes)
-  return stage_seed(config, f"attack/{st.attack}/{st.data}/{int(st.shots)}/{float(st.eps):g}/{classes}")
+  tokens = f"/{int(st.tokens)}" if getattr(st, "tokens", 0) else ""
+  return stage_seed(config, f"attack/{st.attack}/{st.data}/{int(st.shots)}/{float(st.eps):g}/{classes}{tokens}")
 
 
 def forget_draw_seed(config) -> int:

@@ -289,6 +289,7 @@ class Stage:
   shots: int = 0
   eps: float = 0.0
   classes: Tuple[int, ...] = ()
+  tokens: int = 0
 
 
 _GENERAL = (("data", Data), ("sde", SDE), ("model", Model), ("optim", Optim), ("training", Training),

@@ -176,6 +176,9 @@ def _check_condition_attacks(config) -> None:
     check_range(f"{field}.eps", st.get("eps", 0.0), 0.0, 1e6)
     if st.get("eps", 0.0) and attack != "condition":
       raise UserError(f"{field}.eps", st.eps, "expected 0: only attack='condition' has a perturbation budget")
+    check_range(f"{field}.tokens", st.get("tokens", 0), 0, 64, integer=True)
+    if st.get("tokens", 0) and attack != "prompt_tokens":
+      raise UserError(f"{field}.tokens", st.tokens, "expected 0: only attack='prompt_tokens' prepends tokens")
     if attack not in condition.ATTACKS:
       continue
     why = tasks.get(config).condition_attack_error(config, attack)

@@ -213,7 +213,7 @@ def test_the_embedding_attack_changes_only_its_new_row_and_resumes(prefix, tmp_p
   assert checkpoints.is_done(stage) and os.path.exists(os.path.join(stage, "curve.csv"))
   info = json.load(open(os.path.join(stage, "attack.json")))
   assert info["attack"] == "embedding" and info["init"] == "pretrained" and info["data"] == "forget"
-  assert info["budget"] == {"steps": 4, "lr": 0.05, "batch_size": 4, "shots": 3, "eps": 0.0, "classes": []}
+  assert info["budget"] == {"steps": 4, "lr": 0.05, "batch_size": 4, "shots": 3, "eps": 0.0, "classes": [], "tokens": 0}
   res = results.collect(exp, run)
   assert res["attacks"]["emb"]["steps"] == [0, 2, 4] and res["attacks"]["emb"]["model"] == "pretrained"
 
@@ -272,6 +272,9 @@ def test_condition_attacks_start_at_their_rows_for_each_forgotten_class(prefix):
 @pytest.mark.parametrize("mutate,field", [
     (lambda c: c.stages.emb.update(attack="textual"), "config.stages.emb.attack"),
     (lambda c: c.stages.emb.update(attack="textual_inversion"), "config.stages.emb.attack"),   # no text encoder
+    (lambda c: c.stages.emb.update(attack="prompt_tokens"), "config.stages.emb.attack"),       # no text encoder
+    (lambda c: c.stages.emb.update(tokens=3), "config.stages.emb.tokens"),        # only prompt_tokens prepends
+    (lambda c: c.stages.cond.update(tokens=-1), "config.stages.cond.tokens"),
     (lambda c: c.stages.cond.update(eps=-0.1), "config.stages.cond.eps"),
     (lambda c: c.stages.emb.update(eps=0.1), "config.stages.emb.eps"),
     (lambda c: c.stages.emb.update(data="retain"), "config.stages.emb.data"),

@@ -148,7 +148,8 @@ def test_fewshot_uses_exactly_k_forget_examples_and_attack_json(cond_exp, tmp_pa
       "grad_clip": exp.config.optim.grad_clip, "cond_drop": exp.config.training.cond_drop, "ema_rate": 0.0}
   assert (info["attack"], info["data"], info["init"]) == ("finetune", "fewshot", "dimum")
   assert info["seed"] == exp_lib.attack_seed(exp.config, dataclasses.replace(exp.config.stages[name], steps=3))
-  assert info["budget"] == {"steps": 3, "lr": 3e-3, "batch_size": 2, "shots": 3, "eps": 0.0, "classes": []}
+  assert info["budget"] == {"steps": 3, "lr": 3e-3, "batch_size": 2, "shots": 3, "eps": 0.0, "classes": [],
+                            "tokens": 0}
   curve = _curve(str(tmp_path), name)
   assert sorted(curve, key=int) == ["0", "2", "3"]
   for p in curve.values():

@@ -39,8 +39,10 @@ def tiny_config(methods=("core", "dimum"), attack=2):
                                            eval_every=2, shots=2, lr=0.1, eps=COND_EPS)
     c.stages.ti_dimum = config_lib.stage("attack", attack="textual_inversion", init="dimum", data="forget",
                                          steps=attack, eval_every=2, shots=2, lr=0.05)
+    c.stages.ut_dimum = config_lib.stage("attack", attack="prompt_tokens", init="dimum", data="forget",
+                                         steps=attack, eval_every=2, shots=2, lr=0.05, tokens=2)
     order = list(c.stage_order)
-    c.stage_order = tuple(order[:-1] + ["emb_dimum", "cond_dimum", "ti_dimum", order[-1]])
+    c.stage_order = tuple(order[:-1] + ["emb_dimum", "cond_dimum", "ti_dimum", "ut_dimum", order[-1]])
   return c
 
 
@@ -228,6 +230,51 @@ def test_textual_inversion_learns_one_token_embedding(run):
   assert sorted(map(int, curve)) == [0, 2]
   info = json.load(open(os.path.join(stage, "attack.json")))
   assert info["attack"] == "textual_inversion" and info["budget"]["eps"] == 0.0
+
+
+def test_prompt_tokens_attack_reports_a_prompt_of_vocabulary_tokens(run):
+  """UnlearnDiffAtk: K=2 token embeddings prepended to the forget prompts, fitted to the
+  pretrained model's images; the curve's conditions are those of the discrete prompt (each row's
+  nearest vocabulary token), which prompts.json records as text."""
+  exp, workdir = run
+  comp, tok = exp.context.comp, exp.context.comp.tokenizer
+  space = unlearncanvas.prompt_tokens(exp, 2)
+  rows0 = np.asarray(space.rows0)
+  stage = os.path.join(workdir, "ut_dimum")
+  rows = np.asarray(checkpoints.load_raw(stage)["params"]["rows"])
+  assert rows.shape == rows0.shape == (2, sd.token_embedding(comp.text_params).shape[1])
+  assert not np.allclose(rows, rows0)
+  captions = [exp.context.data.prompts[p] for p in exp.forget_labels]
+  special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
+  # the starting rows are the slot tokens' own embeddings: their condition is that of the real ids
+  slots = sd.nearest_tokens(comp.text_params, rows0, exclude=sorted(special))
+  ids = unlearncanvas.prefixed_ids(comp, captions, slots)
+  assert (ids[:, 0] == tok.bos_token_id).all() and (ids[:, 1:3] == slots).all()
+  assert ((ids == tok.eos_token_id).sum(1) >= 1).all() and not set(slots.tolist()) & special
+  idx = jnp.arange(len(captions))
+  want = comp.text_encoder(jnp.asarray(ids), params=comp.text_params, train=False)[0]
+  np.testing.assert_allclose(np.asarray(jax.jit(space.to_condition)(space.rows0, idx, space.consts)),
+                             np.asarray(want), atol=1e-5)
+  # the trained rows, projected: each to its nearest vocabulary token, never a special one
+  table = np.asarray(sd.token_embedding(comp.text_params))
+  near = sd.nearest_tokens(comp.text_params, rows, exclude=sorted(special))
+  for r, t in zip(rows, near):
+    d = ((table - r) ** 2).sum(1)
+    d[sorted(special)] = np.inf
+    assert t == np.argmin(d)
+  discrete = np.asarray(space.eval_condition(rows, idx, space.consts))
+  ids_now = unlearncanvas.prefixed_ids(comp, captions, near)
+  np.testing.assert_allclose(discrete, np.asarray(comp.text_encoder(jnp.asarray(ids_now), params=comp.text_params,
+                                                                    train=False)[0]), atol=1e-5)
+  prompts = json.load(open(os.path.join(stage, "prompts.json")))
+  assert sorted(map(int, prompts)) == [0, 2] and prompts["2"] == space.describe(rows)
+  assert prompts["2"] == [tok.decode(r, skip_special_tokens=True) for r in ids_now]
+  # its targets: the pretrained model's generations for the forget prompts, not D_f's images
+  with np.load(os.path.join(stage, "targets.npz")) as f:
+    assert f["images"].shape == (2,) + exp.example_shape and set(f["labels"].tolist()) <= set(exp.forget_labels)
+    assert not np.isin(f["images"][0], exp.streams["forget"].images).all()
+  info = json.load(open(os.path.join(stage, "attack.json")))
+  assert info["attack"] == "prompt_tokens" and info["budget"]["tokens"] == 2 and info["aux_size"] == 2
 
 
 def test_prompt_rows_as_cond_embedding_equal_their_labels(run):

@@ -29,6 +29,14 @@ paper Eq. 4, with the label's embedding replaced by e_j):
              its discrete prepended tokens, and D_f images, not the original model's): e starts at the forgotten class's own row e0 = table[c_j]
              (`INITS["class"]`) and stays in the budget ||e - e0||_inf <= eps after every
              step (projected Adam; eps = 0: unconstrained).
+  prompt_tokens  UnlearnDiffAtk's formulation (Zhang et al. 2024), Stable Diffusion only: K
+             prepended token embeddings (the stage's `tokens`, default `DEFAULT_TOKENS`) in
+             the frozen text encoder's input space, before every forget prompt, fitted with
+             the attacked model's denoising loss to images the *original* (pretrained) model
+             generated for the forget prompts; the curve is measured on the discrete prompt,
+             each vector projected to its nearest vocabulary token
+             (`models.stable_diffusion.nearest_tokens`), and that prompt is what the stage
+             records (`tasks.unlearncanvas.prompt_tokens`).
 
 The step is pure: `attack_step(state, batches, rng, consts, spec=..., tx=...)` has the shape
 `training.train_loop` jits over the mesh; state.params = {"rows": e} (the only leaves with gradients,
@@ -53,12 +61,14 @@ from unlearn_jax import training
 #: attack -> the rows it starts from: "null" (the table's null row, for every forgotten class),
 #: "class" (each forgotten class's own row) or "token" (the placeholder token's input embedding,
 #: given by the task: `tasks.unlearncanvas.textual_inversion`).
-INITS = {"embedding": "null", "condition": "class", "textual_inversion": "token"}
+INITS = {"embedding": "null", "condition": "class", "textual_inversion": "token", "prompt_tokens": "token"}
 ATTACKS = tuple(INITS)
 #: forget images an attack uses when its stage's `shots` is 0 (textual inversion's 3-5 images).
 DEFAULT_SHOTS = 5
 #: Adam's learning rate when the stage sets none (textual inversion's base rate 5e-3).
 DEFAULT_LR = 5e-3
+#: prepended tokens of "prompt_tokens" when the stage's `tokens` is 0 (UnlearnDiffAtk's 5).
+DEFAULT_TOKENS = 5
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,10 +92,15 @@ class AttackSpec:
 @dataclasses.dataclass(frozen=True)
 class ConditionSpace:
   """Where an attack's rows live when they are not rows of the condition table (a task's
-  textual inversion): the starting rows, `AttackSpec.to_condition`, and the consts it reads."""
+  textual inversion or prompt tokens): the starting rows, `AttackSpec.to_condition`, and the
+  consts it reads.  A discrete attack also gives `eval_condition(rows, idx_B, consts)`, the
+  conditions its curve is measured on (the rows projected to real tokens), and
+  `describe(rows) -> [the prompt of each forgotten class, as text]`."""
   rows0: Any
   to_condition: Callable
   consts: Any
+  eval_condition: Optional[Callable] = None
+  describe: Optional[Callable] = None
 
 
 def conditions(rows: jax.Array, idx_B: jax.Array, consts, spec: AttackSpec) -> jax.Array:

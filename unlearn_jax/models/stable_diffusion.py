@@ -407,10 +407,27 @@ def token_embedding(text_params) -> jax.Array:
 def encode_with_token(text_encoder, text_params, ids_BxL: jax.Array, token_id: int, vector_D: jax.Array) -> jax.Array:
   """(B, L, D) last hidden states of the token ids with token `token_id`'s input embedding
   replaced by `vector_D` (textual inversion's new token; differentiable in the vector)."""
-  table = token_embedding(text_params).at[token_id].set(vector_D.astype(jnp.float32))
+  return encode_with_tokens(text_encoder, text_params, ids_BxL, jnp.asarray([token_id]), vector_D[None])
+
+
+def encode_with_tokens(text_encoder, text_params, ids_BxL: jax.Array, token_ids_K: jax.Array,
+                       vectors_KxD: jax.Array) -> jax.Array:
+  """(B, L, D) last hidden states of the token ids with the input embeddings of the K distinct
+  tokens `token_ids_K` replaced by `vectors_KxD` (differentiable in the vectors)."""
+  table = token_embedding(text_params).at[token_ids_K].set(vectors_KxD.astype(jnp.float32))
   emb = {**text_params["text_model"]["embeddings"], "token_embedding": {"embedding": table}}
   params = {**text_params, "text_model": {**text_params["text_model"], "embeddings": emb}}
   return text_encoder(ids_BxL, params=params, train=False)[0]
+
+
+def nearest_tokens(text_params, vectors_KxD, exclude: Sequence[int] = ()) -> np.ndarray:
+  """(K,) ids of the vocabulary tokens whose input embeddings are nearest (L2) to each vector,
+  never one of `exclude` (the special tokens): a continuous prompt projected to a real one."""
+  table = np.asarray(token_embedding(text_params), np.float64)
+  v = np.asarray(vectors_KxD, np.float64)
+  d2 = (v ** 2).sum(1)[:, None] - 2.0 * v @ table.T + (table ** 2).sum(1)[None, :]
+  d2[:, list(exclude)] = np.inf
+  return np.argmin(d2, axis=1).astype(np.int32)
 
 
 def prompt_table(comp: SDComponents, prompts: Sequence[str], batch_size: int = 32) -> np.ndarray:

@@ -67,6 +67,7 @@ CARD_FILE = "robustness.json"
 ATTACK_FILE = "attack.json"
 CURVE_FILE = "curve.json"
 REFERENCE_FILE = "reference.json"
+PROMPTS_FILE = "prompts.json"
 #: curve measures beside AR / FD / NLL that the report tabulates where recorded.
 EXTRA_MEASURES = {"ar_top1": "Top-1 AR (UnlearnCanvas)", "ua": "UA (UnlearnCanvas: share not classified as a "
                   "forgotten style)", "nudity_total": "NudeNet detections (total, forget prompts)"}
@@ -95,7 +96,7 @@ SCHEMA = {
                                  "classes": list},
                       "pretrained": OPT_STR, "complete": bool, "curve": {"steps": list},
                       "fewshot_indices": list, "aux_size": OPT_NUM, "optim": (dict, type(None)),
-                      "result_sha256": OPT_STR,
+                      "result_sha256": OPT_STR, "prompts": list,
                       "reference": {"pretrained": OPT_STR, "values": (dict, type(None)), "num_samples": OPT_NUM,
                                     "seed": OPT_NUM, "source": OPT_STR},
                       "summary": {"*": SUMMARY_SCHEMA}}},
@@ -128,6 +129,15 @@ def result_sha256(stage_dir: str) -> Optional[str]:
     return params_sha256(checkpoints.load_raw(stage_dir)["params"])
   except (UserError, FileNotFoundError, KeyError, TypeError):
     return None
+
+
+def final_prompts(stage_dir: str) -> list:
+  """A discrete prompt attack's prompts at its last curve point (<stage>/prompts.json); []."""
+  path = os.path.join(stage_dir, PROMPTS_FILE)
+  if not os.path.exists(path):
+    return []
+  prompts = checkpoints.read_json(path)
+  return list(prompts[max(prompts, key=int)]) if prompts else []
 
 
 def split_sizes(exp) -> Dict[str, int]:
@@ -253,6 +263,8 @@ def attack_label(a: dict) -> str:
     return "embedding" + (f" (n={b['shots']})" if b.get("shots") else "")
   if kind == "textual_inversion":
     return "textual inversion" + (f" (n={b['shots']})" if b.get("shots") else "")
+  if kind == "prompt_tokens":
+    return f"UnlearnDiffAtk: {b.get('tokens') or 'default'} prepended tokens, discrete prompt"
   if kind == "condition":
     # a soft prompt: continuous rows of the condition table, not UnlearnDiffAtk's discrete tokens
     return "soft prompt, embedding space" + (f" (L-inf eps={b['eps']:g})" if b.get("eps") else " (unconstrained)")
@@ -292,7 +304,8 @@ def build_card(cfg, workdir: str, results: dict, params_of: Callable[[str], Any]
                      "pretrained": pre, "complete": complete, "curve": columns, "summary": summary,
                      "fewshot_indices": [int(i) for i in info.get("fewshot_indices", [])], "reference": reference,
                      "aux_size": info.get("aux_size"), "optim": info.get("optim"),
-                     "result_sha256": result_sha256(os.path.join(workdir, name))}
+                     "result_sha256": result_sha256(os.path.join(workdir, name)),
+                     "prompts": final_prompts(os.path.join(workdir, name))}
   e = cfg.eval
   evaluator = {"classifier_stage": first_stage(cfg, "classifier"),
                "classifier_sha256": None if classifier_params is None else params_sha256(classifier_params),

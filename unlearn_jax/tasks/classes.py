@@ -58,7 +58,7 @@ def condition_attack_error(config, attack: str) -> str:
   """Why condition attack `attack` (`attacks.condition`) cannot run on the config's model, ""
   when it can: a class-conditional model with a class-embedding table runs "embedding" and
   "condition"; textual inversion needs a text encoder."""
-  if attack == "textual_inversion":
+  if attack in ("textual_inversion", "prompt_tokens"):
     return ("needs a text encoder (Stable Diffusion, the UnlearnCanvas task); a class-conditional model's "
             "analogue is attack='embedding'")
   if config.model.get("conditional", False) and config.model.get("name") in CONDITION_MODELS:

@@ -34,7 +34,7 @@ import json
 import logging
 import os
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -592,6 +592,59 @@ def textual_inversion(exp) -> condition.ConditionSpace:
   v0 = np.asarray(sd.token_embedding(comp.text_params))[token_id][None]
   return condition.ConditionSpace(rows0=jnp.asarray(v0, jnp.float32), to_condition=to_condition,
                                   consts={"text": comp.text_params})
+
+
+def prefixed_ids(comp, captions: Sequence[str], slot_ids: Sequence[int]) -> np.ndarray:
+  """(P, L) token ids of each caption with the K tokens `slot_ids` inserted after the start
+  token (the caption's tail cut where the K tokens would push it past the tokenizer's length;
+  the end token kept)."""
+  ids = sd.token_ids(comp, captions)
+  eos = int(comp.tokenizer.eos_token_id)
+  out = np.array(ids)
+  for i, row in enumerate(ids):
+    end = int(np.nonzero(row[1:] == eos)[0][0]) + 1          # the end token (after the start token)
+    body = list(row[1:end])[:max(len(row) - 2 - len(slot_ids), 0)]
+    new = [int(row[0])] + [int(t) for t in slot_ids] + body + [eos]
+    out[i, :len(new)] = new
+    out[i, len(new):] = row[end + 1] if end + 1 < len(row) else eos   # the padding token
+  return out
+
+
+def prompt_tokens(exp, k: int) -> condition.ConditionSpace:
+  """UnlearnDiffAtk's token space (`attacks.condition` "prompt_tokens"): K token embeddings
+  prepended to every forget prompt ("<t1> ... <tK> An image of Dogs in Van Gogh style."),
+  their input embeddings the attack's rows (K, D_token), shared by the forgotten styles.  While
+  optimised, K vocabulary tokens (the first ids not special and in no forget prompt) stand in
+  as slots whose embeddings are replaced by the rows (`sd.encode_with_tokens`); the curve is
+  measured on the real prompt, each row projected to its nearest vocabulary token
+  (`sd.nearest_tokens`, special tokens excluded), which `describe` writes out.  The rows start
+  at the slot tokens' own embeddings."""
+  ctx = exp.context
+  comp = ctx.comp
+  captions = [ctx.data.prompts[p] for p in exp.forget_labels]
+  tok = comp.tokenizer
+  special = sorted({int(t) for t in (tok.bos_token_id, tok.eos_token_id, tok.pad_token_id) if t is not None})
+  used = set(np.unique(sd.token_ids(comp, captions)).tolist()) | set(special)
+  slots = [t for t in range(len(tok)) if t not in used][:k]
+  ids = jnp.asarray(prefixed_ids(comp, captions, slots))
+  slot_ids = jnp.asarray(slots, jnp.int32)
+
+  def to_condition(rows, idx_B, consts):
+    return sd.encode_with_tokens(comp.text_encoder, consts["text"], ids[idx_B], slot_ids, rows)
+
+  def discrete_ids(rows):
+    return np.asarray(prefixed_ids(comp, captions, sd.nearest_tokens(comp.text_params, rows, exclude=special)))
+
+  def eval_condition(rows, idx_B, consts):
+    return comp.text_encoder(jnp.asarray(discrete_ids(rows))[idx_B], params=consts["text"], train=False)[0]
+
+  def describe(rows):
+    return [tok.decode(r, skip_special_tokens=True) for r in discrete_ids(rows)]
+
+  rows0 = np.asarray(sd.token_embedding(comp.text_params))[slots]
+  return condition.ConditionSpace(rows0=jnp.asarray(rows0, jnp.float32), to_condition=to_condition,
+                                  consts={"text": comp.text_params}, eval_condition=eval_condition,
+                                  describe=describe)
 
 
 def validate(config) -> None:
