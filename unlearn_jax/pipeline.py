@@ -27,6 +27,7 @@ from unlearn_jax import settings
 from unlearn_jax import stages
 from unlearn_jax import tasks
 from unlearn_jax import validation
+from unlearn_jax import xla_cache
 from unlearn_jax.errors import UserError
 from unlearn_jax.experiment import Experiment
 
@@ -111,6 +112,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, step_hook=None) -> Expe
     config = settings.to_config_dict(config)
   validation.check_config(config)                  # the config's own fields, before inputs/ is written
   validation.check_runnable(config)                # not the compile-only "shapes" data
+  xla_cache.enable()                               # before anything is compiled
   mesh_lib.set_current(mesh_lib.make(config.mesh.fsdp))   # UserError unless fsdp divides the devices
   config = tasks.get(config).prepare(config, workdir)   # e.g. "tiny" / "synthetic" -> <workdir>/inputs/
   exp = build_experiment(config, workdir)          # raises UserError before anything is written
