@@ -134,7 +134,8 @@ def test_results_report_and_attacks(run):
       assert 0.0 <= m[k] <= 1.0, (k, m[k])
     assert m["frechet_distance"] >= 0 and 0 <= m["sfid"] <= 100
   assert res["models"]["pretrained"]["sfid"] == pytest.approx(100.0)
-  assert sorted(res["attacks"]) == ["attack_core", "attack_dimum", "cond_dimum", "emb_dimum", "ti_dimum"]
+  assert sorted(res["attacks"]) == ["attack_core", "attack_dimum", "cond_dimum", "emb_dimum", "ti_dimum",
+                                    "ut_dimum"]
   assert res["attacks"]["attack_core"]["steps"] == [0, 2]
   synth = np.load(os.path.join(workdir, "synthetic", "data.npz"))
   assert synth["images"].dtype == np.float32 and synth["images"].shape == (8, 16, 16, 4)   # latents

@@ -430,7 +430,8 @@ def evaluate_model(exp, params, clf, rng: jax.Array, out_png: str, workdir: Opti
   style_true, object_true = ctx.data.prompt_style[labels], ctx.data.prompt_object[labels]
   result = evaluation.ua_ira_cra(np.argmax(s_logits, -1), np.argmax(o_logits, -1), style_true,
                                  object_true, ctx.forget_style_ids)
-  _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(_real_retained(exp, n)))
+  real = _real_retained(exp, n)
+  _, ref = classify(ctx, "style", clf["style"], data_lib.to_float(real))
   grid_n = min(cfg.eval.grid_size, len(fr["samples"]), len(x_r))
   figures.save_samples(out_png, np.concatenate([fr["samples"][:grid_n], x_r[:grid_n]]), True,
                           cols=max(grid_n, 1))
