@@ -248,7 +248,8 @@ def test_prompt_tokens_attack_reports_a_prompt_of_vocabulary_tokens(run):
   captions = [exp.context.data.prompts[p] for p in exp.forget_labels]
   special = {tok.bos_token_id, tok.eos_token_id, tok.pad_token_id}
   # the starting rows are the slot tokens' own embeddings: their condition is that of the real ids
-  slots = sd.nearest_tokens(comp.text_params, rows0, exclude=sorted(special))
+  table = np.asarray(sd.token_embedding(comp.text_params))
+  slots = sd.nearest_tokens(table, rows0, exclude=sorted(special))
   ids = unlearncanvas.prefixed_ids(comp, captions, slots)
   assert (ids[:, 0] == tok.bos_token_id).all() and (ids[:, 1:3] == slots).all()
   assert ((ids == tok.eos_token_id).sum(1) >= 1).all() and not set(slots.tolist()) & special
@@ -257,8 +258,7 @@ def test_prompt_tokens_attack_reports_a_prompt_of_vocabulary_tokens(run):
   np.testing.assert_allclose(np.asarray(jax.jit(space.to_condition)(space.rows0, idx, space.consts)),
                              np.asarray(want), atol=1e-5)
   # the trained rows, projected: each to its nearest vocabulary token, never a special one
-  table = np.asarray(sd.token_embedding(comp.text_params))
-  near = sd.nearest_tokens(comp.text_params, rows, exclude=sorted(special))
+  near = sd.nearest_tokens(table, rows, exclude=sorted(special))
   for r, t in zip(rows, near):
     d = ((table - r) ** 2).sum(1)
     d[sorted(special)] = np.inf

@@ -420,11 +420,12 @@ def encode_with_tokens(text_encoder, text_params, ids_BxL: jax.Array, token_ids_
   return text_encoder(ids_BxL, params=params, train=False)[0]
 
 
-def nearest_tokens(text_params, vectors_KxD, exclude: Sequence[int] = ()) -> np.ndarray:
-  """(K,) ids of the vocabulary tokens whose input embeddings are nearest (L2) to each vector,
-  never one of `exclude` (the special tokens): a continuous prompt projected to a real one."""
-  table = np.asarray(token_embedding(text_params), np.float64)
-  v = np.asarray(vectors_KxD, np.float64)
+def nearest_tokens(table_VxD: np.ndarray, vectors_KxD, exclude: Sequence[int] = ()) -> np.ndarray:
+  """(K,) ids of the rows of the input token-embedding table (`token_embedding`, as a host
+  array: the caller keeps one copy) nearest (L2) to each vector, never one of `exclude` (the
+  special tokens): a continuous prompt projected to a real one."""
+  table = np.asarray(table_VxD)
+  v = np.asarray(vectors_KxD, table.dtype)
   d2 = (v ** 2).sum(1)[:, None] - 2.0 * v @ table.T + (table ** 2).sum(1)[None, :]
   d2[:, list(exclude)] = np.inf
   return np.argmin(d2, axis=1).astype(np.int32)

@@ -629,12 +629,13 @@ def prompt_tokens(exp, k: int) -> condition.ConditionSpace:
   slots = [t for t in range(len(tok)) if t not in used][:k]
   ids = jnp.asarray(prefixed_ids(comp, captions, slots))
   slot_ids = jnp.asarray(slots, jnp.int32)
+  table = np.asarray(sd.token_embedding(comp.text_params), np.float32)     # one host copy for the projection
 
   def to_condition(rows, idx_B, consts):
     return sd.encode_with_tokens(comp.text_encoder, consts["text"], ids[idx_B], slot_ids, rows)
 
   def discrete_ids(rows):
-    return np.asarray(prefixed_ids(comp, captions, sd.nearest_tokens(comp.text_params, rows, exclude=special)))
+    return np.asarray(prefixed_ids(comp, captions, sd.nearest_tokens(table, rows, exclude=special)))
 
   def eval_condition(rows, idx_B, consts):
     return comp.text_encoder(jnp.asarray(discrete_ids(rows))[idx_B], params=consts["text"], train=False)[0]
@@ -642,7 +643,7 @@ def prompt_tokens(exp, k: int) -> condition.ConditionSpace:
   def describe(rows):
     return [tok.decode(r, skip_special_tokens=True) for r in discrete_ids(rows)]
 
-  rows0 = np.asarray(sd.token_embedding(comp.text_params))[slots]
+  rows0 = table[slots]
   return condition.ConditionSpace(rows0=jnp.asarray(rows0, jnp.float32), to_condition=to_condition,
                                   consts={"text": comp.text_params}, eval_condition=eval_condition,
                                   describe=describe)
