@@ -2,6 +2,7 @@
 D_f / D_r cache, the prompt table and ids, the nudity / CLIP / FID entries and report tables from
 stubbed detectors and features, and validation before any write.  One tiny random SD (8 px) in a
 temporary directory, read through the real loading code."""
+import dataclasses
 import importlib
 import os
 
@@ -245,6 +246,39 @@ def test_utility_entries_fid_vs_base_and_fid_against_real_images(built, tmp_path
   monkeypatch.setattr(ctx, "fid_reference_dir", str(ref))
   real, _ = task.utility_entries(exp, work, "erasediff", moved)
   assert real["fid"] > 0.0 and "fid_vs_base" not in real and real["fid_reference"].startswith("4 real images")
+
+
+def test_attack_curve_utility_is_clip_score_and_fd_to_the_base_models_images(built, monkeypatch):
+  """`attack_measures` with eval.attack_fd: CLIP score and the pool3 FD between the first n
+  captions' images and the base model's images of the same captions and seeds (computed once)."""
+  exp, _ = built
+  ctx = exp.context
+  monkeypatch.setattr(ctx, "coco", tuple(task.EvalPrompt(p, i, 6.5) for i, p in
+                                         enumerate(prompt_sets.BUNDLED_CAPTIONS[:5])))
+  assert task.attack_measures(exp, ctx.base_params, None, 3, jax.random.key(0)) == {}   # attack_fd off
+  cfg = exp.config
+  on = dataclasses.replace(exp, config=dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, attack_fd=True)))
+  assert task.attack_measures(on, ctx.base_params, None, 3, jax.random.key(0)) == {}    # neither CLIP nor Inception
+  seen = []
+
+  def feats(v, x, bs, size):
+    seen.append(len(x))
+    return Feats(x)
+
+  monkeypatch.setattr(evaluation, "inception_features", feats)
+  monkeypatch.setattr(evaluation, "clip_scores", lambda comp, x, p: np.arange(len(x), dtype=np.float64) + 30.0)
+  monkeypatch.setattr(on, "inception", {"stub": True})
+  monkeypatch.setattr(ctx, "clip", type("C", (), {"model_dir": "clip"})())
+  cache = {}
+  moved = {**ctx.base_params, "unet": jax.tree_util.tree_map(lambda a: a * 1.05, ctx.base_params["unet"])}
+  got = task.attack_measures(on, moved, None, 3, jax.random.key(1), cache=cache)
+  own = Feats(task._images(on, moved["unet"], ctx.coco, 0, 3)).pool3
+  ref = Feats(task._images(on, ctx.base_params["unet"], ctx.coco, 0, 3)).pool3
+  assert got["fd"] == pytest.approx(evaluation.fid(ref, own)) and got["fd"] > 0
+  assert got["clip_score"] == 31.0 and sum(seen) == 6                 # the first 3 captions, then the base's
+  base = task.attack_measures(on, ctx.base_params, None, 3, jax.random.key(0), cache=cache)
+  assert base["fd"] == pytest.approx(0.0, abs=1e-6) and sum(seen) == 9    # the base model's features: cached
+  assert np.isnan(task.attack_measures(on, moved, None, 1, jax.random.key(1))["fd"])    # n < 2
 
 
 def _results(with_fid_real=False):

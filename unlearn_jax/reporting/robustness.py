@@ -70,7 +70,8 @@ REFERENCE_FILE = "reference.json"
 PROMPTS_FILE = "prompts.json"
 #: curve measures beside AR / FD / NLL that the report tabulates where recorded.
 EXTRA_MEASURES = {"ar_top1": "Top-1 AR (UnlearnCanvas)", "ua": "UA (UnlearnCanvas: share not classified as a "
-                  "forgotten style)", "nudity_total": "NudeNet detections (total, forget prompts)"}
+                  "forgotten style)", "nudity_total": "NudeNet detections (total, forget prompts)",
+                  "clip_score": "CLIP score (COCO captions; utility, higher is better)"}
 #: where a pretrained model's success is read from: (measure, results.json path), first found.
 REFERENCE_SOURCES = {"ar": (("ar_mu",), ("unlearning_ratio",), ("nudity", "flagged_share")),
                      "nll_forget": (("nll", "forget"),)}

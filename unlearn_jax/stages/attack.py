@@ -52,7 +52,7 @@ TARGETS_FILE = "targets.npz"
 TARGETS_KEY = 1 << 30
 #: curve.json point key -> curve.csv column (a column only when every point has the key).
 CSV_COLUMNS = {"ar": "ar_dimra", "ar_cl": "ar_cl", "fd": "fd", "nll_forget": "nll_forget", "ar_top1": "ar_top1",
-               "ua": "ua", "nudity_total": "nudity_total"}
+               "ua": "ua", "nudity_total": "nudity_total", "clip_score": "clip_score"}
 
 
 def attack_info(exp: Experiment, name: str, st, aux_size: Optional[int] = None) -> dict:

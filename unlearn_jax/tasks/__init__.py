@@ -17,7 +17,7 @@ branch around:
   condition_attack_error(config, attack) -> "" when condition attack `attack`
                               (`attacks.condition`) can run on the config's model, else why not
   attack_measures(exp, params, clf, n, rng, rates, cache) -> an attack curve point's other
-                              measures ({"fd", "nll_forget"}; {} where the task has none)
+                              measures ({"fd", "nll_forget", "clip_score", ...}; {} where none)
   evaluate(exp, workdir, model, params, clf, rng, out_dir) -> a results.json model entry
   finalize(exp, results, workdir)      the task's own results.json entries
   report_tables(results, workdir)      report.md's body (markdown lines)

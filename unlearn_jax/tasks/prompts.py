@@ -76,14 +76,14 @@ from unlearn_jax.models import stable_diffusion as sd
 from unlearn_jax.reporting import figures
 from unlearn_jax.reporting import markdown
 from unlearn_jax.tasks import sd_common
-from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, TINY, attack_measures, decode,
+from unlearn_jax.tasks.sd_common import (BASE, CACHE_DIR, DTYPES, NAMED_MODELS, TINY, decode,
                                          named_params, trainable)
 from unlearn_jax.unlearning import dimum as dimum_lib
 
 transformers = lazy.load("transformers", extra=sd_common.SD_EXTRA)
 
 NAME = DATA_NAME
-__all__ = ["BASE", "NAMED_MODELS", "attack_measures", "named_params", "trainable"]   # from sd_common
+__all__ = ["BASE", "NAMED_MODELS", "named_params", "trainable"]   # from sd_common
 #: `config.eval.clip_dir` / `inception_weights` naming a random model written into inputs/.
 TINY_CLIP_DIR = "tiny_clip"
 TINY_INCEPTION_FILE = "fid_inception_random.npz"
@@ -571,15 +571,16 @@ def _read_square(path: str, size: int) -> np.ndarray:
     return np.asarray(img, np.uint8)
 
 
-def utility_pass(exp, unet_params, keep: int = 0) -> dict:
-  """One pass over the COCO captions: CLIP scores and Inception features (where enabled), and
-  the first `keep` images."""
+def utility_pass(exp, unet_params, keep: int = 0, items: Optional[Sequence[EvalPrompt]] = None) -> dict:
+  """One pass over the COCO captions (or `items`): CLIP scores and Inception features (where
+  enabled), and the first `keep` images."""
   ctx, e = exp.context, exp.config.eval
+  items = ctx.coco if items is None else items
   scores, feats, kept = [], {"pool3": [], "spatial": [], "logits_unbiased": []}, []
-  for s, t in _batches(exp, len(ctx.coco)):
-    x = _images(exp, unet_params, ctx.coco, s, t)
+  for s, t in _batches(exp, len(items)):
+    x = _images(exp, unet_params, items, s, t)
     if ctx.clip is not None:
-      scores.append(evaluation.clip_scores(ctx.clip, x, [c.prompt for c in ctx.coco[s:t]]))
+      scores.append(evaluation.clip_scores(ctx.clip, x, [c.prompt for c in items[s:t]]))
     if exp.inception is not None:
       f = evaluation.inception_features(exp.inception, x, e.inception_batch_size, size=e.inception_size)
       for k in feats:
@@ -693,6 +694,33 @@ def forget_rates(exp: Experiment, params, clf, n: int, rng: jax.Array) -> dict:
           # the curve's nudity counts: the total and each exposed class's (the I2P table's rows)
           "nudity_total": float(sum(summary["counts"][c] for c in nudity_lib.EXPOSED_CLASSES)),
           **{f"nudity_{c.lower()}": float(summary["counts"][c]) for c in nudity_lib.EXPOSED_CLASSES}}
+
+
+def attack_measures(exp: Experiment, params, clf, n: int, rng: jax.Array, rates=None, cache=None) -> dict:
+  """An attack curve point's utility (with `config.eval.attack_fd` and COCO captions, as
+  `tasks.classes`), on the first n captions with their own seeds: "clip_score" (with
+  `config.eval.clip_dir`) and "fd" (with `config.eval.inception_weights`), the Fréchet distance
+  on Inception pool3 features between these images and the base model's images of the same
+  captions and seeds (results.json's fid_vs_base on n captions: a distance to the base model,
+  0 for it; the base features kept in `cache` from point to point; NaN for n < 2); {} otherwise."""
+  del clf, rng, rates                            # every caption has its own seed
+  ctx = exp.context
+  items = ctx.coco[:n]
+  if not exp.config.eval.attack_fd or not items or (ctx.clip is None and exp.inception is None):
+    return {}
+  cache = {} if cache is None else cache
+  res = utility_pass(exp, params["unet"], items=items)
+  out = {}
+  if res["clip"] is not None:
+    out["clip_score"] = float(np.mean(res["clip"]))
+  if res["features"] is not None:
+    out["fd"] = float("nan")
+    if len(items) >= 2:
+      if ("fd_base", len(items)) not in cache:
+        base = utility_pass(exp, ctx.base_params["unet"], items=items)["features"]["pool3"]
+        cache[("fd_base", len(items))] = evaluation.gaussian_stats(base)
+      out["fd"] = float(evaluation.fid(cache[("fd_base", len(items))], res["features"]["pool3"]))
+  return out
 
 
 def evaluate(exp: Experiment, workdir: str, model: str, params, clf, rng: jax.Array, out_dir: str) -> dict:

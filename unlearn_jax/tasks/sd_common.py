@@ -149,14 +149,6 @@ def check_stages(exp) -> None:
                       f"{BASE!r} (the model directory) or an earlier stage")
 
 
-def attack_measures(exp, params, clf, n: int, rng, rates=None, cache=None) -> dict:
-  """An attack curve point's measures beside AR / AR_CL (`tasks.classes.attack_measures`) on the
-  prompts task: none (no likelihood; its utility, CLIP score / FID on COCO captions, is not
-  measured along the curve yet).  UnlearnCanvas has its own (the FD of retained styles)."""
-  del exp, params, clf, n, rng, rates, cache
-  return {}
-
-
 def named_params(exp, name: str):
   """"base": the model directory's UNet with the prompt table (theta*)."""
   if name != BASE:
