@@ -61,7 +61,7 @@ def get_config(arg=None):
     raise ValueError(f"methods={a['methods']!r}: expected names among {', '.join(METHODS)} joined by '-'")
   pretrain, unlearn, attack, every = 20000, 4000, 2000, 250
   if cpu:
-    pretrain, unlearn, attack, every = 3500, 1000, 300, 100
+    pretrain, unlearn, attack, every = 3500, 1000, 200, 100
     c.eval.update(dict(attack_num_samples=100))
   attack = a.get("attack") or attack
   c.stages, c.stage_order = config_lib.dimum_stages(

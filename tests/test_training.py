@@ -111,9 +111,16 @@ def test_interrupted_loop_resumes_to_identical_state(tmp_path):
   with pytest.raises(Killed):
     training.train_loop(str(tmp_path / "b"), state, step_fn, loop, _batches, step_hook=kill_at_12)
   assert checkpoints.latest_step(str(tmp_path / "b")) == 10
+  os.remove(tmp_path / "b" / training.COMPILE_FILE)
   resumed = training.train_loop(str(tmp_path / "b"), state, step_fn, loop, _batches)
   for a, b in zip(jax.tree_util.tree_leaves(full), jax.tree_util.tree_leaves(resumed)):
     np.testing.assert_array_equal(a, b)
+  # the step is compiled ahead of time: its seconds in compile.json, written again on resume
+  times = checkpoints.read_json(str(tmp_path / "b" / training.COMPILE_FILE))
+  assert set(times) == {"lower_s", "compile_s"} and times["compile_s"] > 0 and times["lower_s"] > 0
+  os.remove(tmp_path / "b" / training.COMPILE_FILE)
+  training.train_loop(str(tmp_path / "b"), state, step_fn, loop, _batches)       # finished: nothing to compile
+  assert not os.path.exists(tmp_path / "b" / training.COMPILE_FILE)
 
 
 def _run_main(workdir, *extra, wait=True):

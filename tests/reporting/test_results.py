@@ -33,6 +33,8 @@ def test_collect_gathers_every_stage_output_exactly(tmp_path):
   _write(w, "salun_mask/DONE.json", {"method": "salun", "kept_fraction": 0.25, "wall_time_s": 0.5})
   _write(w, "salun/DONE.json", {"steps": 4, "wall_time_s": 2.0})
   _write(w, "dimum/DONE.json", {"steps": 4, "wall_time_s": 6.0})
+  _write(w, "pretrained/compile.json", {"lower_s": 0.5, "compile_s": 7.5})
+  _write(w, "dimum/compile.json", {"lower_s": 0.25, "compile_s": 3.0})
   for m, ar in (("pretrained", 1.0), ("salun", 0.25), ("dimum", 0.0)):
     _write(w, f"evaluate/{m}.json", {"ar_mu": ar, "ar_cl": 0.5, "frechet_distance": 3.0, "wall_time_s": 4.0,
                                      "samples_png": f"evaluate/{m}_samples.png"})
@@ -59,6 +61,7 @@ def test_collect_gathers_every_stage_output_exactly(tmp_path):
                          unlearn_steps=4)},
       "wall_time_s": {"classifier": 1.5, "pretrained": 20.0, "salun_mask": 0.5, "salun": 2.0, "dimum": 6.0,
                       "evaluate/pretrained": 4.0, "evaluate/salun": 4.0, "evaluate/dimum": 4.0},
+      "compile_s": {"pretrained": 7.5, "dimum": 3.0},
   }
   assert got == want
   assert list(got["models"]) == ["pretrained", "salun", "dimum"]          # the config's order

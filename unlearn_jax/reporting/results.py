@@ -23,7 +23,8 @@ results.json schema (documented in the README):
                       "mask": "upper half" | "t_start": float, "n_steps": int, "png": "evaluate/<stage>_<kind>.png"}}
     },
     "forget_attribute": "Bangs",                             (CelebA attribute forgetting only)
-    "wall_time_s": {"<stage>": float}
+    "wall_time_s": {"<stage>": float},
+    "compile_s": {"<stage>": float}          (training stages: the train step's XLA compile, last run)
   }
 Class-conditional experiments (DiMUM / DiMRA) have instead, per model,
   {"ar_mu": float, "ar_cl": float, "frechet_distance": float, "retain_accuracy": float,
@@ -65,7 +66,7 @@ def collect(exp, workdir: str) -> dict:
   results = {"experiment": cfg.experiment, "dataset": cfg.data.name, "data_source": exp.train.source,
              "forget_classes": list(exp.forget_labels),
              "forget_class_names": [exp.train.class_names[i] for i in exp.forget_labels],
-             "classifier": None, "models": {}, "wall_time_s": {}}
+             "classifier": None, "models": {}, "wall_time_s": {}, "compile_s": {}}
   if exp.conditional:
     results["alternative_classes"] = [int(exp.alt[c]) for c in exp.forget_labels]
     results["attacks"], results["masks"] = {}, {}
@@ -75,6 +76,9 @@ def collect(exp, workdir: str) -> dict:
     done = checkpoints.read_json(done_path) if os.path.exists(done_path) else {}
     if "wall_time_s" in done:
       results["wall_time_s"][name] = done["wall_time_s"]
+    compile_path = os.path.join(workdir, name, training.COMPILE_FILE)
+    if os.path.exists(compile_path):
+      results["compile_s"][name] = checkpoints.read_json(compile_path)["compile_s"]
     if st.kind == "classifier" and done:
       results["classifier"] = {k: v for k, v in done.items() if "accuracy" in k or k == "loaded_from"}
     if st.kind == "mask" and done:
