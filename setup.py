@@ -29,6 +29,11 @@ SD = ["diffusers==0.39.0",        # last release with Flax classes
       "huggingface-hub==0.36.2",
       "safetensors>=0.4,<0.9"]    # PyTorch .safetensors weights read without torch; tested 0.8.0
 TF = ["tensorflow-cpu==2.21.0"]   # `tfds build` (preparing data sets), the `tfds.load` fallback, tfds' mock data
+# `python -m unlearn_jax.convert` reads .safetensors with [sd] alone; torch reads the .bin / .ckpt
+# pickles (weights_only) and pytorch-fid's Inception .pth, and builds the PyTorch models of
+# tests/test_convert.py (diffusers' and transformers' PyTorch classes need nothing else).
+TORCH = ["torch==2.13.0"]         # tested 2.13.0+cpu (754 MB installed, + sympy 80 MB, networkx 19 MB)
+CONVERT = TORCH + SD
 NUDITY = ["nudenet==3.4.2", "onnxruntime==1.32.0", "opencv-python-headless==4.14.0.94"]
 # libtpu for deviceless TPU compilation (`python -m unlearn_jax.aot`) and for TPU VMs; tested
 # jax[tpu]==0.10.2 (libtpu 0.0.42.1) on a CPU-only machine.
@@ -48,9 +53,10 @@ setup(
         # the tests cover the Stable Diffusion and tfds mock-data paths too
         "test": ["pytest==9.2.0"] + SD + TF + TPU,   # tests/test_aot.py compiles tiny steps for TPU
         "tpu": TPU,
-        "convert": ["torch==2.13.0"],  # evaluation.inception_weights reads a .pth
+        "convert": CONVERT,
+        "bench": TORCH,  # benchmarks/vs_pytorch.py: the same UNet and steps in PyTorch (CPU build)
         # evaluation.nudity: NudeNet's bundled 320n detector (tested together on py3.11, CPU)
         "nudity": NUDITY,
-        "all": SD + TF + NUDITY,
+        "all": SD + TF + NUDITY + TORCH,
     },
 )

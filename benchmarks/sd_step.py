@@ -280,7 +280,7 @@ class Runner:
     self.batches = jax.device_put(setup.batches(sorted({ob.stream for ob in objectives.values()}), batch))
     self.key = jax.random.key(0)
     self.consts = consts
-    step = jax.jit(functools.partial(training.train_step, spec=spec, tx=self.tx, axis_name=None),
+    step = jax.jit(functools.partial(training.train_step, spec=spec, tx=self.tx),
                    donate_argnums=(0,))
     abstract = jax.eval_shape(lambda p: ts.create(p, self.tx), setup.params)
     t0 = time.perf_counter()

@@ -46,7 +46,7 @@ def bench(size: str, batch: int, steps: int, method: bool):
   apply = lambda v, x, t, l=None, train=False, rngs=None: module.apply(v, x, t, l, train=train, rngs=rngs)
   spec = training.StepSpec(apply_fn=apply, process=sde_lib.VESDE(), output_type="eps", objectives=objectives)
   state = ts.create(params, tx)
-  step = jax.jit(functools.partial(training.train_step, spec=spec, tx=tx, axis_name=None), donate_argnums=(0,))
+  step = jax.jit(functools.partial(training.train_step, spec=spec, tx=tx), donate_argnums=(0,))
   rng = np.random.default_rng(0)
   batches = {"retain": {"x": rng.random((batch, 28, 28, 1), np.float32)},
              "forget": {"x": rng.random((batch, 28, 28, 1), np.float32)}}

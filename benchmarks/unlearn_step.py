@@ -72,7 +72,7 @@ def build(config, method: str, batch: int):
   rng = np.random.default_rng(0)
   batches = {o.stream: {"x": rng.random((batch,) + shape, np.float32),
                         "labels": rng.integers(0, k, batch).astype(np.int32)} for o in objectives.values()}
-  step = jax.jit(functools.partial(training.train_step, spec=spec, tx=tx, axis_name=None), donate_argnums=(0,))
+  step = jax.jit(functools.partial(training.train_step, spec=spec, tx=tx), donate_argnums=(0,))
   state = ts.create(params, tx)
   key = jax.random.key(0)
   compiled = step.lower(state, batches, key, consts).compile()

@@ -172,6 +172,9 @@ def test_paper_scale_configs_build():
     if name.startswith("sgu_"):
       assert c.stages.evaluate.models == ("standard", "unseen", "sgu_orthogonal", "sgu_obtuse")
   assert load_config("sgu_mnist.py", None).data.forget_classes == (3,)
+  # paper scale never falls back to the offline 5,000-image subset; the cpu variant may
+  assert load_config("sgu_mnist.py", None).data.source == "tfds"
+  assert load_config("sgu_mnist.py", "cpu").data.source == "auto"
   assert load_config("sgu_cifar10.py", None).sde.name == "vpsde"
   c = load_config("dimum_cifar10.py", None)
   assert (c.model.ch, c.model.ch_mult, c.model.num_res_blocks, c.model.attn_resolutions) == \

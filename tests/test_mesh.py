@@ -58,6 +58,24 @@ def test_map_batches_pads_and_trims_every_chunk():
   assert mesh.map_batches(f, 1.0, {"a": np.zeros((0, 2)), "b": np.zeros(0)}, 3) is None
 
 
+def test_map_batches_with_a_label_logs_a_progress_line(monkeypatch):
+  made = []
+
+  class Recorder:
+    def __init__(self, label, total, unit):
+      made.append([label, total, unit])
+
+    def update(self, done):
+      made[-1].append(done)
+
+  monkeypatch.setattr(mesh.console, "Progress", Recorder)
+  f = jax.jit(lambda c, x: x * c)
+  mesh.map_batches(f, 2.0, np.ones((5, 2), np.float32), 2)                      # no label: no line
+  assert made == []
+  mesh.map_batches(f, 2.0, np.ones((5, 2), np.float32), 2, label="Inception features")
+  assert made == [["Inception features", 5, "images", 2, 4, 5]]
+
+
 def test_put_and_to_host_round_trip_a_tree_with_a_key():
   tree = {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "k": jax.random.key(3), "s": np.int32(4)}
   back = mesh.to_host(mesh.put(tree))

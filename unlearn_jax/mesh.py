@@ -38,6 +38,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from unlearn_jax import console
 from unlearn_jax.errors import UserError
 
 DATA, FSDP = "data", "fsdp"
@@ -195,14 +196,17 @@ def to_host(tree):
 
 
 def map_batches(fn: Callable, consts, xs, batch_size: int, *, rng: Optional[jax.Array] = None,
-                m: Optional[Mesh] = None, on_batch: Optional[Callable[[int, int], None]] = None):
+                m: Optional[Mesh] = None, on_batch: Optional[Callable[[int, int], None]] = None,
+                label: str = "", unit: str = "images"):
   """fn(consts, x_B) over `xs` (a tree of arrays with one leading axis of N rows) in chunks
   of `batch_size` rows, each padded (repeating its last row) to a multiple of the mesh size
   and split over every device; returns fn's outputs (a tree of (N, ...) NumPy arrays; None
   for N = 0).  With `rng`, chunk i is `fn(consts, x_B, fold_in(rng, i))`.
 
   `fn` is a `jax.jit` (compiled once per padded shape); `consts` (e.g. parameters) are
-  placed once, by `tree_shardings`.  `on_batch(done, total)` reports progress."""
+  placed once, by `tree_shardings`.  `on_batch(done, total)` reports progress; with a
+  `label`, a `console.Progress` line ("<label> 500/2000 <unit> (..., ETA ...)") every 20 s of
+  a long loop (a short one stays silent)."""
   m = m or current()
   leaves = jax.tree_util.tree_leaves(xs)
   n = len(leaves[0]) if leaves else 0
@@ -211,6 +215,7 @@ def map_batches(fn: Callable, consts, xs, batch_size: int, *, rng: Optional[jax.
   batch_size = max(1, min(int(batch_size), n))
   padded = round_up(batch_size, m)
   placed = put(consts, tree_shardings(consts, m))
+  progress = console.Progress(label, n, unit) if label else None
   out = []
   for i, start in enumerate(range(0, n, batch_size)):
     stop = min(start + batch_size, n)
@@ -221,6 +226,8 @@ def map_batches(fn: Callable, consts, xs, batch_size: int, *, rng: Optional[jax.
     out.append(jax.tree_util.tree_map(lambda a: to_host(a)[:stop - start], y))
     if on_batch is not None:
       on_batch(stop, n)
+    if progress is not None:
+      progress.update(stop)
   return jax.tree_util.tree_map(lambda *a: np.concatenate(a), *out)
 
 

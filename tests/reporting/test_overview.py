@@ -32,6 +32,17 @@ def test_rate_intervals_use_num_samples():
   out = results_lib.rate_intervals(e)
   assert list(out) == ["ar_mu_ci95"] and out["ar_mu_ci95"] == pytest.approx(list(wilson_interval(0.25, 40)))
   assert results_lib.rate_intervals({"ar_mu": 0.25}) == {}
+  # UnlearnCanvas' UA / IRA / CRA each on the images it counts; a nudity entry's flagged share on its images
+  canvas = {"ua": 0.5, "ira": 0.75, "cra": 1.0, "n_forget": 8, "n_retain": 24, "n_cra": 32, "num_samples": 32}
+  out = results_lib.rate_intervals(canvas)
+  assert out == {"ua_ci95": pytest.approx(list(wilson_interval(0.5, 8))),
+                 "ira_ci95": pytest.approx(list(wilson_interval(0.75, 24))),
+                 "cra_ci95": pytest.approx(list(wilson_interval(1.0, 32)))}
+  nud = {"nudity": {"flagged_share": 0.3, "images": 10, "total": 7}}
+  out = results_lib.rate_intervals(nud)
+  assert out["nudity"] == {"flagged_share": 0.3, "images": 10, "total": 7,
+                           "flagged_share_ci95": pytest.approx(list(wilson_interval(0.3, 10)))}
+  assert "flagged_share_ci95" not in nud["nudity"]                       # the entry itself is left as it was
 
 
 def _results(tmp_path):

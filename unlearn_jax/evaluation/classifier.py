@@ -68,7 +68,8 @@ def _jitted(kind: str, apply_fn: Callable) -> Callable:
 
 def classify(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500):
   """(predicted class (N,), its softmax probability (N,)) for images in [0, 1] (batched, jitted)."""
-  out = mesh_lib.map_batches(_jitted("classify", apply_fn), params, np.asarray(x01), batch_size)
+  out = mesh_lib.map_batches(_jitted("classify", apply_fn), params, np.asarray(x01), batch_size,
+                             label="classifier")
   if out is None:
     return np.zeros((0,), np.int32), np.zeros((0,), np.float32)
   return out
@@ -105,5 +106,6 @@ def sample_quality(pred: np.ndarray, confidence: np.ndarray, data_labels: np.nda
 
 def embed(apply_fn: Callable, params, x01: np.ndarray, batch_size: int = 500) -> np.ndarray:
   """The classifier's penultimate features (B, F) of images in [0, 1] (for Fréchet distances)."""
-  out = mesh_lib.map_batches(_jitted("embed", apply_fn), params, np.asarray(x01), batch_size)
+  out = mesh_lib.map_batches(_jitted("embed", apply_fn), params, np.asarray(x01), batch_size,
+                             label="classifier features")
   return np.zeros((0, 0), np.float32) if out is None else out

@@ -216,7 +216,8 @@ def _jitted(comp: CLIPComponents, kind: str):
 
 def _batched(fn, params, arrays: Sequence[np.ndarray], batch_size: int) -> np.ndarray:
   """fn(params, *chunk) over chunks of `batch_size` rows split over the mesh (`mesh.map_batches`)."""
-  out = mesh_lib.map_batches(lambda p, xs: fn(p, *xs), params, tuple(arrays), batch_size)
+  out = mesh_lib.map_batches(lambda p, xs: fn(p, *xs), params, tuple(arrays), batch_size,
+                             label="CLIP", unit="inputs")
   return np.asarray(out, np.float32)
 
 

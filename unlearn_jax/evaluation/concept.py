@@ -62,7 +62,8 @@ def ua_ira_cra(style_pred, object_pred, style_true, object_true, forget_styles: 
 
   Returns:
     {"UA", "IRA", "CRA": floats in [0, 1], NaN where their image set is empty;
-     "n_forget", "n_retain": the numbers of forget- and retained-style images}.
+     "n_forget", "n_retain": the numbers of forget- and retained-style images (UA's and
+     IRA's denominators), "n_cra": CRA's}.
   """
   check_choice("cra_images", cra_images, ("retain", "all"))
   style_true = _labels("style_true", style_true)
@@ -81,6 +82,7 @@ def ua_ira_cra(style_pred, object_pred, style_true, object_true, forget_styles: 
       "CRA": _mean(object_ok[cra_set]),
       "n_forget": int(is_f.sum()),
       "n_retain": int((~is_f).sum()),
+      "n_cra": int(cra_set.sum()),
   }
 
 

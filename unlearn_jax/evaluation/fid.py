@@ -87,7 +87,8 @@ def inception_features(variables, images, batch_size: int = 50, *, size: Optiona
     raise ValueError("no images")
   if quantize and images.dtype != np.uint8:
     images = inception.quantize_uint8(images)
-  return mesh_lib.map_batches(functools.partial(_forward, size=size), variables, images, batch_size)
+  return mesh_lib.map_batches(functools.partial(_forward, size=size), variables, images, batch_size,
+                              label="Inception features")
 
 
 # --- FID / sFID ---------------------------------------------------------------

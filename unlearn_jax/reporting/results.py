@@ -39,8 +39,10 @@ An unlearning model whose method logs diagnostics (EraseDiff: the value gap g = 
 lambda_t, cosines of the update with grad L_r and grad g) also has
   "training_log": {"steps": [...], "<metric>": [...], "summary": {"<metric>": {"first", "last", "mean"}}}
 from <stage>/metrics.jsonl.
-Every rate of a model's samples (`RATES`: unlearning_ratio, ar_mu, ar_cl) has beside it
-"<rate>_ci95": [low, high], Wilson's 95 % interval on its num_samples samples.
+Every rate of a model's samples (`RATES`: unlearning_ratio, ar_mu, ar_cl on num_samples;
+UnlearnCanvas' ua / ira / cra on n_forget / n_retain / n_cra) has beside it "<rate>_ci95":
+[low, high], Wilson's 95 % interval on the samples it counts; so does a "nudity" entry's
+flagged_share (on its images).
 """
 from __future__ import annotations
 
@@ -52,8 +54,10 @@ from unlearn_jax import checkpoints
 from unlearn_jax import training
 from unlearn_jax.evaluation.rates import wilson_interval
 
-#: the rates of a model entry measured on its `num_samples` samples (they get a "<rate>_ci95").
-RATES = ("unlearning_ratio", "ar_mu", "ar_cl")
+#: the rates of a model entry and the entry key of the number of samples each counts (each
+#: gets a "<rate>_ci95").
+RATES = {"unlearning_ratio": "num_samples", "ar_mu": "num_samples", "ar_cl": "num_samples",
+         "ua": "n_forget", "ira": "n_retain", "cra": "n_cra"}
 
 #: logged metrics a report keeps per unlearning stage (EraseDiff's Fig. 2 diagnostics and the losses).
 LOGGED = ("loss/forget", "loss/retain", "method/lambda_t", "method/cos_update_retain",
@@ -114,13 +118,16 @@ def collect(exp, workdir: str) -> dict:
 
 
 def rate_intervals(entry: dict) -> dict:
-  """{"<rate>_ci95": [low, high]} for each finite rate of `RATES` in a model entry with num_samples."""
-  n = entry.get("num_samples")
+  """{"<rate>_ci95": [low, high]} for each finite rate of `RATES` in a model entry that has its
+  sample count; and a "nudity" entry's copy with its flagged_share's, on its images."""
   out = {}
-  for k in RATES:
-    v = entry.get(k)
+  for k, count in RATES.items():
+    v, n = entry.get(k), entry.get(count)
     if n and isinstance(v, (int, float)) and np.isfinite(v):
       out[f"{k}_ci95"] = list(wilson_interval(v, n))
+  nud = entry.get("nudity")
+  if isinstance(nud, dict) and nud.get("images") and isinstance(nud.get("flagged_share"), (int, float)):
+    out["nudity"] = {**nud, "flagged_share_ci95": list(wilson_interval(nud["flagged_share"], nud["images"]))}
   return out
 
 

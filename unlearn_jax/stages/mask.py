@@ -19,6 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from unlearn_jax import checkpoints
+from unlearn_jax import console
 from unlearn_jax import data as data_lib
 from unlearn_jax import generation
 from unlearn_jax import losses
@@ -72,24 +73,30 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
   params_all = params
   placed = mesh_lib.put(params)          # the passes run on the mesh: batches split over every device
 
-  def grads(ds, **kw):
-    batches = _pass_batches(ds, cfg.training.batch_size, st.steps, seed)
-    keyed = ((mesh_lib.put(b, mesh_lib.batch()), jax.random.fold_in(jax.random.key(seed), i))
-             for i, b in enumerate(batches))
-    return mesh_lib.to_host(saliency.accumulate(lambda p, bk: grad_fn(p, *bk), placed, keyed, **kw))
+  def grads(what, **kw):
+    batches = _pass_batches(exp.streams[what], cfg.training.batch_size, st.steps, seed)
+    what_name = {"forget": "D_f", "retain": "D_r"}[what]
+    progress = console.Progress(f"[{name}] gradients over {what_name}", len(batches), "batches")
+
+    def keyed():
+      for i, b in enumerate(batches):
+        yield mesh_lib.put(b, mesh_lib.batch()), jax.random.fold_in(jax.random.key(seed), i)
+        progress.update(i + 1)          # batch i has been handed on (its gradient queued)
+
+    return mesh_lib.to_host(saliency.accumulate(lambda p, bk: grad_fn(p, *bk), placed, keyed(), **kw))
 
   if trainable is not None:            # masks over the trainable leaves only (zeros elsewhere)
     params = training.split_trainable(params, trainable)
   dtype, info = np.uint8, {}
   if st.method == "salun":
-    scores = jax.tree_util.tree_map(jnp.abs, grads(exp.streams["forget"]))
+    scores = jax.tree_util.tree_map(jnp.abs, grads("forget"))
     mask = saliency.top_fraction_mask(scores, cfg.salun.fraction)
   elif st.method == "sfron":
-    f_forget = grads(exp.streams["forget"], square=True, clip_norm=1.0)
-    f_retain = grads(exp.streams["retain"], square=True, clip_norm=1.0)
+    f_forget = grads("forget", square=True, clip_norm=1.0)
+    f_retain = grads("retain", square=True, clip_norm=1.0)
     mask = saliency.ratio_mask(f_forget, f_retain)
   elif st.method == "shs":
-    scores = shs_lib.snip_scores(grads(exp.streams["forget"], absolute=True), params)
+    scores = shs_lib.snip_scores(grads("forget", absolute=True), params)
     mask = saliency.top_fraction_mask(scores, 1.0 - cfg.shs.sparsity, field="config.shs.sparsity")
   else:
     mask, dtype = fisher_information(exp, params, spec, objective, seed), np.float32

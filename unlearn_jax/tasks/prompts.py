@@ -62,6 +62,7 @@ import numpy as np
 from PIL import Image
 
 from unlearn_jax import checkpoints
+from unlearn_jax import console
 from unlearn_jax import data as data_lib
 from unlearn_jax import evaluation
 from unlearn_jax import lazy
@@ -239,6 +240,7 @@ def generate_training_latents(ctx: PromptContext, write: bool = True) -> np.ndar
   parts = []
   unet = ctx.base_params["unet"]
   t0, made = time.time(), 0
+  progress = console.Progress("D_f / D_r generation (base model)", len(ctx.plan_ids), "latents")
   for k in range(_num_chunks(ctx)):
     path = _chunk_path(ctx.cache_dir, k) if ctx.cache_dir else None
     if path and os.path.exists(path):
@@ -255,6 +257,7 @@ def generate_training_latents(ctx: PromptContext, write: bool = True) -> np.ndar
       np.save(tmp, z.astype(np.float32))
       os.replace(tmp, path)
     parts.append(z)
+    progress.update(int(idx[-1]) + 1)
   if made:
     logging.info("generated %d of %d training latents with the base model in %.1f s (%s)", made,
                  len(ctx.plan_ids), time.time() - t0, ctx.cache_dir)

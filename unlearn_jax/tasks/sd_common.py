@@ -177,7 +177,8 @@ def decode(ctx, latents: np.ndarray, batch_size: int = 16) -> np.ndarray:
   comp = ctx.comp
   if "decode" not in ctx.compiled:
     ctx.compiled["decode"] = jax.jit(lambda p, z: sd.decode_latents(comp.vae, p, z, comp.scaling_factor))
-  out = mesh_lib.map_batches(ctx.compiled["decode"], comp.vae_params, np.asarray(latents), batch_size)
+  out = mesh_lib.map_batches(ctx.compiled["decode"], comp.vae_params, np.asarray(latents), batch_size,
+                             label="VAE decode")
   if out is not None:
     return out
   side = int(np.shape(latents)[1]) * comp.vae_factor if np.ndim(latents) == 4 else comp.image_size

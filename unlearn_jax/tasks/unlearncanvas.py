@@ -317,7 +317,8 @@ def classify(ctx: SDContext, which: str, params, x01: np.ndarray, batch_size: in
       feats = module.apply({"params": p}, x, method="features")
       return module.apply({"params": p}, feats, method=lambda m, f: m.head(f)), feats
     ctx.compiled[key] = jax.jit(logits_and_features)
-  out = mesh_lib.map_batches(ctx.compiled[key], params, _resize(ctx, x01), batch_size)
+  out = mesh_lib.map_batches(ctx.compiled[key], params, _resize(ctx, x01), batch_size,
+                             label=f"{which} classifier")
   if out is None:
     return np.zeros((0, ctx.classifiers[which].config.num_classes)), np.zeros((0, 0))
   return out
