@@ -194,7 +194,7 @@ def test_load_errors(comp, tmp_path):
   assert "vae/" in str(e.value)
   (broken / "text_encoder" / "flax_model.msgpack").unlink()
   shutil.copytree(f"{comp.model_dir}/vae", broken / "vae")
-  with pytest.raises(UserError, match="from_pt=True"):
+  with pytest.raises(UserError, match="python -m unlearn_jax.convert"):
     sd.load(str(broken))
 
 

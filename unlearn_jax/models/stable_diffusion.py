@@ -30,12 +30,14 @@ to_v: Concept Ablation), "non_cross_attn" (ESD-u, EraseDiff) or "all".
 Weights.  `load` reads a local diffusers-format directory (`unet/`, `vae/`,
 `text_encoder/`, `tokenizer/`, `scheduler/`) through the libraries' own
 `from_pretrained(model_dir, subfolder=...)`; nothing is downloaded.  Flax
-weights of SD v1.4 and v1.5 exist on the Hugging Face hub in the `flax`
-(float32) and `bf16` revisions of `CompVis/stable-diffusion-v1-4` and
-`runwayml/stable-diffusion-v1-5` (e.g. `huggingface-cli download
-CompVis/stable-diffusion-v1-4 --revision flax --local-dir sd-v1-4-flax`).  A
-directory holding only PyTorch weights loads with `load(..., from_pt=True)`,
-which needs `torch` installed.  Parameters are cast to `param_dtype` (float32
+weights of SD v1.4 exist on the Hugging Face hub in the `flax` (float32) and `bf16`
+revisions of `CompVis/stable-diffusion-v1-4` (e.g. `huggingface-cli download
+CompVis/stable-diffusion-v1-4 --revision flax --local-dir sd-v1-4-flax`; the former
+`runwayml/stable-diffusion-v1-5` repository is gone from the hub).  PyTorch weights (a
+diffusers directory, or one original-layout `.safetensors` / `.ckpt` such as SD v1.5's or
+UnlearnCanvas' fine-tuned model) are converted once to such a directory by
+`python -m unlearn_jax.convert` (`.safetensors` without torch); `load(..., from_pt=True)`
+(diffusers' own conversion) also works with torch installed.  Parameters are cast to `param_dtype` (float32
 by default, so a bf16 checkpoint trains with float32 master weights); `dtype`
 is the compute dtype of the modules.
 
@@ -71,6 +73,7 @@ import numpy as np
 import optax
 
 from unlearn_jax import checkpoints
+from unlearn_jax import console
 from unlearn_jax import lazy
 from unlearn_jax import mesh as mesh_lib
 from unlearn_jax.errors import UserError, check_choice
@@ -91,8 +94,8 @@ SD_V1_SCHEDULE = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "sc
 #: the parts `load` needs, each a sub-folder of the model directory.
 _PARTS = ("unet", "vae", "text_encoder", "tokenizer")
 _EXPECTED = ("a diffusers-format Stable Diffusion directory with unet/, vae/, text_encoder/ and "
-             "tokenizer/ holding Flax weights (the hub's 'flax' or 'bf16' revision; PyTorch "
-             "weights need from_pt=True and torch)")
+             "tokenizer/ holding Flax weights (the hub's 'flax' or 'bf16' revision; convert PyTorch "
+             "weights once with python -m unlearn_jax.convert)")
 
 
 def _quiet():
@@ -389,7 +392,8 @@ def encode_prompts(comp: SDComponents, prompts: Sequence[str], batch_size: int =
   if "text" not in comp._jitted:
     comp._jitted["text"] = jax.jit(
         lambda params, ids: comp.text_encoder(ids, params=params, train=False)[0])
-  return np.asarray(mesh_lib.map_batches(comp._jitted["text"], comp.text_params, ids, batch_size), np.float32)
+  return np.asarray(mesh_lib.map_batches(comp._jitted["text"], comp.text_params, ids, batch_size,
+                                         label="prompt encoding", unit="prompts"), np.float32)
 
 
 def token_ids(comp: SDComponents, prompts: Sequence[str]) -> np.ndarray:
@@ -460,7 +464,8 @@ def encode_images(comp: SDComponents, images01: np.ndarray, *, batch_size: int =
       return (z * comp.scaling_factor).astype(jnp.float32)
     comp._jitted[key] = jax.jit(encode)
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return mesh_lib.map_batches(comp._jitted[key], comp.vae_params, images01, batch_size, rng=rng)
+  return mesh_lib.map_batches(comp._jitted[key], comp.vae_params, images01, batch_size, rng=rng,
+                              label="VAE encode")
 
 
 def decode_latents(vae, vae_params, latents: jax.Array, scaling_factor: float) -> jax.Array:
@@ -622,10 +627,12 @@ def fit_tiny_vae(model_dir: str, images01: np.ndarray, *, steps: int, lr: float 
   base = jax.random.PRNGKey(seed)
   every = max(1, steps // 10)
   history = []
+  progress = console.Progress("tiny VAE fit", steps, "steps")
   for i in range(steps):
     params, opt_state, logs = step(params, opt_state, x_all, jax.random.fold_in(base, i))
     if (i + 1) % every == 0 or i + 1 == steps:
       history.append({"step": i + 1, **{k: float(v) for k, v in logs.items()}})
+      progress.update(i + 1, f"loss {history[-1]['loss']:.4g}")
   mse, means = _vae_stats(stats, params, images01)
   std = float(np.std(means))
   if not np.isfinite(std) or std <= 0:
