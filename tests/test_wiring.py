@@ -237,6 +237,8 @@ OPTIONS_ELSEWHERE = {
     "sa.fisher_t": "test_mask_stage_options_reach_the_mask",
     "erasediff.couple_lr": "test_erasediff_couple_lr_sets_the_options_lr (and tests/unlearning/test_erasediff.py "
                            "through the pipeline)",
+    "erasediff.unroll": "tests/unlearning/test_erasediff.py::test_erasediff_rolled_inner_loop_is_the_same_update "
+                        "(rolled or not, the same update by design)",
     **{f"uce.{k}": "tests/unlearning/test_all_methods.py::test_closed_form_method_builds_nothing_and_edits_by_hand "
                    "(each choice by hand; UCE is an edit, not a step)" for k in ("target", "tokens", "preserve")},
 }

@@ -211,6 +211,24 @@ def test_erasediff_update_from_the_config_equals_the_hand_computation():
   assert not np.allclose(got[1], got[2], rtol=1e-6, atol=1e-8)
 
 
+def test_erasediff_rolled_inner_loop_is_the_same_update(monkeypatch):
+  # config.erasediff.unroll=False (one lax.scan body: less to compile for the SD UNet) reaches
+  # the inner loop and gives the hand-computed update of K = 5 steps.
+  seen = []
+  real = erasediff.inner_descent
+  monkeypatch.setattr(erasediff, "inner_descent", lambda *a: seen.append(a[-1]) or real(*a))
+  case = dict(inner_steps=5, inner_lr=0.2, eta=1.5)
+  params, inputs = _erasediff_step(unroll=False, **case)
+  assert seen and not any(seen), seen
+  expected, _ = _hand_update(inputs, **case)
+  for k in ("w", "b"):
+    np.testing.assert_allclose(params[k], expected[k], rtol=1e-5, atol=1e-7)
+  bad = settings.replace(settings.of(method_config()), "erasediff.unroll", "no")
+  with pytest.raises(UserError) as e:
+    methods.build("erasediff", "", bad, alt=np.arange(K + 1), steps=1, forget=(3,), num_classes=K)
+  assert e.value.field == "config.erasediff.unroll"
+
+
 def test_erasediff_fixed_grad_form_update_is_the_same_for_every_k_and_xi():
   # The option that treats phi^K as a constant: K and xi change only the logged g.
   ref, _ = _erasediff_step(inner_steps=0, inner_lr=0.2, eta=1.5, grad_form="fixed")
