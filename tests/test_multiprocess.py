@@ -104,9 +104,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _launch(out_dir, runs, nproc=2, timeout=180):
+def _launch(out_dir, runs, nproc=2, timeout=180, argv=None):
   """Starts `nproc` worker processes (2 host devices each) and waits for all of them;
-  returns their (returncode, stderr tail).  Once one fails, the others (left waiting on it
+  returns their (returncode, stderr tail).  Each runs this file with `out_dir` and `runs`, or
+  `argv` (a script and its arguments) where given.  Once one fails, the others (left waiting on it
   in a collective or barrier) get 20 s to end, then are killed."""
   env = dict(os.environ, JAX_PLATFORMS="cpu", JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{_free_port()}",
              JAX_NUM_PROCESSES=str(nproc),
@@ -116,7 +117,8 @@ def _launch(out_dir, runs, nproc=2, timeout=180):
   procs = []
   for i in range(nproc):
     with open(logs[i], "w") as err:
-      procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), str(out_dir), json.dumps(runs)],
+      cmd = argv or [os.path.abspath(__file__), str(out_dir), json.dumps(runs)]
+      procs.append(subprocess.Popen([sys.executable] + list(cmd),
                                     cwd=REPO, env=dict(env, JAX_PROCESS_ID=str(i)),
                                     stdout=subprocess.DEVNULL, stderr=err))
   deadline = time.monotonic() + timeout
