@@ -326,8 +326,14 @@ def test_user_errors_leave_the_workdir_unchanged(run, tmp_path, field, value, ma
   assert sorted(os.listdir(workdir)) == before
 
 
-@pytest.mark.parametrize("field,value", [("optim.lr", -0.1), ("eval.num_samples", -5),
-                                         ("training.batch_size", 0)])
+@pytest.mark.parametrize("field,value", [
+    ("optim.lr", -0.1), ("eval.num_samples", -5), ("training.batch_size", 0),
+    # checked by `build` on the data and the model, and by `prepare` before it writes them
+    ("data.alt_style", "No_Such_Style"), ("data.alt_style", "Van_Gogh"),          # forgotten
+    ("data.alt_style", next(s for s in canvas.STYLES                               # not in the synthetic tree
+                            if s not in config_lib.unlearncanvas_base(cpu=True).data.styles)),
+    ("data.image_size", 31), ("data.template", "no such template"), ("data.objects", ("Nothing",)),
+])
 def test_bad_fields_of_a_tiny_run_fail_before_inputs_are_written(tmp_path, field, value):
   """model_dir="tiny" / data_dir="synthetic" build <workdir>/inputs/ (a VAE fit); a bad field
   must stop the run before that, leaving a fresh workdir empty."""

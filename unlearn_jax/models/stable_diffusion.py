@@ -179,6 +179,16 @@ def _write_tiny_tokenizer(path: str, max_length: int):
   return tokenizer
 
 
+def check_tiny_image_size(image_size: int, block_out_channels: Sequence[int] = (32, 64),
+                          vae_block_out_channels: Sequence[int] = (16, 32), field: str = "image_size") -> None:
+  """UserError(field) unless `write_tiny`'s model of these widths takes `image_size` pixels: a
+  multiple of the VAE factor 2**(len(vae_block_out_channels) - 1) times the UNet's down-sampling."""
+  factor = 2 ** (len(tuple(vae_block_out_channels)) - 1)
+  unet = 2 ** (len(tuple(block_out_channels)) - 1)
+  if image_size % (factor * unet):
+    raise UserError(field, image_size, f"expected a multiple of the VAE factor {factor} times the UNet's {unet}")
+
+
 def write_tiny(model_dir: str, *, seed: int = 0, image_size: int = 32,
                block_out_channels: Sequence[int] = (32, 64), cross_attention_dim: int = 32,
                text_layers: int = 2, max_length: int = 16,
@@ -203,11 +213,8 @@ def write_tiny(model_dir: str, *, seed: int = 0, image_size: int = 32,
   if any(c % 32 for c in block_out_channels):
     raise UserError("block_out_channels", block_out_channels,
                     "expected multiples of 32 (the Flax UNet's GroupNorm has 32 groups)")
+  check_tiny_image_size(image_size, block_out_channels, vae_block_out_channels)
   factor = 2 ** (len(vae_block_out_channels) - 1)
-  if image_size % (factor * 2 ** (len(block_out_channels) - 1)):
-    raise UserError("image_size", image_size,
-                    f"expected a multiple of the VAE factor {factor} times the UNet's "
-                    f"{2 ** (len(block_out_channels) - 1)}")
   os.makedirs(model_dir, exist_ok=True)
   rng = jax.random.PRNGKey(0)  # only traced, for the shapes
 

@@ -100,6 +100,35 @@ def _styles_objects(config) -> Tuple[Optional[tuple], Optional[tuple]]:
   return styles, objects
 
 
+def _check_names(config) -> Tuple[Tuple[str, ...], Optional[tuple], Optional[tuple]]:
+  """(forget styles, styles, objects) after the checks of the names alone: the template, the
+  forget styles, config.data.styles / objects, the forget styles among config.data.styles."""
+  check_choice("config.data.template", config.data.template, tuple(canvas.TEMPLATES))
+  forget_styles = canvas.resolve_styles(config.data.forget_styles)
+  styles, objects = _styles_objects(config)
+  for field, names, allowed in (("config.data.styles", styles, canvas.ALL_STYLES),
+                                ("config.data.objects", objects, canvas.OBJECTS)):
+    bad = [n for n in names or () if n not in allowed]
+    if bad:
+      raise UserError(field, bad[0], "expected names from " + ", ".join(allowed))
+  if styles is not None:
+    missing = [s for s in forget_styles if s not in styles]
+    if missing:
+      raise UserError("config.data.forget_styles", missing[0], f"not among config.data.styles {styles}")
+  return forget_styles, styles, objects
+
+
+def _check_styles_of(data_styles, forget_styles, alt_style: str, where: str) -> None:
+  """The forget styles and the alternative style against the styles a data tree holds (the
+  loaded data's, or the synthetic tree's before `prepare` writes it)."""
+  if any(s not in data_styles for s in forget_styles):
+    raise UserError("config.data.forget_styles", forget_styles, f"the data at {where} has no images of some of them")
+  if alt_style not in data_styles or alt_style in forget_styles:
+    raise UserError("config.data.alt_style", alt_style,
+                    "expected a retained style of the data: " + ", ".join(
+                        s for s in data_styles if s not in forget_styles))
+
+
 def check_vae_fit_fields(config) -> None:
   """Range checks of the `config.sd.fit_vae_*` fields (full names in the message)."""
   sdc = config.sd
@@ -159,7 +188,13 @@ def prepare(config, workdir: str):
   check_vae_fit_fields(config)
   if sdc.model_dir != TINY and config.data.data_dir != SYNTHETIC:
     return config
-  canvas.resolve_styles(config.data.forget_styles)          # fail before writing anything
+  # every check `build` makes that does not need the data or the model, before writing anything
+  forget_styles, styles, _ = _check_names(config)
+  if config.data.data_dir == SYNTHETIC:
+    _check_styles_of(styles or canvas.STYLES[:4], forget_styles, config.data.alt_style, SYNTHETIC)
+  if sdc.model_dir == TINY:
+    tiny = {k: tuple(v) for k, v in dict(sdc.tiny).items() if k in ("block_out_channels", "vae_block_out_channels")}
+    sd.check_tiny_image_size(config.data.image_size, **tiny, field="config.data.image_size")
   fit = _fit_settings(config)
   model_path = sd_common.tiny_model_path(workdir)
   tiny_exists = sd_common.tiny_exists(model_path)
@@ -225,32 +260,14 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
   dcfg, sdc = config.data, config.sd
   sd_common.check_sd_fields(config)
   check_vae_fit_fields(config)
-  check_choice("config.data.template", dcfg.template, tuple(canvas.TEMPLATES))
-  forget_styles = canvas.resolve_styles(dcfg.forget_styles)
-  styles, objects = _styles_objects(config)
-  for field, names, allowed in (("config.data.styles", styles, canvas.ALL_STYLES),
-                                ("config.data.objects", objects, canvas.OBJECTS)):
-    bad = [n for n in names or () if n not in allowed]
-    if bad:
-      raise UserError(field, bad[0], "expected names from " + ", ".join(allowed))
-  if styles is not None:
-    missing = [s for s in forget_styles if s not in styles]
-    if missing:
-      raise UserError("config.data.forget_styles", missing[0], f"not among config.data.styles {styles}")
+  forget_styles, styles, objects = _check_names(config)
   comp = sd.load(sdc.model_dir)
   if dcfg.image_size % comp.vae_factor:
     raise UserError("config.data.image_size", dcfg.image_size,
                     f"expected a multiple of the VAE's down-sampling factor {comp.vae_factor}")
   data = canvas.load(dcfg.data_dir, image_size=dcfg.image_size, styles=styles, objects=objects,
                      image_indices=tuple(dcfg.image_indices), template=dcfg.template)
-  forget_ids = tuple(data.styles.index(s) for s in forget_styles if s in data.styles)
-  if len(forget_ids) != len(forget_styles):
-    raise UserError("config.data.forget_styles", forget_styles,
-                    f"the data at {dcfg.data_dir} has no images of some of them")
-  if dcfg.alt_style not in data.styles or dcfg.alt_style in forget_styles:
-    raise UserError("config.data.alt_style", dcfg.alt_style,
-                    "expected a retained style of the data: " + ", ".join(
-                        s for s in data.styles if s not in forget_styles))
+  _check_styles_of(data.styles, forget_styles, dcfg.alt_style, dcfg.data_dir)
   alt_style_id = data.styles.index(dcfg.alt_style)
   latents, table, cache_path, arrays = _encode(config, comp, data, workdir)
 
