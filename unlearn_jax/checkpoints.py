@@ -172,11 +172,12 @@ def publish_dir(tmp: str, path: str) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Atomic JSON write (tmp file + rename), so a kill never leaves half a file."""
+def write_json(path: str, obj: Any, strict: bool = False) -> None:
+  """Atomic JSON write (tmp file + rename), so a kill never leaves half a file.  `strict`:
+  ValueError on NaN / inf (strict JSON) instead of writing a bare NaN."""
   tmp = tmp_path(path)
   with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable)
+    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable, allow_nan=not strict)
   os.replace(tmp, path)
 
 

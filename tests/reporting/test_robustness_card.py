@@ -280,6 +280,34 @@ def test_report_stage_writes_the_card_and_its_section(tmp_path):
   assert report_stage.write_card(exp, w, results) is None and not os.path.exists(os.path.join(w, "robustness.json"))
 
 
+def test_a_number_that_is_not_one_is_null_with_a_reason_and_not_a_result_in_the_report(tmp_path):
+  # a diverged NLL (NaN) and an infinite distance, as SGU-Obtuse's on the toy with component 0
+  w = _workdir(tmp_path)
+  _evaluated(w)
+  for m, key, value in (("pretrained", "nll", {"forget": math.nan, "retain": 3.0}),
+                        ("salun", "frechet_distance", math.inf)):
+    path = os.path.join(w, "evaluate", f"{m}.json")
+    with open(path) as f:
+      entry = json.load(f)
+    entry[key] = value
+    _write(path, entry)
+  results = report_stage.write(_fake_exp(), w)
+  assert math.isinf(results["models"]["salun"]["frechet_distance"])          # in memory: as measured
+  with open(os.path.join(w, "results.json")) as f:
+    stored = json.load(f, parse_constant=lambda c: pytest.fail(f"{c} in results.json: not strict JSON"))
+  assert stored["models"]["pretrained"]["nll"] == {"forget": None, "retain": 3.0}
+  assert stored["models"]["salun"]["frechet_distance"] is None
+  assert stored["not_a_result"] == {"models.pretrained.nll.forget": "non-finite (nan)",
+                                    "models.salun.frechet_distance": "non-finite (inf)",
+                                    "attacks.attack_dimum.ar_cl.2": "non-finite (nan)"}   # DIMUM's curve
+  with open(os.path.join(w, "report.md")) as f:
+    report = f.read()
+  table = [l for l in report.splitlines() if l.startswith("|")]
+  assert any("not a result" in l for l in table)
+  assert not any(tok in l.replace("not a result", "") for l in table for tok in (" nan", " inf", "+nan"))
+  assert "`models.salun.frechet_distance` is non-finite (inf)" in report
+
+
 def test_report_section_equals_the_golden_file(tmp_path):
   card = _card(_workdir(tmp_path))
   few = copy.deepcopy(card["attacks"]["attack_dimum"])

@@ -10,6 +10,7 @@ I-III and curves (`conditional_lines`), or its own (the CORE paper's Table 1 sha
 from __future__ import annotations
 
 import os
+import re
 from typing import Callable
 
 import numpy as np
@@ -317,3 +318,19 @@ def _tail(lines: list, results: dict, names) -> str:
     lines += ["## Wall time (s)", "", "| stage | seconds |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in results["wall_time_s"].items() if v is not None]
   return "\n".join(lines) + "\n"
+
+
+#: a table cell's number that is not one (`{v:.3f}` of NaN / inf, signed or not), with its interval
+_NOT_A_NUMBER = re.compile(r"(?<![\w.])[+-]?(?:nan|inf)(?: \[[^\]]*\])?(?![\w.])")
+
+
+def mark_not_results(text: str, reasons: dict) -> str:
+  """report.md with each table cell whose number is NaN or infinite reading "not a result", and
+  a note naming the values (`reasons`: `results.strict`'s {dotted path: reason}) under the title."""
+  if not reasons:
+    return text
+  lines = [(_NOT_A_NUMBER.sub("not a result", l) if l.startswith("|") else l) for l in text.split("\n")]
+  note = ["", "**(!) Not a result:** " + "; ".join(f"`{p}` is {r}" for p, r in sorted(reasons.items()))
+          + " (null in results.json): a diverged solve or a rate of nothing, not a value."]
+  at = next((i + 1 for i, l in enumerate(lines) if l.startswith("# ")), 0)
+  return "\n".join(lines[:at] + note + lines[at:])

@@ -24,7 +24,8 @@ results.json schema (documented in the README):
     },
     "forget_attribute": "Bangs",                             (CelebA attribute forgetting only)
     "wall_time_s": {"<stage>": float},
-    "compile_s": {"<stage>": float}          (training stages: the train step's XLA compile, last run)
+    "compile_s": {"<stage>": float},         (training stages: the train step's XLA compile, last run)
+    "not_a_result": {"<dotted path>": "non-finite (nan)"}   (only where a number is null for that reason)
   }
 Class-conditional experiments (DiMUM / DiMRA) have instead, per model,
   {"ar_mu": float, "ar_cl": float, "frechet_distance": float, "retain_accuracy": float,
@@ -43,10 +44,15 @@ Every rate of a model's samples (`RATES`: unlearning_ratio, ar_mu, ar_cl on num_
 UnlearnCanvas' ua / ira / cra on n_forget / n_retain / n_cra) has beside it "<rate>_ci95":
 [low, high], Wilson's 95 % interval on the samples it counts; so does a "nudity" entry's
 flagged_share (on its images).
+results.json is strict JSON (`strict`): a number that is not one (a diverged NLL solve, a rate or
+distance of nothing: NaN or infinite) is written as null, and "not_a_result" names each with
+its reason; report.md prints "not a result" in its cell (`markdown.mark_not_results`).
 """
 from __future__ import annotations
 
+import math
 import os
+from typing import Any, Dict, Tuple
 
 import numpy as np
 
@@ -161,3 +167,27 @@ def _attack_summary(name: str, st, curve: dict) -> dict:
           "final_ar_dimra": ar[-1] if ar else float("nan"),
           "min_ar_cl": float(np.nanmin(ar_cl)) if np.isfinite(ar_cl).any() else float("nan"),
           "csv": os.path.join(name, "curve.csv")}
+
+
+def strict(results: dict) -> Tuple[dict, Dict[str, str]]:
+  """(`results` with every non-finite number as None, {dotted path: reason} of each one), so
+  results.json is strict JSON and says which of its nulls are numbers that are not results; the
+  reasons are also stored under results["not_a_result"]."""
+  reasons: Dict[str, str] = {}
+
+  def walk(x: Any, path: str):
+    if isinstance(x, dict):
+      return {k: walk(v, f"{path}.{k}" if path else str(k)) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+      return [walk(v, f"{path}.{i}") for i, v in enumerate(x)]
+    if isinstance(x, np.generic):
+      x = x.item()
+    if isinstance(x, float) and not math.isfinite(x):
+      reasons[path] = f"non-finite ({x})"
+      return None
+    return x
+
+  out = walk({k: v for k, v in results.items() if k != "not_a_result"}, "")
+  if reasons:
+    out["not_a_result"] = dict(reasons)
+  return out, reasons

@@ -26,7 +26,8 @@ def write(exp: Experiment, workdir: str, name: str = "report") -> dict:
   the results to TensorBoard (`reporting.overview`); returns the results."""
   cfg = exp.config
   results = results_lib.collect(exp, workdir)
-  checkpoints.write_json(os.path.join(workdir, "results.json"), results)
+  stored, not_results = results_lib.strict(results)
+  checkpoints.write_json(os.path.join(workdir, "results.json"), stored, strict=True)
   card = write_card(exp, workdir, results)
   attack_lines = robustness.report_lines(card, workdir) if card is not None and card["attacks"] else []
   trained = {n: os.path.join(workdir, n) for n in cfg.stage_order
@@ -34,7 +35,7 @@ def write(exp: Experiment, workdir: str, name: str = "report") -> dict:
   titles = {n: markdown.pretty(n) for n in list(results["models"]) + list(trained)}
   figure_lines = overview.figures_section(results, workdir, trained, list(exp.train.class_names), titles)
   tables = lambda r, w: exp.task.report_tables(r, w) + attack_lines + figure_lines  # noqa: E731
-  text = markdown.render(results, workdir, tables)
+  text = markdown.mark_not_results(markdown.render(results, workdir, tables), not_results)
   tmp = checkpoints.tmp_path(os.path.join(workdir, "report.md"))
   with open(tmp, "w") as f:
     f.write(text)
