@@ -88,6 +88,20 @@ def test_mismatched_checkpoint_image_shape(tmp_path):
   last = out.stderr.strip().splitlines()[-1]
   assert last.startswith("error: config.data.image_size=") and "trained on 2 data" in last, last
   assert not work.exists()
+  # every checkpoint of the pretrained stage truncated on disk: one error line, exit 2, and no
+  # traceback (orbax's async threads once printed "Event loop is closed" ones at exit)
+  os.remove(os.path.join(pre, "standard", "DONE.json"))
+  for step in os.listdir(pre / "standard" / "checkpoints"):
+    with open(_largest_file(os.path.join(pre, "standard", "checkpoints", step)), "r+b") as f:
+      f.truncate(100)
+  bad = subprocess.run([sys.executable, "-m", "unlearn_jax.main", "--config=configs/sgu_toy.py", f"--workdir={pre}",
+                        "--config.stage_order=('standard',)", "--config.stages.standard.steps=2"],
+                       cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert bad.returncode == 2, bad.stderr[-2000:]
+  lines = bad.stderr.strip().splitlines()
+  assert lines[-1].startswith("error: checkpoint=") and "does not restore" in lines[-1], lines[-1]
+  assert "Traceback" not in bad.stderr and "Event loop is closed" not in bad.stderr, bad.stderr[-3000:]
+  assert sum(l.startswith("error") for l in lines) == 1
 
 
 @pytest.mark.parametrize("config,arg,overrides,expected", CASES_IN_PROCESS,

@@ -173,6 +173,16 @@ def initialize_distributed() -> None:
   jax.distributed.initialize(**{k: int(os.environ[v]) for k, v in known.items() if os.environ.get(v)})
 
 
+def _exit_now(status: int) -> None:
+  """Exits at once after a one-line error: nothing is being written (every check runs before a
+  write, and a failed restore writes nothing), and skipping the interpreter's teardown keeps
+  orbax's async threads (and a multi-process run's shutdown barrier) from printing or waiting
+  after the error line."""
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)
+
+
 def main(argv):
   console.setup(verbose=_VERBOSE.value)
   if _MULTIHOST.value:
@@ -189,7 +199,7 @@ def main(argv):
     pipeline.run(config, workdir)
   except UserError as e:
     print(f"error: {e}", file=sys.stderr)
-    sys.exit(2)
+    _exit_now(2)
   except training.TrainingDiverged as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(1)
