@@ -22,7 +22,8 @@ temporaries, outputs, and the peak against the chip's HBM), GFLOP per step per c
 roofline time at the chip's bf16 peak (an estimate: FLOPs / peak, nothing else), and the
 compile seconds; the table ends with one JSON line.  A step that cannot be sharded or uses
 an op the TPU compiler rejects fails here, before a job is launched (maxtext's
-`train_compile.py` does the same).
+`train_compile.py` does the same); one whose temporaries alone exceed the chip's HBM (the
+compiler's RESOURCE_EXHAUSTED) is a row that does not fit, with the compiler's message.
 """
 from __future__ import annotations
 
@@ -30,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import os
+import re
 import sys
 import tempfile
 import time
@@ -216,6 +218,20 @@ def stage_step_shapes(exp: Experiment, st, batch_size: int = 0):
   return parts.step_fn, state, jax.tree_util.tree_map(_sds, parts.consts), batches
 
 
+_GIB_IN_MESSAGE = re.compile(r"HLO temporaries \(([0-9.]+)G\)")
+
+
+def does_not_fit(error: BaseException, seconds: float, hlo_sha: str) -> Dict[str, Any]:
+  """The row of a step the TPU compiler refuses for want of HBM (RESOURCE_EXHAUSTED: its
+  temporaries alone exceed the chip): no memory or cost analysis exists, so only the
+  temporaries the message names (GiB) and the message itself."""
+  message = next((l.strip() for l in str(error).splitlines() if l.strip()), type(error).__name__)
+  found = _GIB_IN_MESSAGE.search(message)
+  keys = ("args_bytes", "out_bytes", "alias_bytes", "code_bytes", "flops", "peak_bytes")
+  return {**dict.fromkeys(keys), "temp_bytes": int(float(found.group(1)) * _GIB) if found else None,
+          "compile_s": seconds, "hlo_sha": hlo_sha, "fits": False, "compiler_error": message}
+
+
 def compile_step(step_fn, state, consts, batches, m) -> Dict[str, Any]:
   """Lowers and compiles one step over mesh `m`; XLA's memory and cost analyses per device."""
   jitted, _, _ = training.jit_step(step_fn, state, consts, m)
@@ -223,7 +239,12 @@ def compile_step(step_fn, state, consts, batches, m) -> Dict[str, Any]:
   t0 = time.perf_counter()
   lowered = jitted.lower(state, batches, rng, consts)
   hlo_sha = hashlib.sha256(lowered.as_text().encode()).hexdigest()[:16]   # freed before compiling
-  compiled = lowered.compile()
+  try:
+    compiled = lowered.compile()
+  except jax.errors.JaxRuntimeError as e:
+    if "RESOURCE_EXHAUSTED" not in str(e):
+      raise
+    return does_not_fit(e, time.perf_counter() - t0, hlo_sha)
   seconds = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   cost = compiled.cost_analysis()
@@ -274,8 +295,9 @@ def compile_run(exp: Experiment, topology: str, stages: Optional[Sequence[str]] 
     row = {"stage": name, "step": step_kind(st), "devices": m.devices.size, "batch": b,
            "mesh": dict(m.shape), **compile_step(step_fn, state, consts, batches, m)}
     row["hbm_bytes"] = int(chip.hbm_gib * _GIB)
-    row["fits"] = row["peak_bytes"] <= row["hbm_bytes"]
-    row["roofline_ms"] = 1e3 * row["flops"] / (chip.bf16_tflops * 1e12)
+    if "compiler_error" not in row:
+      row["fits"] = row["peak_bytes"] <= row["hbm_bytes"]
+    row["roofline_ms"] = None if row["flops"] is None else 1e3 * row["flops"] / (chip.bf16_tflops * 1e12)
     seen[key] = row
     rows.append(row)
     if on_row is not None:
@@ -288,11 +310,16 @@ def format_table(rows: List[Dict[str, Any]], topology: str) -> str:
           "(estimate) | compile s |")
   lines = [f"Deviceless compile for {topology} ({rows[0]['devices'] if rows else 0} chips, mesh "
            f"{rows[0]['mesh'] if rows else {}}), per device:", "", head, "|" + " --- |" * 10]
+  mib = lambda v: "–" if v is None else f"{v / _MIB:.2f}"  # noqa: E731
   for r in rows:
-    peak = f"{r['peak_bytes'] / _GIB:.3f} / {r['hbm_bytes'] / _GIB:.0f}" + ("" if r["fits"] else " (does not fit)")
     comp = f"{r['compile_s']:.1f}" if "same_as" not in r else f"= {r['same_as']}"
-    lines.append(f"| {r['stage']} | {r['step']} | {r['batch']} | {r['args_bytes'] / _MIB:.2f} | {r['temp_bytes'] / _MIB:.2f} | "
-                 f"{r['out_bytes'] / _MIB:.2f} | {peak} | {r['flops'] / 1e9:.3f} | {r['roofline_ms']:.4f} | {comp} |")
+    if "compiler_error" in r:
+      lines.append(f"| {r['stage']} | {r['step']} | {r['batch']} | – | {mib(r['temp_bytes'])} | – | does not fit "
+                   f"({r['compiler_error']}) | – | – | {comp} |")
+      continue
+    peak = f"{r['peak_bytes'] / _GIB:.3f} / {r['hbm_bytes'] / _GIB:.0f}" + ("" if r["fits"] else " (does not fit)")
+    lines.append(f"| {r['stage']} | {r['step']} | {r['batch']} | {mib(r['args_bytes'])} | {mib(r['temp_bytes'])} | "
+                 f"{mib(r['out_bytes'])} | {peak} | {r['flops'] / 1e9:.3f} | {r['roofline_ms']:.4f} | {comp} |")
   return "\n".join(lines)
 
 
