@@ -3,6 +3,7 @@ r"""Per-step cost and memory of each text-to-image unlearning method on the Stab
   python benchmarks/sd_step.py --steps=2 --rounds=2          # CPU: reduced-width UNet, batch 1
   python benchmarks/sd_step.py --shape=full --isolate         # GPU: the SD v1.5 UNet, batch 4 per objective
   python benchmarks/sd_step.py --shape=full --dtype=bfloat16 --remat --methods=finetune,esd
+  python benchmarks/sd_step.py --shape=tiny --methods=salun --steps=1 --rounds=1   # does it run
 
 Every method's jitted train step (the engine's `training.train_step`, built by
 `unlearning.methods.build` from `config_lib.unlearncanvas_base()` as the
@@ -99,6 +100,12 @@ SHAPES = {
     "reduced": dict(unet=dict(SD15_UNET, sample_size=16, block_out_channels=(32, 64, 64, 64),
                               cross_attention_dim=64),
                     latent=16, text_len=77, text_dim=64, styles=4, objects=3),
+    # benchmarks/accelerator.sh --smoke: two levels, one layer each (tests/test_mesh.py's tiny UNet)
+    "tiny": dict(unet=dict(SD15_UNET, sample_size=8, block_out_channels=(32, 64), layers_per_block=1,
+                           down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                           up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                           cross_attention_dim=32, attention_head_dim=2),
+                 latent=8, text_len=4, text_dim=32, styles=2, objects=2),
 }
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 MIB = float(1 << 20)

@@ -25,7 +25,7 @@ done
 jobs+=("tests/test_configs.py --deselect=tests/test_configs.py::test_config_cpu_variant_one_step")
 # The slowest files next (measured), then the rest.
 slow=(tests/test_dimum_pipeline.py tests/tasks/test_unlearncanvas.py tests/test_training.py tests/test_cli.py
-      tests/test_models.py tests/test_aot.py tests/test_mesh.py tests/test_multiprocess.py)
+      tests/test_models.py tests/test_aot.py tests/test_mesh.py tests/test_multiprocess.py tests/test_benchmarks.py)
 for f in "${slow[@]}"; do [ -f "$f" ] && jobs+=("$f"); done
 # Files that take a few seconds each (measured: <= 15 s on their own, most of it the ~4 s of
 # starting Python, jax and pytest) share one process.
