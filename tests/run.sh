@@ -29,7 +29,7 @@ slow=(tests/test_dimum_pipeline.py tests/tasks/test_unlearncanvas.py tests/test_
 for f in "${slow[@]}"; do [ -f "$f" ] && jobs+=("$f"); done
 # Files that take a few seconds each (measured: <= 15 s on their own, most of it the ~4 s of
 # starting Python, jax and pytest) share one process.
-light=(tests/test_losses.py tests/test_erasing_methods.py tests/test_settings.py tests/test_resume.py
+light=(tests/test_losses.py tests/test_checkpoints.py tests/test_erasing_methods.py tests/test_settings.py tests/test_resume.py
        tests/test_imports.py tests/test_canvas.py tests/test_sde.py tests/test_data.py tests/test_likelihood.py
        tests/stages/test_train_consts.py tests/stages/test_kinds.py tests/tasks/test_interface.py
        tests/tasks/test_prompts.py tests/reporting)

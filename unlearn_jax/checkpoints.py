@@ -26,7 +26,7 @@ import json
 import logging
 import os
 import shutil
-from typing import Any, Optional, Tuple
+from typing import Any, Callable, Optional, Tuple
 
 import jax
 import numpy as np
@@ -161,6 +161,39 @@ def tmp_path(path: str, ext: str = "") -> str:
   return f"{path}.tmp{jax.process_index()}{ext}"
 
 
+def atomic_write(path: str, write: Callable[[str], Any], ext: str = "") -> str:
+  """`write(tmp)` to this process's temporary name of `path` (`tmp_path`), then one rename: a
+  kill never leaves half a file at `path` (and a write that raises leaves no temporary file).  `ext`: the suffix `write` appends itself (numpy's
+  ".npy" / ".npz").  Returns `path`."""
+  tmp = tmp_path(path, ext)
+  try:
+    write(tmp)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def save_npy(path: str, array) -> str:
+  """`np.save` through `atomic_write`."""
+  return atomic_write(path, lambda tmp: np.save(tmp, array), ".npy")
+
+
+def save_npz(path: str, **arrays) -> str:
+  """`np.savez` through `atomic_write`."""
+  return atomic_write(path, lambda tmp: np.savez(tmp, **arrays), ".npz")
+
+
+def write_text(path: str, text: str) -> str:
+  """A text file through `atomic_write`."""
+  def write(tmp):
+    with open(tmp, "w") as f:
+      f.write(text)
+  return atomic_write(path, write)
+
+
 def publish_dir(tmp: str, path: str) -> None:
   """Renames the finished directory `tmp` to `path`; where another process published `path`
   first (a non-empty directory cannot be replaced), drops `tmp` and keeps that one."""
@@ -175,10 +208,7 @@ def publish_dir(tmp: str, path: str) -> None:
 def write_json(path: str, obj: Any, strict: bool = False) -> None:
   """Atomic JSON write (tmp file + rename), so a kill never leaves half a file.  `strict`:
   ValueError on NaN / inf (strict JSON) instead of writing a bare NaN."""
-  tmp = tmp_path(path)
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True, default=_jsonable, allow_nan=not strict)
-  os.replace(tmp, path)
+  write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_jsonable, allow_nan=not strict))
 
 
 def read_json(path: str) -> Any:

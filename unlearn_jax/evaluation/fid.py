@@ -268,9 +268,7 @@ def fid_entries(variables, samples, reference, eval_cfg, *, source: str, stats_d
       real_pool3 = np.load(path)
     else:
       real_pool3 = np.asarray(features("pool3"), np.float32)
-      tmp = checkpoints.tmp_path(path, ".npy")
-      np.save(tmp, real_pool3)
-      os.replace(tmp, path)
+      checkpoints.save_npy(path, real_pool3)
     out["precision"], out["recall"] = precision_recall(real_pool3, gen.pool3, k)
     out["precision_recall_k"] = int(k)
   return out

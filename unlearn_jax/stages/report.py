@@ -36,10 +36,7 @@ def write(exp: Experiment, workdir: str, name: str = "report") -> dict:
   figure_lines = overview.figures_section(results, workdir, trained, list(exp.train.class_names), titles)
   tables = lambda r, w: exp.task.report_tables(r, w) + attack_lines + figure_lines  # noqa: E731
   text = markdown.mark_not_results(markdown.render(results, workdir, tables), not_results)
-  tmp = checkpoints.tmp_path(os.path.join(workdir, "report.md"))
-  with open(tmp, "w") as f:
-    f.write(text)
-  os.replace(tmp, os.path.join(workdir, "report.md"))
+  checkpoints.write_text(os.path.join(workdir, "report.md"), text)
   if jax.process_index() == 0:
     overview.tensorboard(results, workdir, {m: hparams(cfg, m) for m in results["models"]},
                          os.path.join(workdir, name), text,

@@ -41,13 +41,11 @@ def run(exp: Experiment, name: str, st, workdir: str, hooks: Hooks = Hooks()) ->
         img = np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8)
       else:                                   # toy points, Stable Diffusion latents
         img = np.asarray(x, np.float32)
-      np.save(checkpoints.tmp_path(path, ".npy"), img)
-      os.replace(checkpoints.tmp_path(path, ".npy"), path)
+      checkpoints.save_npy(path, img)
     parts.append(np.load(path))
     if hooks.step is not None:
       hooks.step(i + 1)
-  tmp = checkpoints.tmp_path(os.path.join(stage_dir, SYNTH_FILE), ".npz")
-  np.savez(tmp, images=np.concatenate(parts), labels=labels.astype(np.int32))
-  os.replace(tmp, os.path.join(stage_dir, SYNTH_FILE))
+  checkpoints.save_npz(os.path.join(stage_dir, SYNTH_FILE), images=np.concatenate(parts),
+                       labels=labels.astype(np.int32))
   checkpoints.write_json(os.path.join(stage_dir, checkpoints.DONE),
                          {"num": int(n), "source_model": st.init, "wall_time_s": time.time() - t0})

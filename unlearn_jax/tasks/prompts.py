@@ -253,9 +253,7 @@ def generate_training_latents(ctx: PromptContext, write: bool = True) -> np.ndar
     made += len(idx)
     if path and write:
       os.makedirs(ctx.cache_dir, exist_ok=True)
-      tmp = checkpoints.tmp_path(path, ".npy")
-      np.save(tmp, z.astype(np.float32))
-      os.replace(tmp, path)
+      checkpoints.save_npy(path, z.astype(np.float32))
     parts.append(z)
     progress.update(int(idx[-1]) + 1)
   if made:
@@ -397,9 +395,7 @@ def write_tiny_clip(path: str, seed: int = 0, image_size: int = 32) -> str:
 def _write_once(path: str, write: Callable[[str], Any]) -> str:
   """`write(tmp)` then a rename, unless `path` exists."""
   if not os.path.exists(path):
-    tmp = checkpoints.tmp_path(path, os.path.splitext(path)[1])
-    write(tmp)
-    os.replace(tmp, path)
+    checkpoints.atomic_write(path, write, os.path.splitext(path)[1])
   return path
 
 

@@ -85,9 +85,7 @@ class SDContext:
     """Writes the encoded latents / prompt table (after validation; never overwrites)."""
     if self.cache_path and self.cache_arrays is not None and not os.path.exists(self.cache_path):
       os.makedirs(os.path.dirname(self.cache_path), exist_ok=True)
-      tmp = checkpoints.tmp_path(self.cache_path, ".npz")
-      np.savez(tmp, **self.cache_arrays)
-      os.replace(tmp, self.cache_path)
+      checkpoints.save_npz(self.cache_path, **self.cache_arrays)
     self.cache_arrays = None
 
 

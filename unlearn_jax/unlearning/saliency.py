@@ -11,7 +11,6 @@ Both are 0/1 trees shaped like the parameters (uint8 on disk, see `save_mask`).
 """
 from __future__ import annotations
 
-import os
 from typing import Callable, Iterable
 
 import flax
@@ -82,10 +81,12 @@ def save_mask(path: str, mask, dtype=np.uint8) -> None:
   """Writes the mask (uint8 leaves, or `dtype` for a real-valued tree such as a Fisher;
   msgpack) atomically."""
   mask = jax.tree_util.tree_map(lambda m: np.asarray(m, dtype), mask)
-  tmp = checkpoints.tmp_path(path)
-  with open(tmp, "wb") as f:
-    f.write(flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(mask)))
-  os.replace(tmp, path)
+  data = flax.serialization.msgpack_serialize(flax.serialization.to_state_dict(mask))
+
+  def write(tmp):
+    with open(tmp, "wb") as f:
+      f.write(data)
+  checkpoints.atomic_write(path, write)
 
 
 def load_mask(path: str):
