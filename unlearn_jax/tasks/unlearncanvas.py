@@ -266,6 +266,7 @@ def build(config, workdir: Optional[str] = None) -> Experiment:
   data = canvas.load(dcfg.data_dir, image_size=dcfg.image_size, styles=styles, objects=objects,
                      image_indices=tuple(dcfg.image_indices), template=dcfg.template)
   _check_styles_of(data.styles, forget_styles, dcfg.alt_style, dcfg.data_dir)
+  forget_ids = tuple(data.styles.index(s) for s in forget_styles)
   alt_style_id = data.styles.index(dcfg.alt_style)
   latents, table, cache_path, arrays = _encode(config, comp, data, workdir)
 
