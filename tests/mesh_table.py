@@ -9,7 +9,6 @@ Not a test file (no `test_` prefix): tests/ must be on sys.path (it is for pytes
 script run from tests/).  Nothing here touches a device when imported.
 """
 import functools
-import importlib.util
 import os
 from typing import Callable, Dict, Mapping, Sequence
 
@@ -21,7 +20,6 @@ from unlearn_jax import generation, losses, mesh, models, pipeline, sde as sde_l
 from unlearn_jax.evaluation import nll as nll_lib
 from unlearn_jax.models import stable_diffusion as sd
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 FAMILIES = ("plain", "sgu", "erasediff", "salun", "sfron", "core", "sd", "train_loop", "generate_ddim",
             "generate_ancestral", "nll")
@@ -88,10 +86,8 @@ def _tiny_sd():
 
 
 def _sgu_toy_config():
-  spec = importlib.util.spec_from_file_location("sgu_toy", os.path.join(REPO, "configs", "sgu_toy.py"))
-  mod = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(mod)
-  cfg = mod.get_config()
+  from test_configs import load_config          # tests/ is on sys.path (see the module doc)
+  cfg = load_config("sgu_toy.py", None)
   cfg.data.toy_num_samples = 64
   return cfg
 
